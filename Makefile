@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh machine:
+#   make train   creates .venv/, installs requirements.txt, fetches Fashion-MNIST, trains the default experiment
+#   make test    creates .venv/ and fetches the data when missing, then runs the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA_DIR := data
+FASHION_MNIST := $(DATA_DIR)/fashion-mnist
+WORKDIR ?= runs/fashion_mnist
+PYTEST_ARGS ?=
+
+.PHONY: train test data venv clean-runs
+
+venv: $(VENV)/installed
+$(VENV)/installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# Fashion-MNIST's four IDX files from Debian's dataset-fashion-mnist package; no root needed.
+data: $(FASHION_MNIST)/train-images-idx3-ubyte.gz
+$(FASHION_MNIST)/train-images-idx3-ubyte.gz:
+	mkdir -p $(DATA_DIR)/debs $(FASHION_MNIST)
+	cd $(DATA_DIR)/debs && { apt-get download dataset-fashion-mnist 2>/dev/null \
+	  || { apt-get update -qq && apt-get download dataset-fashion-mnist; }; }
+	dpkg-deb -x $(DATA_DIR)/debs/dataset-fashion-mnist_*.deb $(DATA_DIR)/debs/root
+	cp $(DATA_DIR)/debs/root/usr/share/datasets/fashion-mnist/*.gz $(FASHION_MNIST)/
+	rm -rf $(DATA_DIR)/debs
+
+train: venv data
+	PYTHONUNBUFFERED=1 $(PY) -m alexnet_jax.main --config experiments/fashion_mnist.py --workdir $(WORKDIR)
+	@echo "Results: $(WORKDIR)/summary.json, metrics: $(WORKDIR)/metrics.jsonl"
+
+test: venv data
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests

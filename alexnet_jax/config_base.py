@@ -1,0 +1,62 @@
+"""Every config key an experiment can set, with its default.
+
+Experiment files in ``experiments/`` start from ``base_config()`` and change a few
+fields, so every experiment has the same keys and a mistyped key is an error (the
+config is locked when loaded).  Keys that default to the model variant's or the
+dataset's value are typed placeholders: unset means "take it from there".
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.num_epochs = 90
+    config.batch_size = 128  # global, across all devices and hosts
+    config.eval_batch_size = 500
+    config.parallelism = "single"  # single | model | data | data_model | auto
+    config.log_every_steps = 50
+    config.eval_every_epochs = 1
+    config.progress_bar = True
+
+    config.model = ml_collections.ConfigDict()
+    config.model.variant = "paper"  # paper | one_tower | seed | small
+    config.model.norm = "lrn"  # lrn | batchnorm | none
+    config.model.norm_position = "after_relu"  # after_relu | before_relu
+    config.model.pool = "overlapping"  # overlapping (3/2) | non_overlapping (2/2)
+    config.model.activation = "relu"  # relu | tanh
+    config.model.towers = config_dict.placeholder(int)  # default: the variant's
+    config.model.dropout_rate = config_dict.placeholder(float)
+    config.model.num_classes = config_dict.placeholder(int)  # default: the dataset's
+    config.model.input_shape = config_dict.placeholder(tuple)  # default: the dataset's
+    config.model.init = config_dict.placeholder(str)  # paper | scaled
+    config.model.dtype = "float32"  # computation: float32 | bfloat16; params stay float32
+    config.model.conv_implementation = "auto"  # auto | xla | im2col (see conv.py)
+
+    config.data = ml_collections.ConfigDict()
+    config.data.dataset = "fashion_mnist"  # fashion_mnist | cifar10 | imagenet2012
+    config.data.data_dir = "data"
+    config.data.random_crop_padding = 2  # pixels of zero padding before a random crop
+    config.data.flip = True  # random horizontal flips when training
+    config.data.shuffle_buffer = 60_000
+    config.data.cache = True
+    config.data.max_train_examples = 0  # >0: use only the first N (tests, smoke runs)
+    config.data.max_test_examples = 0
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = 0.01
+    config.optim.momentum = 0.9
+    config.optim.weight_decay = 0.0005
+    config.optim.decay_biases_and_norms = True  # the paper decays every parameter
+    config.optim.schedule = "plateau"  # plateau | step | cosine | constant
+    config.optim.plateau_factor = 0.1
+    config.optim.plateau_patience = 1  # evaluations without improvement before dividing
+    config.optim.plateau_min_delta = 0.0  # an improvement smaller than this does not count
+    config.optim.plateau_max_reductions = 3
+    config.optim.step_epochs = (30, 60, 80)  # schedule=step: divide by 10 at these epochs
+    config.optim.warmup_epochs = 0.0  # schedule=cosine: linear warmup first
+
+    return config

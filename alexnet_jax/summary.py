@@ -1,0 +1,113 @@
+"""Per-layer output shapes, parameters and multiply-adds of an experiment's model.
+
+The seed's ``print_tensor_info``, grown up.  Everything comes from
+``jax.eval_shape``, so even the paper model is summarised without allocating it.
+
+    python -m alexnet_jax.summary --config experiments/paper_imagenet.py [--json FILE]
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from ml_collections import config_flags
+
+from alexnet_jax import datasets
+from alexnet_jax.models import AlexNet, model_from_config
+
+_STAGE = re.compile(r"(conv|norm|pool|fc)(\d+)_out")
+_KIND_ORDER = {"conv": 0, "fc": 0, "norm": 1, "pool": 2}
+_NORM_PARAMS = ("lrn", "bn")
+
+
+def _size(tree: Any) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def layer_table(model: AlexNet) -> list[dict[str, Any]]:
+    """One row per stage: name, per-tower output shape, parameters, multiply-adds per image."""
+    x = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+    _, state = jax.eval_shape(
+        lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]), params, x)
+    stages = state["intermediates"]["towers"]
+    tower_params = params["towers"]
+
+    def order(name: str) -> tuple[int, int]:
+        kind, index = _STAGE.fullmatch(name).groups()
+        return int(index), _KIND_ORDER[kind]
+
+    rows = []
+    for name in sorted(stages, key=order):
+        kind, index = _STAGE.fullmatch(name).groups()
+        shape = tuple(stages[name][0].shape[2:])  # drop the tower and batch axes
+        layer = f"{kind}{index}"
+        if kind == "norm":
+            owned = [tower_params[p + index] for p in _NORM_PARAMS if p + index in tower_params]
+            layer_params = _size(owned)
+            macs = 0
+        elif kind == "pool":
+            layer_params, macs = 0, 0
+        else:
+            kernel = tower_params[layer]["kernel"]
+            layer_params = _size(tower_params[layer])
+            # kernel.size already sums the towers (leading tower axis).
+            spatial = math.prod(shape[:-1]) if kind == "conv" else 1
+            macs = spatial * math.prod(kernel.shape)
+        rows.append(dict(name=layer, shape=shape, params=layer_params, macs=macs))
+    output_kernel = tower_params["output"]["kernel"]
+    rows.append(dict(name="output", shape=(model.num_classes,),
+                     params=math.prod(output_kernel.shape) + model.num_classes,
+                     macs=math.prod(output_kernel.shape)))
+    total = _size(params)
+    if sum(r["params"] for r in rows) != total:
+        raise AssertionError("summary rows do not account for every parameter")
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], towers: int) -> str:
+    lines = [f"{'layer':<8} {'output (per tower)':>22} {'params':>13} {'multiply-adds':>15}"]
+    for r in rows:
+        shape = "x".join(map(str, r["shape"]))
+        if r["name"] != "output" and towers > 1:
+            shape = f"{towers} x {shape}"
+        lines.append(f"{r['name']:<8} {shape:>22} {r['params']:>13,} {r['macs']:>15,}")
+    lines.append(f"{'total':<8} {'':>22} {sum(r['params'] for r in rows):>13,} "
+                 f"{sum(r['macs'] for r in rows):>15,}")
+    return "\n".join(lines)
+
+
+def summarize(config: Any) -> dict[str, Any]:
+    info = datasets.info(config.data.dataset)
+    model = model_from_config(config.model, info.image_shape, info.num_classes)
+    rows = layer_table(model)
+    return {"params": sum(r["params"] for r in rows), "macs": sum(r["macs"] for r in rows),
+            "towers": model.towers, "input_shape": list(model.input_shape),
+            "layers": [dict(r, shape=list(r["shape"])) for r in rows]}
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_JSON = flags.DEFINE_string("json", None, "Also write the summary as JSON to this file.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    config = _CONFIG.value
+    summary = summarize(config)
+    print(f"{config.model.variant} AlexNet, input {tuple(summary['input_shape'])}, "
+          f"{summary['towers']} tower(s)")
+    print(format_table([dict(r, shape=tuple(r["shape"])) for r in summary["layers"]],
+                       summary["towers"]))
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(summary, f, indent=1)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
