@@ -21,6 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 50
     config.eval_every_epochs = 1
     config.progress_bar = True
+    config.restore_from = ""  # another run's workdir or checkpoint: start from its weights
+    config.eval_only = False  # evaluate the latest (or restore_from) checkpoint, write eval.json
 
     config.model = ml_collections.ConfigDict()
     config.model.variant = "paper"  # paper | one_tower | seed | small
@@ -34,11 +36,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.input_shape = config_dict.placeholder(tuple)  # default: the dataset's
     config.model.init = config_dict.placeholder(str)  # paper | scaled
     config.model.dtype = "float32"  # computation: float32 | bfloat16; params stay float32
-    config.model.conv_implementation = "auto"  # auto | xla | im2col (see conv.py)
+    config.model.implementation = "auto"  # auto | xla | im2col: conv and pooling (ops.py)
 
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "fashion_mnist"  # fashion_mnist | cifar10 | imagenet2012
     config.data.data_dir = "data"
+    config.data.download = True  # where local files are absent, let TFDS download (online only)
     config.data.random_crop_padding = 2  # pixels of zero padding before a random crop
     config.data.flip = True  # random horizontal flips when training
     config.data.shuffle_buffer = 60_000
@@ -58,5 +61,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.plateau_max_reductions = 3
     config.optim.step_epochs = (30, 60, 80)  # schedule=step: divide by 10 at these epochs
     config.optim.warmup_epochs = 0.0  # schedule=cosine: linear warmup first
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = 1000  # also saved at the end of every epoch; 0: epochs only
+    config.checkpoint.keep = 3  # the last K; the best by test top-1 error is kept apart
+    config.checkpoint.async_save = True
 
     return config

@@ -20,6 +20,22 @@ DATASETS = {
 }
 
 
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+# Per-channel mean and standard deviation of the training split's pixels in [0, 1]
+# (Fashion-MNIST: computed here from the IDX files; CIFAR-10: the usual published values).
+_NORMALIZATION = {
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return _NORMALIZATION[info(name).tfds_name]
+
+
 def info(name: str) -> DatasetInfo:
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; valid datasets are: {', '.join(DATASETS)}.")

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from alexnet_jax.conv import Conv2D, resolve_implementation
+from alexnet_jax.ops import Conv2D, max_pool, resolve_implementation
 
 MODEL_AXIS = "model"
 
@@ -127,7 +127,7 @@ class Tower(nn.Module):
     dropout_rate: float = 0.5
     init_scheme: str = "paper"
     dtype: Any = jnp.float32
-    conv_implementation: str = "auto"
+    implementation: str = "auto"
 
     def _record(self, stage: str, x: jax.Array) -> jax.Array:
         """Keeps each stage's output as intermediates[stage + "_out"] for summaries and figures."""
@@ -163,7 +163,7 @@ class Tower(nn.Module):
                        padding=self.conv1_padding if first else "SAME",
                        dtype=self.dtype, kernel_init=kernel_init,
                        bias_init=_bias_init(self.init_scheme, layer),
-                       implementation=self.conv_implementation, name=layer)(x)
+                       implementation=self.implementation, name=layer)(x)
             normalised = layer in NORMALISED_LAYERS
             if normalised and self.norm_position == "before_relu":
                 x = self._normalise(x, layer, train)
@@ -171,7 +171,7 @@ class Tower(nn.Module):
             if normalised and self.norm_position == "after_relu":
                 x = self._record(f"norm{i}", self._normalise(x, layer, train))
             if layer in POOLED_LAYERS:
-                x = self._record(f"pool{i}", nn.max_pool(x, (window, window), (stride, stride), "VALID"))
+                x = self._record(f"pool{i}", max_pool(x, window, stride, self.implementation))
         for i, units in enumerate(self.hidden_units, start=6):
             layer = f"fc{i}"
             # Gathering pool5's maps before flattening keeps fc6's rows in the (h, w, c)
@@ -211,7 +211,7 @@ class AlexNet(nn.Module):
     dropout_rate: float = 0.5
     init_scheme: str = "paper"
     dtype: Any = jnp.float32
-    conv_implementation: str = "auto"
+    implementation: str = "auto"
 
     def check_input(self, x: jax.Array) -> None:
         expected = tuple(self.input_shape)
@@ -293,7 +293,7 @@ def create_model(variant: str, **knobs: Any) -> AlexNet:
     _check_choice("pool", fields.get("pool", "overlapping"), tuple(POOLS))
     _check_choice("activation", fields.get("activation", "relu"), tuple(ACTIVATIONS))
     _check_choice("init", fields["init_scheme"], INITS)
-    resolve_implementation(fields.get("conv_implementation", "auto"))
+    resolve_implementation(fields.get("implementation", "auto"))
     if int(fields["towers"]) < 1:
         raise ValueError(f"towers must be at least 1; got {fields['towers']}.")
     fields["input_shape"] = tuple(fields["input_shape"])

@@ -6,7 +6,7 @@ import pytest
 from jax import lax
 from jax.test_util import check_grads
 
-from alexnet_jax import conv
+from alexnet_jax import ops
 from alexnet_jax.models import LocalResponseNorm, create_model
 
 
@@ -68,16 +68,21 @@ def test_towers_knob_keeps_per_tower_widths():
 
 # --- LRN -------------------------------------------------------------------------------
 
-def lrn_numpy(a, k, n, alpha, beta):
-    """The paper's formula, one channel at a time, in float64."""
-    a = np.asarray(a, np.float64)
-    out = np.empty_like(a)
+def lrn_loop(a, k, n, alpha, beta, xp=np):
+    """The paper's formula, one channel at a time (float64 with NumPy; traceable with jnp)."""
+    if xp is np:
+        a = np.asarray(a, np.float64)
     channels = a.shape[-1]
+    out = []
     for c in range(channels):
         lo, hi = max(0, c - n // 2), min(channels - 1, c + (n - 1) // 2)
-        s = np.sum(a[..., lo:hi + 1] ** 2, axis=-1)
-        out[..., c] = a[..., c] / (k + alpha * s) ** beta
-    return out
+        s = xp.sum(a[..., lo:hi + 1] ** 2, axis=-1)
+        out.append(a[..., c] / (k + alpha * s) ** beta)
+    return xp.stack(out, axis=-1)
+
+
+def lrn_numpy(a, k, n, alpha, beta):
+    return lrn_loop(a, k, n, alpha, beta, np)
 
 
 @pytest.mark.parametrize("k,n,alpha,beta", [(2.0, 5, 1e-4, 0.75), (1.0, 9, 1e-3 / 9, 0.75),
@@ -131,8 +136,7 @@ def grouped_reference(params, x, model):
     def lrn_per_group(x):
         k, n, alpha, beta = model.lrn
         parts = jnp.split(x, towers, axis=-1)
-        return jnp.concatenate([jnp.asarray(lrn_numpy(q, k, n, alpha, beta), jnp.float32)
-                                for q in parts], -1)
+        return jnp.concatenate([lrn_loop(q, k, n, alpha, beta, jnp) for q in parts], -1)
 
     def pool(x):
         return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
@@ -153,7 +157,7 @@ def grouped_reference(params, x, model):
 @pytest.mark.parametrize("variant,batch,implementation", [
     ("small", 4, "xla"), ("small", 4, "im2col"), ("paper", 1, "im2col")])
 def test_two_towers_equal_grouped_convolution_network(variant, batch, implementation):
-    model = create_model(variant, conv_implementation=implementation, init="scaled")
+    model = create_model(variant, implementation=implementation, init="scaled")
     x = jax.random.normal(jax.random.key(4), (batch, *model.input_shape))
     variables = model.init(jax.random.key(5), x)
     # Non-zero biases so that bias placement is checked too.
@@ -164,6 +168,17 @@ def test_two_towers_equal_grouped_convolution_network(variant, batch, implementa
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4 * float(jnp.abs(expected).max()))
 
 
+def test_two_tower_gradients_equal_grouped_convolution_network():
+    model = create_model("small", init="scaled")
+    x = jax.random.normal(jax.random.key(4), (4, *model.input_shape))
+    params = model.init(jax.random.key(5), x)["params"]
+    got = jax.grad(lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, x))))(params)
+    expected = jax.grad(lambda p: jnp.sum(jnp.sin(grouped_reference(p, x, model))))(params)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.abs(b).max()),
+                                   err_msg=jax.tree_util.keystr(path))
+
+
 @pytest.mark.parametrize("stride,padding,size", [(1, "SAME", 3), (4, ((0, 3), (0, 3)), 11),
                                                  (2, "VALID", 5)])
 def test_im2col_convolution_and_its_gradients_equal_xla(stride, padding, size):
@@ -171,10 +186,10 @@ def test_im2col_convolution_and_its_gradients_equal_xla(stride, padding, size):
     w = jax.random.normal(jax.random.key(8), (size, size, 3, 4))
 
     def loss(impl):
-        return lambda x, w: jnp.sum(jnp.sin(conv.conv2d(x, w, stride, padding, impl)))
+        return lambda x, w: jnp.sum(jnp.sin(ops.conv2d(x, w, stride, padding, impl)))
 
-    np.testing.assert_allclose(conv.conv2d(x, w, stride, padding, "im2col"),
-                               conv.conv2d(x, w, stride, padding, "xla"), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ops.conv2d(x, w, stride, padding, "im2col"),
+                               ops.conv2d(x, w, stride, padding, "xla"), rtol=1e-4, atol=1e-4)
     g_im2col = jax.grad(loss("im2col"), (0, 1))(x, w)
     g_xla = jax.grad(loss("xla"), (0, 1))(x, w)
     for a, b in zip(g_im2col, g_xla):
@@ -257,7 +272,7 @@ def test_paper_init_biases_and_weight_scale():
 @pytest.mark.parametrize("knob,value,listed", [
     ("norm", "layernorm", "lrn, batchnorm, none"), ("pool", "avg", "overlapping, non_overlapping"),
     ("activation", "gelu", "relu, tanh"), ("init", "xavier", "paper, scaled"),
-    ("conv_implementation", "cudnn", "auto, xla, im2col")])
+    ("implementation", "cudnn", "auto, xla, im2col")])
 def test_unknown_choices_list_the_valid_ones(knob, value, listed):
     with pytest.raises(ValueError, match=f"{value}.*{listed}"):
         create_model("small", **{knob: value})
@@ -274,3 +289,14 @@ def test_wrong_input_shape_says_what_is_expected(shape):
     variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     with pytest.raises(ValueError, match=r"expects images of shape \(batch, 28, 28, 1\)"):
         model.apply(variables, jnp.zeros(shape))
+
+
+def test_max_pool_forms_and_gradients_agree_on_random_input():
+    x = jax.random.normal(jax.random.key(12), (2, 13, 13, 5))
+    for window, stride in ((3, 2), (2, 2)):
+        def loss(impl):
+            return lambda x: jnp.sum(jnp.sin(ops.max_pool(x, window, stride, impl)))
+        np.testing.assert_array_equal(ops.max_pool(x, window, stride, "im2col"),
+                                      ops.max_pool(x, window, stride, "xla"))
+        np.testing.assert_allclose(jax.grad(loss("im2col"))(x), jax.grad(loss("xla"))(x),
+                                   rtol=1e-6, atol=1e-6)

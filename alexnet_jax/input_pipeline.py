@@ -1,0 +1,256 @@
+"""Input pipelines: TFDS datasets read through tf.data, yielding NumPy batches.
+
+TensorFlow is imported here only, lazily, and hidden from accelerators, so that the
+model, the benchmark and their tests never need it.
+
+Every random choice is a stateless function of (seed, epoch, position in the epoch),
+so the batches of epoch e are the same whenever they are made: a resumed run sees
+exactly the batches the uninterrupted run saw.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from typing import Any, Iterator
+
+import numpy as np
+
+from alexnet_jax import datasets
+
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FETCH_FASHION_MNIST = (
+    "make data    (or by hand: apt-get download dataset-fashion-mnist && "
+    "dpkg-deb -x dataset-fashion-mnist_*.deb /tmp/fm && mkdir -p {raw} && "
+    "cp /tmp/fm/usr/share/datasets/fashion-mnist/*.gz {raw}/)")
+
+
+class DatasetUnavailableError(RuntimeError):
+    """The dataset is neither prepared nor preparable here; the message says how to get it."""
+
+
+def _tf():
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")  # input only: leave accelerators to JAX
+    return tf
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (the MNIST format), gzipped: big-endian dims, then uint8 data."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = np.frombuffer(data, ">u4", count=ndim, offset=4)
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+@functools.lru_cache(maxsize=None)  # TFDS registers a builder class by name, once
+def _fashion_mnist_builder_class():
+    import tensorflow_datasets as tfds
+
+    class FashionMnistIdx(tfds.core.GeneratorBasedBuilder):
+        """Fashion-MNIST prepared from its four IDX files in a local directory.
+
+        Debian's ``dataset-fashion-mnist`` holds the same data as TFDS's own
+        ``fashion_mnist`` download, in gzip files with other headers, so TFDS's
+        checksums reject them; this builder reads them as TFDS's manual data instead.
+        """
+
+        VERSION = tfds.core.Version("1.0.0")
+        MANUAL_DOWNLOAD_INSTRUCTIONS = "Place the four Fashion-MNIST IDX .gz files in manual_dir."
+
+        def _info(self):
+            return self.dataset_info_from_configs(
+                features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Image(shape=(28, 28, 1)),
+                    "label": tfds.features.ClassLabel(names=datasets.FASHION_MNIST_CLASSES),
+                }),
+                supervised_keys=("image", "label"),
+                homepage="https://github.com/zalandoresearch/fashion-mnist")
+
+        def _split_generators(self, dl_manager):
+            manual = dl_manager.manual_dir
+            return {split: self._generate_examples(os.path.join(manual, images),
+                                                   os.path.join(manual, labels))
+                    for split, (images, labels) in FASHION_MNIST_FILES.items()}
+
+        def _generate_examples(self, images_path, labels_path):
+            images, labels = read_idx(images_path), read_idx(labels_path)
+            for index, (image, label) in enumerate(zip(images, labels)):
+                yield index, {"image": image[..., None], "label": int(label)}
+
+    return FashionMnistIdx
+
+
+def load_builder(data: Any, allow_download: bool | None = None):
+    """A prepared TFDS builder for ``config.data``, preparing it first where it can:
+    from local files, else (``data.download``) through TFDS's own download."""
+    if allow_download is None:
+        allow_download = data.download
+    import tensorflow_datasets as tfds
+    _tf()
+    tfds_dir = os.path.join(data.data_dir, "tfds")
+    if data.dataset == "fashion_mnist":
+        raw = os.path.join(data.data_dir, "fashion-mnist")
+        builder = _fashion_mnist_builder_class()(data_dir=tfds_dir)
+        if not builder.is_prepared():
+            if all(os.path.exists(os.path.join(raw, f))
+                   for pair in FASHION_MNIST_FILES.values() for f in pair):
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(manual_dir=raw))
+            else:
+                return _download_or_explain("fashion_mnist", tfds_dir, allow_download,
+                                            "Fashion-MNIST files not found in " + raw + ". Fetch "
+                                            "them with:\n  " + FETCH_FASHION_MNIST.format(raw=raw))
+        return builder
+    info = datasets.info(data.dataset)
+    builder = tfds.builder(info.tfds_name, data_dir=tfds_dir)
+    if builder.is_prepared():
+        return builder
+    if data.dataset == "imagenet2012":
+        raise DatasetUnavailableError(
+            f"ImageNet is not prepared under {tfds_dir}. Place ILSVRC2012_img_train.tar and "
+            f"ILSVRC2012_img_val.tar in {tfds_dir}/downloads/manual/ and run again; see README "
+            "'Training on ImageNet'.")
+    return _download_or_explain(info.tfds_name, tfds_dir, allow_download,
+                                f"{info.tfds_name} is not prepared under {tfds_dir}.")
+
+
+def _download_or_explain(name: str, tfds_dir: str, allow_download: bool, explanation: str):
+    import tensorflow_datasets as tfds
+    if not allow_download:
+        raise DatasetUnavailableError(explanation + " (TFDS download disabled: "
+                                      "config.data.download=False.)")
+    builder = tfds.builder(name, data_dir=tfds_dir)
+    try:
+        builder.download_and_prepare()
+    except Exception as error:  # offline, or the download failed: say how to get the data
+        raise DatasetUnavailableError(
+            f"{explanation}\nTFDS's own download of {name!r} failed too ({type(error).__name__}: "
+            f"{str(error)[:200]}). Prepare it on a machine with internet access "
+            f"(python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
+            f"data_dir='{tfds_dir}').download_and_prepare()\") and copy {tfds_dir} here.") from error
+    return builder
+
+
+# --- preprocessing ops: small, named, composed by the config ----------------------------
+
+def normalize(image, mean, std):
+    tf = _tf()
+    return (tf.cast(image, tf.float32) / 255.0 - mean) / std
+
+
+def random_crop_with_padding(image, padding: int, seed):
+    """Zero-pads each side by ``padding`` and crops back to the original size."""
+    tf = _tf()
+    if padding <= 0:
+        return image
+    height, width = image.shape[0], image.shape[1]
+    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
+    return tf.image.stateless_random_crop(padded, [height, width, image.shape[2]], seed=seed)
+
+
+def random_flip(image, seed):
+    tf = _tf()
+    return tf.image.stateless_random_flip_left_right(image, seed=seed)
+
+
+def _example_seed(seed: int, epoch: int, index):
+    tf = _tf()
+    return tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64) * (1 << 32) + index])
+
+
+class SmallImagePipeline:
+    """Fashion-MNIST / CIFAR-10: pad-and-crop and flips for training, nothing random in eval."""
+
+    def __init__(self, config: Any, process_index: int = 0, process_count: int = 1):
+        self.config = config
+        self.data = config.data
+        self.info = datasets.info(config.data.dataset)
+        self.process_index, self.process_count = process_index, process_count
+        if config.batch_size % process_count:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
+                             f"{process_count} processes.")
+        self.batch_size = config.batch_size // process_count
+        self.builder = load_builder(config.data)
+        self._train = self._split(self.info.train_split, self.data.max_train_examples)
+        self._test = self._split(self.info.test_split, self.data.max_test_examples)
+        self.num_train = _count(self._train)
+        self.num_test = _count(self._test)
+        self.steps_per_epoch = self.num_train // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"batch_size {config.batch_size} exceeds the {self.num_train} "
+                             "training examples.")
+
+    def _split(self, split: str, limit: int):
+        tf = _tf()
+        import tensorflow_datasets as tfds
+        read_config = tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1)
+        ds = self.builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+        if limit:
+            ds = ds.take(limit)
+        ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.cache() if self.data.cache else ds
+
+    def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """Epoch ``epoch``'s batches for this process, from step ``start_step`` of the epoch."""
+        tf = _tf()
+        seed, data = self.config.seed, self.data
+        mean, std = datasets.normalization(data.dataset)
+        ds = self._train.shuffle(data.shuffle_buffer, seed=seed * 100_003 + epoch,
+                                 reshuffle_each_iteration=False)
+        # Shard after the global shuffle so that processes split one permutation.
+        ds = ds.enumerate().shard(self.process_count, self.process_index)
+
+        def augment(index, example):
+            image, label = example
+            crop_seed = _example_seed(seed, epoch, 2 * index)
+            flip_seed = _example_seed(seed, epoch, 2 * index + 1)
+            image = random_crop_with_padding(image, data.random_crop_padding, crop_seed)
+            if data.flip:
+                image = random_flip(image, flip_seed)
+            return {"image": normalize(image, mean, std), "label": label}
+
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(self.batch_size, drop_remainder=True).take(self.steps_per_epoch)
+        ds = ds.skip(start_step).prefetch(tf.data.AUTOTUNE)
+        return iter(ds.as_numpy_iterator())
+
+    def eval_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Every test example of this process's shard exactly once; the last batch padded
+        to ``batch_size`` with ``mask`` 0 on the padding."""
+        tf = _tf()
+        mean, std = datasets.normalization(self.data.dataset)
+        ds = self._test.shard(self.process_count, self.process_index)
+        ds = ds.map(lambda image, label: {"image": normalize(image, mean, std), "label": label},
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        for batch in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+            yield pad_batch(batch, batch_size)
+
+
+def _count(ds) -> int:
+    """Examples in a finite dataset: its cardinality where tf.data knows it, else by reading."""
+    tf = _tf()
+    cardinality = int(ds.cardinality())
+    if cardinality >= 0:
+        return cardinality
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
+def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    n = len(batch["label"])
+    mask = np.zeros(size, np.float32)
+    mask[:n] = 1.0
+    padded = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
+              for k, v in batch.items()}
+    return {**padded, "mask": mask}
+
+
+def create_pipeline(config: Any, process_index: int = 0, process_count: int = 1):
+    if config.data.dataset in ("fashion_mnist", "cifar10"):
+        return SmallImagePipeline(config, process_index, process_count)
+    datasets.info(config.data.dataset)
+    raise NotImplementedError(f"The {config.data.dataset} pipeline is not implemented yet.")

@@ -1,0 +1,141 @@
+"""The TFDS input pipelines: real Fashion-MNIST files, mock data, determinism, full evaluation."""
+import os
+
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from alexnet_jax import input_pipeline  # noqa: E402
+from alexnet_jax.config_base import base_config  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.path.join(REPO, "data")
+HAVE_FASHION_MNIST = os.path.exists(os.path.join(DATA_DIR, "fashion-mnist",
+                                                 "train-images-idx3-ubyte.gz"))
+needs_fashion_mnist = pytest.mark.skipif(
+    not HAVE_FASHION_MNIST, reason="Fashion-MNIST files absent: run `make data` to fetch them")
+
+
+def small_config(dataset="fashion_mnist", data_dir=DATA_DIR, train=600, test=250, batch=64):
+    config = base_config()
+    config.data.dataset = dataset
+    config.data.data_dir = data_dir
+    config.data.max_train_examples = train
+    config.data.max_test_examples = test
+    config.data.shuffle_buffer = 1000
+    config.batch_size = batch
+    return config
+
+
+def raw_test_split():
+    folder = os.path.join(DATA_DIR, "fashion-mnist")
+    return (input_pipeline.read_idx(os.path.join(folder, "t10k-images-idx3-ubyte.gz")),
+            input_pipeline.read_idx(os.path.join(folder, "t10k-labels-idx1-ubyte.gz")))
+
+
+def as_keys(images, labels):
+    """Each example as bytes (pixels then label), for comparing datasets as multisets."""
+    pixels = np.rint(images.reshape(len(images), -1) * 0.3530 * 255 + 0.2860 * 255).astype(np.uint8)
+    return sorted(p.tobytes() + bytes([int(l)]) for p, l in zip(pixels, labels))
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_is_read_through_tfds_from_the_debian_files():
+    pipeline = input_pipeline.create_pipeline(small_config(test=0))
+    assert pipeline.builder.info.splits["train"].num_examples == 60_000
+    assert pipeline.builder.info.splits["test"].num_examples == 10_000
+    batches = list(pipeline.eval_batches(5000))
+    images = np.concatenate([b["image"] for b in batches])
+    labels = np.concatenate([b["label"] for b in batches])
+    raw_images, raw_labels = raw_test_split()
+    # TFDS stores examples in its own order; as a multiset the test split is the raw file's.
+    assert as_keys(images, labels) == sorted(
+        img.tobytes() + bytes([int(l)]) for img, l in zip(raw_images, raw_labels))
+
+
+@needs_fashion_mnist
+def test_evaluation_sees_every_test_example_exactly_once():
+    pipeline = input_pipeline.create_pipeline(small_config(test=250))
+    batches = list(pipeline.eval_batches(100))
+    assert [b["image"].shape[0] for b in batches] == [100, 100, 100]
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert mask.sum() == 250 and mask[:250].all() and not mask[250:].any()
+    images = np.concatenate([b["image"] for b in batches])[:250]
+    labels = np.concatenate([b["label"] for b in batches])[:250]
+    keys = as_keys(images, labels)
+    assert len(set(keys)) == 250  # no example twice
+    raw_images, raw_labels = raw_test_split()
+    raw = set(img.tobytes() + bytes([int(l)]) for img, l in zip(raw_images, raw_labels))
+    assert set(keys) <= raw
+
+
+def test_train_batches_are_a_function_of_seed_epoch_and_step():
+    with tfds.testing.mock_data(num_examples=320):
+        pipeline = input_pipeline.create_pipeline(small_config(data_dir="/nonexistent", train=0,
+                                                               batch=32))
+        epoch0 = list(pipeline.train_batches(epoch=0))
+        assert len(epoch0) == pipeline.steps_per_epoch == 10
+        again = list(pipeline.train_batches(epoch=0))
+        resumed = list(pipeline.train_batches(epoch=0, start_step=7))
+        epoch1 = list(pipeline.train_batches(epoch=1))
+    for a, b in zip(epoch0, again):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    assert len(resumed) == 3
+    for a, b in zip(epoch0[7:], resumed):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert not np.array_equal(epoch0[0]["image"], epoch1[0]["image"])
+
+
+def test_processes_split_one_permutation_into_disjoint_halves():
+    config = small_config(data_dir="/nonexistent", train=0, batch=32)
+    config.data.random_crop_padding = 0
+    config.data.flip = False
+    with tfds.testing.mock_data(num_examples=256):
+        whole = input_pipeline.create_pipeline(config)
+        halves = [input_pipeline.create_pipeline(config, i, 2) for i in range(2)]
+        assert halves[0].batch_size == 16
+
+        def images(pipeline):
+            return np.concatenate([b["image"] for b in pipeline.train_batches(0)])
+
+        everything = images(whole)
+        parts = [images(h) for h in halves]
+    assert parts[0].shape[0] == parts[1].shape[0] == everything.shape[0] // 2
+    key = lambda arr: sorted(map(bytes, arr.reshape(arr.shape[0], -1)))  # noqa: E731
+    assert key(np.concatenate(parts)) == key(everything)
+    assert not set(key(parts[0])) & set(key(parts[1]))
+
+
+def test_cifar10_shapes_under_mock_data():
+    with tfds.testing.mock_data(num_examples=64):
+        pipeline = input_pipeline.create_pipeline(small_config("cifar10", "/nonexistent", 0, 0, 32))
+        batch = next(pipeline.train_batches(0))
+    assert batch["image"].shape == (32, 32, 32, 3) and batch["image"].dtype == np.float32
+
+
+def test_augmentation_crops_and_flips_statelessly():
+    import tensorflow as tf
+    image = tf.reshape(tf.range(2 * 3 * 1, dtype=tf.float32), (2, 3, 1))
+    flipped = input_pipeline.random_flip(image, tf.constant([0, 0], tf.int64))
+    assert flipped.shape == image.shape
+    seeds = [tf.constant([1, i], tf.int64) for i in range(20)]
+    crops = [input_pipeline.random_crop_with_padding(image, 1, s).numpy() for s in seeds]
+    assert all(c.shape == (2, 3, 1) for c in crops)
+    assert len({c.tobytes() for c in crops}) > 1
+    np.testing.assert_array_equal(crops[0], input_pipeline.random_crop_with_padding(image, 1, seeds[0]))
+
+
+def test_missing_dataset_says_how_to_fetch_it(tmp_path, monkeypatch):
+    config = small_config(data_dir=str(tmp_path))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(input_pipeline.DatasetUnavailableError, match="make data"):
+        input_pipeline.load_builder(config.data, allow_download=False)
+
+
+def test_pad_batch_masks_the_padding():
+    batch = {"image": np.ones((3, 2, 2, 1), np.float32), "label": np.array([4, 5, 6])}
+    padded = input_pipeline.pad_batch(batch, 5)
+    np.testing.assert_array_equal(padded["mask"], [1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(padded["label"], [4, 5, 6, 0, 0])

@@ -1,0 +1,157 @@
+"""The trainer end to end on tiny configs, its step functions, metrics and bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from alexnet_jax import metrics, train  # noqa: E402
+from alexnet_jax.config_base import base_config  # noqa: E402
+from alexnet_jax.models import create_model  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.path.join(REPO, "data")
+HAVE_FASHION_MNIST = os.path.exists(os.path.join(DATA_DIR, "fashion-mnist",
+                                                 "train-images-idx3-ubyte.gz"))
+
+
+def tiny_config(data_dir="/nonexistent", train_examples=128, epochs=1, batch=32):
+    config = base_config()
+    config.model.variant = "small"
+    config.data.dataset = "fashion_mnist"
+    config.data.data_dir = data_dir
+    config.data.max_train_examples = train_examples
+    config.data.max_test_examples = 100
+    config.data.shuffle_buffer = 512
+    config.batch_size = batch
+    config.eval_batch_size = 64
+    config.num_epochs = epochs
+    config.log_every_steps = 2
+    config.progress_bar = False
+    config.optim.schedule = "constant"
+    return config
+
+
+def test_train_and_evaluate_end_to_end_under_mock_data(tmp_path):
+    config = tiny_config()
+    with tfds.testing.mock_data(num_examples=128):
+        summary = train.train_and_evaluate(config, str(tmp_path))
+    for key in ("test_top1_error", "test_top5_error", "steps", "wall_s", "best_test_top1_error"):
+        assert key in summary
+    assert summary["steps"] == 4
+    assert summary["test_examples"] == 100
+    assert json.load(open(tmp_path / "summary.json")) == summary
+    assert json.load(open(tmp_path / "config.json"))["model"]["variant"] == "small"
+    records = metrics.read_metrics(str(tmp_path))
+    train_records = [r for r in records if "train_loss" in r]
+    assert [r["step"] for r in train_records] == [2, 4]
+    for key in ("epoch", "train_loss", "train_top1_error", "train_top5_error", "learning_rate",
+                "images_per_s"):
+        assert key in train_records[0]
+    assert any("test_top1_error" in r for r in records)
+    assert os.listdir(tmp_path / "tensorboard")
+    assert os.listdir(tmp_path / "checkpoints" / "latest")
+
+
+@pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="Fashion-MNIST absent: run `make data`")
+def test_train_and_evaluate_on_a_few_hundred_real_fashion_mnist_examples(tmp_path):
+    config = tiny_config(DATA_DIR, train_examples=960, epochs=2, batch=32)
+    config.data.max_test_examples = 500
+    config.data.random_crop_padding = 0
+    config.optim.learning_rate = 0.02
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    assert summary["steps"] == 60 and summary["test_examples"] == 500
+    # 10 classes: chance is 90% error. A few hundred examples already do far better.
+    assert summary["test_top1_error"] < 0.6
+
+
+def one_batch(batch=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": jnp.asarray(rng.normal(size=(batch, 28, 28, 1)), jnp.float32),
+            "label": jnp.asarray(rng.integers(0, 10, batch))}
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    config = tiny_config()
+    config.model.dropout_rate = 0.0
+    config.optim.learning_rate = 0.01
+    state = train.create_train_state(config, create_model("small", dropout_rate=0.0), 10)
+    batch = one_batch()
+    losses = []
+    for _ in range(60):
+        state, m = train.jit_train_step(state, batch)
+        losses.append(float(m["loss"]))
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def params_after_steps(seed, steps=3):
+    config = tiny_config()
+    config.seed = seed
+    state = train.create_train_state(config, create_model("small"), 10)
+    for i in range(steps):
+        state, _ = train.jit_train_step(state, one_batch(seed=i))
+    return jax.device_get(state.params)
+
+
+def test_same_seed_same_parameters_other_seed_different():
+    a, b, c = params_after_steps(0), params_after_steps(0), params_after_steps(1)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert not np.allclose(a["towers"]["conv1"]["kernel"], c["towers"]["conv1"]["kernel"])
+
+
+def test_dropout_masks_change_from_step_to_step():
+    config = tiny_config()
+    state = train.create_train_state(config, create_model("small"), 10)
+    batch = one_batch()
+    keys = [jax.random.fold_in(state.rng, s) for s in (0, 1)]
+    logits = [state.apply_fn({"params": state.params}, batch["image"], train=True,
+                             rngs={"dropout": k}) for k in keys]
+    assert not np.allclose(logits[0], logits[1])
+
+
+def test_topk_error_against_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 200)
+    order = np.argsort(-logits, axis=1)
+    for k in (1, 3, 5):
+        expected = np.array([labels[i] in order[i, :k] for i in range(200)], np.float32)
+        np.testing.assert_array_equal(metrics.topk_correct(jnp.asarray(logits), jnp.asarray(labels), k),
+                                      expected)
+
+
+def test_eval_step_counts_only_unmasked_examples():
+    config = tiny_config()
+    state = train.create_train_state(config, create_model("small"), 10)
+    batch = {**one_batch(8), "mask": jnp.asarray([1, 1, 1, 0, 0, 0, 0, 0], jnp.float32)}
+    sums = train.jit_eval_step(state, batch)
+    assert float(sums["count"]) == 3
+    logits = state.apply_fn({"params": state.params}, batch["image"][:3])
+    expected = float(jnp.sum(metrics.topk_correct(logits, batch["label"][:3], 1)))
+    assert float(sums["top1_correct"]) == expected
+
+
+def run_main(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "alexnet_jax.main", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_config_key_is_an_error_naming_it_before_any_work(tmp_path):
+    result = run_main("--config", "experiments/fashion_mnist.py", "--workdir", str(tmp_path / "w"),
+                      "--config.model.nrom=batchnorm")
+    assert result.returncode != 0
+    assert "nrom" in result.stderr and "norm" in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_unwritable_workdir_is_an_error_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(PermissionError, match="Cannot write to workdir"):
+        train.prepare_workdir(str(blocker / "run"), tiny_config())
