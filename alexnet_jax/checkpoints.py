@@ -14,6 +14,7 @@ process killed mid-save leaves no step that a restart would load.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import jax
@@ -64,6 +65,7 @@ class CheckpointManager:
     def __init__(self, workdir: str, config: Any):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self.every_steps = config.checkpoint.every_steps
+        self.seconds_blocked = 0.0  # time the training loop spent in save()
         options = dict(enable_async_checkpointing=config.checkpoint.async_save, create=True)
         self.latest = _orbax_manager(
             os.path.join(self.directory, "latest"),
@@ -80,6 +82,7 @@ class CheckpointManager:
              wall_s: float) -> None:
         if step in self.latest.all_steps():
             return
+        started = time.perf_counter()
         meta = {"plateau": plateau.state_dict(), "history": history, "wall_s": wall_s}
         args = ocp.args.Composite(state=ocp.args.StandardSave(_host_copy(_arrays(state))),
                                   meta=ocp.args.JsonSave(meta))
@@ -93,6 +96,7 @@ class CheckpointManager:
                 f"Could not write the checkpoint of step {step} under {self.directory}: "
                 f"{error}. Free disk space or fix permissions; the earlier checkpoints are intact "
                 "(orbax renames a step into place only once it is complete).") from error
+        self.seconds_blocked += time.perf_counter() - started
 
     def restore_or_keep(self, state: Any, plateau: PlateauPolicy
                         ) -> tuple[Any, PlateauPolicy, list[dict], float]:

@@ -20,6 +20,7 @@ crosses towers: on the paper's GPUs each one normalised its own maps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -105,13 +106,8 @@ def _bias_init(init: str, layer: str) -> Callable:
     return nn.initializers.zeros
 
 
-class Tower(nn.Module):
-    """One tower of AlexNet: everything one of the paper's GPUs computed.
-
-    Widths are per tower.  Must run under a named axis ``"model"`` (vmap or pmap),
-    even a size-1 one; the collectives on it are the towers' only contact.
-    Returns the full logits (summed over towers), without the output bias.
-    """
+class TowerSettings(nn.Module):
+    """The settings of one tower; ``Tower`` computes with them, ``AlexNet`` passes them on."""
 
     conv_channels: Sequence[int]
     conv_kernels: Sequence[int]
@@ -128,6 +124,16 @@ class Tower(nn.Module):
     init_scheme: str = "paper"
     dtype: Any = jnp.float32
     implementation: str = "auto"
+
+
+class Tower(TowerSettings):
+    """One tower of AlexNet: everything one of the paper's GPUs computed.
+
+    Widths are per tower.  Must run under a named axis ``"model"`` (vmap or pmap),
+    even a size-1 one; the collectives on it are the towers' only contact.
+    Returns the full logits (summed over towers), without the output bias.
+    """
+
 
     def _record(self, stage: str, x: jax.Array) -> jax.Array:
         """Keeps each stage's output as intermediates[stage + "_out"] for summaries and figures."""
@@ -187,7 +193,7 @@ class Tower(nn.Module):
         return jax.lax.psum(partial_logits.astype(jnp.float32), MODEL_AXIS)
 
 
-class AlexNet(nn.Module):
+class AlexNet(TowerSettings):
     """AlexNet with ``towers`` towers on one device (``flax.linen.vmap`` over "model").
 
     Fields are those of a row of ``VARIANTS`` plus the knobs; build one with
@@ -195,23 +201,8 @@ class AlexNet(nn.Module):
     and ``params['output_bias']`` shared by the towers' summed logits.
     """
 
-    input_shape: Sequence[int]
-    conv_channels: Sequence[int]
-    conv_kernels: Sequence[int]
-    conv1_stride: int
-    conv1_padding: Any
-    hidden_units: Sequence[int]
+    input_shape: Sequence[int] = (224, 224, 3)
     towers: int = 2
-    num_classes: int = 1000
-    norm: str = "lrn"
-    norm_position: str = "after_relu"
-    lrn: Sequence[float] = (2.0, 5, 1e-4, 0.75)
-    pool: str = "overlapping"
-    activation: str = "relu"
-    dropout_rate: float = 0.5
-    init_scheme: str = "paper"
-    dtype: Any = jnp.float32
-    implementation: str = "auto"
 
     def check_input(self, x: jax.Array) -> None:
         expected = tuple(self.input_shape)
@@ -228,7 +219,7 @@ class AlexNet(nn.Module):
             Tower, in_axes=None, out_axes=0, axis_name=MODEL_AXIS, axis_size=self.towers,
             variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
             split_rngs={"params": True, "dropout": True})
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(Tower)
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TowerSettings)
                   if f.name not in ("parent", "name")}
         logits = towers(**fields, name="towers")(x, train)[0]
         bias = self.param("output_bias", nn.initializers.zeros, (self.num_classes,))
@@ -268,7 +259,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def create_model(variant: str, **knobs: Any) -> AlexNet:
+    """See ``_create_model``; equal settings give the very same module object, so that
+    jit-compiled steps holding ``model.apply`` are reused instead of compiled again."""
+    return _create_model(variant, **{k: _frozen(v) for k, v in knobs.items()})
+
+
+@functools.lru_cache(maxsize=64)
+def _create_model(variant: str, **knobs: Any) -> AlexNet:
     """Builds AlexNet from a row of ``VARIANTS``, with knobs overriding the row.
 
     Knobs: norm, norm_position, pool, activation, towers, dropout_rate, num_classes,

@@ -5,6 +5,7 @@ sweeps, benchmarks and figures call it or its pieces.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax.training import train_state
 
@@ -36,11 +38,25 @@ class TrainState(train_state.TrainState):
 def create_train_state(config: Any, model: AlexNet, steps_per_epoch: int) -> TrainState:
     init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
     dummy = jnp.zeros((1, *model.input_shape), jnp.float32)
-    variables = jax.jit(model.init)(init_key, dummy)
+    variables = _jitted_init(model)(init_key, dummy)
     params = variables["params"]
-    tx = optim.optimizer_from_config(config.optim, params, steps_per_epoch, config.num_epochs)
+    tx = _optimizer(model, config.optim.to_json(), steps_per_epoch, config.num_epochs)
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                              batch_stats=variables.get("batch_stats", {}), rng=run_key)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_init(model: AlexNet):
+    return jax.jit(model.init)
+
+
+@functools.lru_cache(maxsize=64)
+def _optimizer(model: AlexNet, optim_json: str, steps_per_epoch: int, num_epochs: int):
+    """One optax transformation object per (model, settings): the jit cache keys on it."""
+    optim_config = ml_collections.ConfigDict(json.loads(optim_json))
+    dummy = jnp.zeros((1, *model.input_shape), jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)["params"]
+    return optim.optimizer_from_config(optim_config, params, steps_per_epoch, num_epochs)
 
 
 def _variables(state: TrainState, params: Any) -> dict[str, Any]:
@@ -199,9 +215,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     manager = checkpoints.CheckpointManager(workdir, config)
     state, plateau, history, wall_before = manager.restore_or_keep(state, plateau)
     step = int(state.step)
+    if not config.eval_only:
+        _truncate_metrics(workdir, step)  # also a run killed before its first checkpoint
     if step:
         print(f"Resuming from the checkpoint of step {step} in {manager.directory}.")
-        _truncate_metrics(workdir, step)
     elif config.restore_from:
         state = state.replace(**checkpoints.load_weights(config.restore_from, state))
         print(f"Starting from the weights in {config.restore_from}.")
@@ -268,6 +285,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         manager.close()
         writer.close()
     summary = _summary(history, step, wall_s(), pipeline, config)
+    summary["checkpoint_s"] = manager.seconds_blocked  # this session's, for the overhead
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)

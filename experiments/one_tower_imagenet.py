@@ -7,14 +7,10 @@ training recipe.  61,100,840 parameters.
     python -m alexnet_jax.summary --config experiments/one_tower_imagenet.py
     python -m alexnet_jax.main --config experiments/one_tower_imagenet.py --workdir runs/one_tower
 """
-from alexnet_jax.config_base import base_config
+from experiments.paper_imagenet import get_config as paper_config
 
 
 def get_config():
-    config = base_config()
+    config = paper_config()
     config.model.variant = "one_tower"
-    config.data.dataset = "imagenet2012"
-    config.num_epochs = 90
-    config.batch_size = 128
-    config.optim.schedule = "plateau"
     return config
