@@ -286,12 +286,16 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         writer.close()
     summary = _summary(history, step, wall_s(), pipeline, config)
     summary["checkpoint_s"] = manager.seconds_blocked  # this session's, for the overhead
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+    _write_json(workdir, "summary.json", summary)
     print(f"Test top-1 error {summary['test_top1_error']:.4f}, top-5 "
           f"{summary['test_top5_error']:.4f} after {step} steps; {workdir}/summary.json")
     return summary
+
+
+def _write_json(workdir: str, name: str, record: dict[str, Any]) -> None:
+    if jax.process_index() == 0:  # the primary process writes for all
+        with open(os.path.join(workdir, name), "w") as f:
+            json.dump(record, f, indent=1)
 
 
 def _interrupted_message(signum: int, step: int, manager: Any) -> str:
@@ -304,9 +308,7 @@ def _evaluate_only(state: TrainState, pipeline: Any, config: Any, workdir: str,
     manager.close()
     test = evaluate(state, pipeline, config.eval_batch_size)
     result = {"step": int(state.step), **{f"test_{k}": v for k, v in test.items()}}
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "eval.json"), "w") as f:
-            json.dump(result, f, indent=1)
+    _write_json(workdir, "eval.json", result)
     print(f"Step {result['step']}: test top-1 error {result['test_top1_error']:.4f}, top-5 "
           f"{result['test_top5_error']:.4f}; {workdir}/eval.json")
     return result
