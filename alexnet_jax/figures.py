@@ -128,9 +128,9 @@ def make_figures(workdir: str, step: int | None = None, examples: int = 2000) ->
     for t, (ax, block) in enumerate(zip(axes[0], blocks)):
         ax.imshow(block[..., 0] if block.shape[-1] == 1 else block, cmap="gray")
         stat = "grayscale input" if np.isnan(colour[t]) else f"colour statistic {colour[t]:.2f}"
-        ax.set_title(f"tower {t + 1}: {kernels.shape[-1]} conv1 kernels\n{stat}")
+        ax.set_title(f"tower {t + 1}: {kernels.shape[-1]} conv1 kernels at step "
+                     f"{int(state.step)}\n{stat}")
         ax.axis("off")
-    fig.suptitle(f"conv1 kernels, step {int(state.step)}")
     paths["conv1_filters"] = _save(fig, out, "conv1_filters.png")
 
     extract = make_feature_extractor(state)
