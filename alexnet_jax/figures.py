@@ -124,7 +124,7 @@ def make_figures(workdir: str, step: int | None = None, examples: int = 2000) ->
     kernels = np.asarray(state.params["towers"]["conv1"]["kernel"])
     colour = tower_colour_statistic(kernels)
     blocks = filter_grid(kernels)
-    fig, axes = plt.subplots(1, len(blocks), figsize=(4 * len(blocks), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(blocks), figsize=(4 * len(blocks), 4.8), squeeze=False)
     for t, (ax, block) in enumerate(zip(axes[0], blocks)):
         ax.imshow(block[..., 0] if block.shape[-1] == 1 else block, cmap="gray")
         stat = "grayscale input" if np.isnan(colour[t]) else f"colour statistic {colour[t]:.2f}"

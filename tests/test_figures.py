@@ -54,7 +54,7 @@ def test_figures_from_a_trained_run(tmp_path):
     with tfds.testing.mock_data(num_examples=64):
         train.train_and_evaluate(config, str(tmp_path))
         paths = figures.make_figures(str(tmp_path), examples=64)
-    expected = {"conv1_filters": (396, 720), "predictions": (450, 1584),
+    expected = {"conv1_filters": (432, 720), "predictions": (450, 1584),
                 "nearest_neighbours": (918, 1008), "curves": (360, 1620)}
     for name, shape in expected.items():
         assert matplotlib.image.imread(paths[name]).shape[:2] == shape, name
