@@ -1,13 +1,18 @@
 """The seed's timing protocol, and the full training step's throughput.
 
     python -m alexnet_jax.benchmark --variant seed --batch 32 --steps 100 [--dtype bfloat16]
-        [--json FILE] [--compare [--torch-python PY]]
+        [--json FILE] [--compare [--torch-python PY]] [--layouts]
 
 As in the seed: random N(0, 0.1) images kept on the device, 10 burn-in steps, then
 mean +/- std seconds per batch for "Forward" (the softmax output) and for
 "Forward-backward" (gradients of l2_loss(softmax output) with respect to every
-parameter), plus the full training step (cross-entropy, the paper's SGD update)
-in images/s.  The JSON has the keys that ../shared/reference/*_benchmark.py write.
+parameter), plus the full training step (``train.train_step``: cross-entropy, the
+paper's SGD update) in images/s.  The JSON has the keys that
+../shared/reference/*_benchmark.py write.
+
+``--layouts`` times the training step under every device layout that fits the
+devices present (see parallel.py), each relative to ``single``.  On CPU, start it
+with XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8 devices.
 
 ``--compare`` runs this benchmark and the references in ../shared/reference (the
 seed's TensorFlow code, and its PyTorch twin where ``--torch-python`` can import
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 from typing import Any, Callable
 
 REFERENCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -47,6 +53,73 @@ def time_run(fn: Callable[[], Any], name: str, steps: int, burn_in: int) -> dict
     return {"mean_s": mean, "std_s": std, "steps": steps}
 
 
+def _synthetic_inputs(model: Any, batch: int) -> tuple[Any, Any, Any]:
+    import jax
+    import jax.numpy as jnp
+    key_images, key_init, key_labels = jax.random.split(jax.random.PRNGKey(0), 3)
+    images = 0.1 * jax.random.normal(key_images, (batch, *model.input_shape), jnp.float32)
+    labels = jax.random.randint(key_labels, (batch,), 0, model.num_classes)
+    return images, labels, jax.jit(model.init)(key_init, images[:1])
+
+
+def time_train_step(model: Any, layout: Any, batch: int, steps: int, burn_in: int,
+                    name: str = "Train step") -> dict[str, float]:
+    """``train.jit_train_step`` (the trainer's own step) on synthetic data under ``layout``."""
+    import jax
+
+    from alexnet_jax import train
+    from alexnet_jax.optim import optimizer_from_config
+
+    images, labels, variables = _synthetic_inputs(model, batch)
+    paper = SimpleNamespace(learning_rate=0.01, schedule="constant", momentum=0.9,
+                            weight_decay=0.0005, decay_biases_and_norms=True)
+    state = layout.place(train.TrainState.create(
+        apply_fn=layout.apply, params=variables["params"],
+        tx=optimizer_from_config(paper, variables["params"], 1, 1),
+        batch_stats=variables.get("batch_stats", {}), rng=jax.random.PRNGKey(1)))
+    data = layout.shard_batch({"image": jax.device_get(images), "label": jax.device_get(labels)})
+    holder = {"state": state}
+
+    def one_train_step():
+        holder["state"], _ = train.jit_train_step(holder["state"], data)
+        return holder["state"].params
+
+    timing = time_run(one_train_step, name, steps, burn_in)
+    return {**timing, "images_per_s": batch / timing["mean_s"]}
+
+
+def run_layouts(variant: str, batch: int, steps: int, dtype: str = "float32",
+                burn_in: int = 10) -> dict[str, Any]:
+    """The training step under each layout that fits the devices, relative to single."""
+    import jax
+
+    from alexnet_jax import parallel
+    from alexnet_jax.models import create_model
+
+    model = create_model(variant, dtype=dtype)
+    devices = jax.device_count()
+    candidates = [("single", 1), ("model", model.towers), ("data_model", devices),
+                  ("data", devices)]
+    results: dict[str, Any] = {"variant": variant, "batch": batch, "devices": devices,
+                               "device": jax.devices()[0].device_kind, "layouts": {}}
+    for kind, count in candidates:
+        try:
+            layout = parallel.create(kind, model, count)
+            layout.check_batch(batch)
+        except parallel.LayoutError as error:
+            print(f"{kind}: skipped ({error})")
+            continue
+        timing = time_train_step(model, layout, batch, steps, burn_in,
+                                 f"Train step, {kind} on {layout.num_devices} device(s)")
+        results["layouts"][kind] = {**timing, "devices": layout.num_devices}
+    single = results["layouts"]["single"]["mean_s"]
+    for kind, timing in results["layouts"].items():
+        timing["relative_to_single"] = timing["mean_s"] / single
+        print(f"{kind:>11} on {timing['devices']} device(s): {timing['mean_s']:.3f} s/step, "
+              f"{timing['relative_to_single']:.2f}x single")
+    return results
+
+
 def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
                   burn_in: int = 10, implementation: str = "auto") -> dict[str, Any]:
     import flax
@@ -54,14 +127,11 @@ def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
     import jax.numpy as jnp
     import optax
 
+    from alexnet_jax import parallel
     from alexnet_jax.models import create_model
-    from alexnet_jax.optim import paper_sgd
 
     model = create_model(variant, dtype=dtype, implementation=implementation)
-    key_images, key_init, key_labels = jax.random.split(jax.random.PRNGKey(0), 3)
-    images = 0.1 * jax.random.normal(key_images, (batch, *model.input_shape), jnp.float32)
-    labels = jax.random.randint(key_labels, (batch,), 0, model.num_classes)
-    variables = jax.jit(model.init)(key_init, images[:1])
+    images, _, variables = _synthetic_inputs(model, batch)
     params = variables["params"]
 
     @jax.jit
@@ -71,18 +141,6 @@ def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
     @jax.jit
     def forward_backward(params, images):
         return jax.grad(lambda p: 0.5 * jnp.sum(forward(p, images) ** 2))(params)
-
-    tx = paper_sgd(0.01)
-
-    @jax.jit
-    def train_step(params, opt_state, images, labels, step):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, images, train=True,
-                                 rngs={"dropout": jax.random.fold_in(key_init, step)})
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        grads = jax.grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
 
     device = jax.devices()[0]
     result: dict[str, Any] = {
@@ -94,16 +152,8 @@ def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
     result["forward"] = time_run(lambda: forward(params, images), "Forward", steps, burn_in)
     result["forward_backward"] = time_run(lambda: forward_backward(params, images),
                                           "Forward-backward", steps, burn_in)
-    state = {"params": params, "opt_state": tx.init(params), "step": 0}
-
-    def one_train_step():
-        state["params"], state["opt_state"] = train_step(state["params"], state["opt_state"],
-                                                         images, labels, state["step"])
-        state["step"] += 1
-        return state["params"]
-
-    timing = time_run(one_train_step, "Train step", steps, burn_in)
-    result["train_step"] = {**timing, "images_per_s": batch / timing["mean_s"]}
+    result["train_step"] = time_train_step(model, parallel.create("single", model), batch,
+                                           steps, burn_in)
     print(f"Train step: {result['train_step']['images_per_s']:.1f} images/s", flush=True)
     return result
 
@@ -176,9 +226,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--torch-python", default=sys.executable)
+    parser.add_argument("--layouts", action="store_true",
+                        help="time the training step under every layout that fits the devices")
     args = parser.parse_args(argv)
     if args.compare:
         result = compare(args)
+    elif args.layouts:
+        result = run_layouts(args.variant, args.batch, args.steps, args.dtype, args.burn_in)
     else:
         result = run_benchmark(args.variant, args.batch, args.steps, args.dtype, args.burn_in,
                                args.implementation)

@@ -33,9 +33,14 @@ def _arrays(state: Any) -> dict[str, Any]:
             "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
 
 
-def _host_copy(tree: Any) -> Any:
-    # The train step donates the state's buffers: an asynchronous save must own its bytes.
-    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+def _own_copy(tree: Any) -> Any:
+    """The train step donates the state's buffers: an asynchronous save must own its bytes.
+    A host copy where this process holds the whole array, else a device copy (multi-host)."""
+    def copy(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x.copy()
+        return np.array(x, copy=True)
+    return jax.tree.map(copy, tree)
 
 
 def _shape_mismatches(saved: Any, target: Any) -> list[str]:
@@ -84,7 +89,7 @@ class CheckpointManager:
             return
         started = time.perf_counter()
         meta = {"plateau": plateau.state_dict(), "history": history, "wall_s": wall_s}
-        args = ocp.args.Composite(state=ocp.args.StandardSave(_host_copy(_arrays(state))),
+        args = ocp.args.Composite(state=ocp.args.StandardSave(_own_copy(_arrays(state))),
                                   meta=ocp.args.JsonSave(meta))
         try:
             self.latest.save(step, args=args)

@@ -17,7 +17,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.num_epochs = 90
     config.batch_size = 128  # global, across all devices and hosts
     config.eval_batch_size = 500
-    config.parallelism = "single"  # single | model | data | data_model | auto
+    config.parallelism = "single"  # single | model | data | data_model | auto (parallel.py)
+    config.num_devices = 0  # devices to use, across all processes; 0: all
     config.log_every_steps = 50
     config.eval_every_epochs = 1
     config.progress_bar = True
@@ -37,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.init = config_dict.placeholder(str)  # paper | scaled
     config.model.dtype = "float32"  # computation: float32 | bfloat16; params stay float32
     config.model.implementation = "auto"  # auto | xla | im2col: conv and pooling (ops.py)
+    config.model.sync_batch_stats = True  # BatchNorm statistics over the global batch
 
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "fashion_mnist"  # fashion_mnist | cifar10 | imagenet2012

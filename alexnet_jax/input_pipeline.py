@@ -202,8 +202,8 @@ class SmallImagePipeline:
         mean, std = datasets.normalization(data.dataset)
         ds = self._train.shuffle(data.shuffle_buffer, seed=seed * 100_003 + epoch,
                                  reshuffle_each_iteration=False)
-        # Shard after the global shuffle so that processes split one permutation.
-        ds = ds.enumerate().shard(self.process_count, self.process_index)
+        # After the global shuffle, so that the processes' rows make up one global batch.
+        ds = self._own_rows(ds.enumerate(), self.config.batch_size)
 
         def augment(index, example):
             image, label = example
@@ -219,16 +219,37 @@ class SmallImagePipeline:
         ds = ds.skip(start_step).prefetch(tf.data.AUTOTUNE)
         return iter(ds.as_numpy_iterator())
 
+    def _own_rows(self, indexed_ds, global_batch: int):
+        """This process's rows of every global batch of ``global_batch``: the contiguous block
+        ``process_index`` of each, so that the global batches are the same whatever the
+        number of processes (and with it every per-example random draw)."""
+        local, index = global_batch // self.process_count, self.process_index
+        if self.process_count == 1:
+            return indexed_ds
+        return indexed_ds.filter(lambda i, _: (i % global_batch) // local == index)
+
     def eval_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Every test example of this process's shard exactly once; the last batch padded
-        to ``batch_size`` with ``mask`` 0 on the padding."""
+        """This process's rows of every test batch of global size ``batch_size``: together
+        the processes see every test example exactly once.  Short batches are padded with
+        ``mask`` 0; every process yields the same number of batches."""
         tf = _tf()
+        if batch_size % self.process_count:
+            raise ValueError(f"eval_batch_size {batch_size} is not divisible by the "
+                             f"{self.process_count} processes.")
         mean, std = datasets.normalization(self.data.dataset)
-        ds = self._test.shard(self.process_count, self.process_index)
-        ds = ds.map(lambda image, label: {"image": normalize(image, mean, std), "label": label},
+        local = batch_size // self.process_count
+        ds = self._own_rows(self._test.enumerate(), batch_size)
+        ds = ds.map(lambda i, example: {"image": normalize(example[0], mean, std),
+                                        "label": example[1]},
                     num_parallel_calls=tf.data.AUTOTUNE)
-        for batch in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-            yield pad_batch(batch, batch_size)
+        yielded = 0
+        for batch in ds.batch(local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+            yielded += 1
+            yield pad_batch(batch, local)
+        empty = {"image": np.zeros((0, *self.info.image_shape), np.float32),
+                 "label": np.zeros((0,), np.int64)}
+        for _ in range(yielded, -(-self.num_test // batch_size)):  # others still have rows
+            yield pad_batch(empty, local)
 
 
 def _count(ds) -> int:

@@ -11,8 +11,14 @@ on the named axis ``"model"`` at exactly the places the paper's Figure 2 shows:
   which is the same product as gathering fc7 first, with a quarter of the traffic.
 
 ``AlexNet`` runs the towers on one device with ``flax.linen.vmap``; the parameter
-tree gets a leading tower axis.  ``jax.pmap`` over an axis named ``"model"`` runs
-the very same ``Tower`` one per device, the paper's two-GPU split.
+tree gets a leading tower axis.  Under a device mesh whose ``"model"`` axis holds
+the towers (``parallel.py``), the very same module runs one tower per device, the
+paper's two-GPU split, on each device's slice of that same tree.
+
+Randomness does not depend on the layout: the dropout mask of example i in tower t
+is drawn from ``fold_in(fold_in(key, t), i)`` with i the example's index in the
+global batch, so one device, two towers on two devices and any number of data
+replicas draw identical masks.
 
 Variants differ only by the table ``VARIANTS``.  Local response normalisation never
 crosses towers: on the paper's GPUs each one normalised its own maps.
@@ -124,6 +130,7 @@ class TowerSettings(nn.Module):
     init_scheme: str = "paper"
     dtype: Any = jnp.float32
     implementation: str = "auto"
+    batch_norm_axis: str | None = None  # a data-parallel axis to average BatchNorm statistics over
 
 
 class Tower(TowerSettings):
@@ -150,11 +157,28 @@ class Tower(TowerSettings):
             return LocalResponseNorm(k=k, n=int(n), alpha=alpha, beta=beta, name=f"lrn{layer[-1]}")(x)
         if self.norm == "batchnorm":
             return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                dtype=self.dtype, name=f"bn{layer[-1]}")(x)
+                                dtype=self.dtype, axis_name=self.batch_norm_axis if train else None,
+                                use_fast_variance=False,
+                                name=f"bn{layer[-1]}")(x)
         return x
 
+    def _dropout(self, x: jax.Array, layer: int, key: jax.Array | None,
+                 example_offset: jax.Array | int) -> jax.Array:
+        """Dropout with a mask per (tower, layer, global example index): see the module doc."""
+        if key is None or self.dropout_rate == 0.0:
+            return x
+        key = jax.random.fold_in(jax.random.fold_in(key, jax.lax.axis_index(MODEL_AXIS)), layer)
+        keep_rate = 1.0 - self.dropout_rate
+        examples = example_offset + jnp.arange(x.shape[0])
+        keep = jax.vmap(lambda i: jax.random.bernoulli(
+            jax.random.fold_in(key, i), keep_rate, x.shape[1:]))(examples)
+        return jnp.where(keep, x / keep_rate, 0.0).astype(x.dtype)
+
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, dropout_key: jax.Array | None = None,
+                 example_offset: jax.Array | int = 0) -> jax.Array:
+        """``dropout_key``: None for no dropout; ``example_offset``: the global batch index of
+        ``x``'s first row (non-zero on data-parallel replicas)."""
         act = ACTIVATIONS[self.activation]
         window, stride = POOLS[self.pool]
         gain = 2.0 if self.activation == "relu" else 1.0
@@ -187,22 +211,32 @@ class Tower(TowerSettings):
             x = nn.Dense(units, dtype=self.dtype, kernel_init=kernel_init,
                          bias_init=_bias_init(self.init_scheme, layer), name=layer)(x)
             x = act(x)
-            x = self._record(layer, nn.Dropout(self.dropout_rate, deterministic=not train)(x))
+            x = self._record(layer, self._dropout(x, i, dropout_key if train else None,
+                                                  example_offset))
         partial_logits = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype,
                                   kernel_init=kernel_init, name="output")(x)
         return jax.lax.psum(partial_logits.astype(jnp.float32), MODEL_AXIS)
 
 
 class AlexNet(TowerSettings):
-    """AlexNet with ``towers`` towers on one device (``flax.linen.vmap`` over "model").
+    """AlexNet with ``towers`` towers (``flax.linen.vmap`` over "model").
 
     Fields are those of a row of ``VARIANTS`` plus the knobs; build one with
     ``create_model``.  Parameters: ``params['towers'][...]`` with a leading tower axis,
-    and ``params['output_bias']`` shared by the towers' summed logits.
+    and ``params['output_bias']`` shared by the towers' summed logits.  Dropout draws
+    from the "dropout" rng; training needs one.
+
+    The last three fields are set by ``parallel.py``, not by configs: under a device
+    mesh with the towers on the "model" axis (``towers_on_devices``), each device holds
+    a one-tower slice of the same parameter tree and the "model" collectives cross
+    devices; ``data_axis`` names the mesh's data-parallel axis, if any.
     """
 
     input_shape: Sequence[int] = (224, 224, 3)
     towers: int = 2
+    sync_batch_stats: bool = True  # BatchNorm over the global batch when data-parallel
+    towers_on_devices: bool = False
+    data_axis: str | None = None
 
     def check_input(self, x: jax.Array) -> None:
         expected = tuple(self.input_shape)
@@ -215,13 +249,21 @@ class AlexNet(TowerSettings):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
+        # With the towers on devices, "model" is the mesh's axis and each device maps
+        # over its one local tower; otherwise vmap makes the "model" axis itself.
         towers = nn.vmap(
-            Tower, in_axes=None, out_axes=0, axis_name=MODEL_AXIS, axis_size=self.towers,
+            Tower, in_axes=None, out_axes=0,
+            axis_name=None if self.towers_on_devices else MODEL_AXIS,
+            axis_size=1 if self.towers_on_devices else self.towers,
             variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
-            split_rngs={"params": True, "dropout": True})
+            split_rngs={"params": True})
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TowerSettings)
                   if f.name not in ("parent", "name")}
-        logits = towers(**fields, name="towers")(x, train)[0]
+        if self.data_axis is not None and self.sync_batch_stats:
+            fields["batch_norm_axis"] = self.data_axis
+        dropout_key = self.make_rng("dropout") if train and self.dropout_rate > 0 else None
+        offset = 0 if self.data_axis is None else jax.lax.axis_index(self.data_axis) * x.shape[0]
+        logits = towers(**fields, name="towers")(x, train, dropout_key, offset)[0]
         bias = self.param("output_bias", nn.initializers.zeros, (self.num_classes,))
         return logits + bias
 

@@ -4,6 +4,11 @@ The seed's ``print_tensor_info``, grown up.  Everything comes from
 ``jax.eval_shape``, so even the paper model is summarised without allocating it.
 
     python -m alexnet_jax.summary --config experiments/paper_imagenet.py [--json FILE]
+
+With ``--config.parallelism=model`` (or ``data_model``) it also lists what crosses
+between the towers' devices per training step, the paper's design point: the towers
+talk at only four places, and the bytes there are small next to the activations
+each device keeps to itself.
 """
 from __future__ import annotations
 
@@ -70,6 +75,60 @@ def layer_table(model: AlexNet) -> list[dict[str, Any]]:
     return rows
 
 
+# Where the towers exchange activations (models.Tower): the stage whose output crosses.
+CROSSINGS = (("conv3", "pool2"), ("fc6", "pool5"), ("fc7", "fc6"))
+
+
+def crossing_table(model: AlexNet, replica_batch: int, replicas: int = 1
+                   ) -> list[dict[str, Any]]:
+    """Bytes each device receives per training step at each tower crossing.
+
+    all_gather (conv3, fc6, fc7): a device receives the other towers' activations going
+    forward, and going backward receives its share of their gradients (reduce-scatter):
+    the same volume.  The output layer sums partial logits (all-reduce) going forward;
+    its backward needs no exchange, every device holding the same logits' gradient.
+    With data replicas, each device also all-reduces its parameters' gradients.
+    """
+    towers = model.towers
+    x = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+    _, state = jax.eval_shape(
+        lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]), params, x)
+    stages = state["intermediates"]["towers"]
+    itemsize = jnp.dtype(model.dtype).itemsize
+    rows = []
+    for layer, source in CROSSINGS:
+        if f"{source}_out" not in stages:
+            continue
+        per_tower = math.prod(stages[f"{source}_out"][0].shape[2:])
+        volume = (towers - 1) * per_tower * itemsize * replica_batch
+        rows.append(dict(crossing=layer, exchanged=f"{source} (all_gather)",
+                         forward_bytes=volume, backward_bytes=volume))
+    # A ring all-reduce of n values moves 2 (k - 1) / k x n per device.
+    logits = 2 * (towers - 1) / towers * model.num_classes * 4 * replica_batch
+    rows.append(dict(crossing="output", exchanged="partial logits (psum)",
+                     forward_bytes=int(logits), backward_bytes=0))
+    if replicas > 1:
+        device_params = _size(params) / towers * 4
+        rows.append(dict(crossing="gradients", exchanged="across data replicas (pmean)",
+                         forward_bytes=0,
+                         backward_bytes=int(2 * (replicas - 1) / replicas * device_params)))
+    return rows
+
+
+def format_crossings(rows: list[dict[str, Any]], replica_batch: int) -> str:
+    lines = [f"Tower crossings per step, per device (batch {replica_batch} per replica):",
+             f"{'crossing':<10} {'what':<30} {'forward':>12} {'backward':>12}"]
+    for r in rows:
+        lines.append(f"{r['crossing']:<10} {r['exchanged']:<30} "
+                     f"{_megabytes(r['forward_bytes']):>12} {_megabytes(r['backward_bytes']):>12}")
+    return "\n".join(lines)
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 2**20:,.2f} MiB"
+
+
 def format_table(rows: list[dict[str, Any]], towers: int) -> str:
     lines = [f"{'layer':<8} {'output (per tower)':>22} {'params':>13} {'multiply-adds':>15}"]
     for r in rows:
@@ -86,9 +145,15 @@ def summarize(config: Any) -> dict[str, Any]:
     info = datasets.info(config.data.dataset)
     model = model_from_config(config.model, info.image_shape, info.num_classes)
     rows = layer_table(model)
-    return {"params": sum(r["params"] for r in rows), "macs": sum(r["macs"] for r in rows),
-            "towers": model.towers, "input_shape": list(model.input_shape),
-            "layers": [dict(r, shape=list(r["shape"])) for r in rows]}
+    summary = {"params": sum(r["params"] for r in rows), "macs": sum(r["macs"] for r in rows),
+               "towers": model.towers, "input_shape": list(model.input_shape),
+               "layers": [dict(r, shape=list(r["shape"])) for r in rows]}
+    if config.parallelism in ("model", "data_model") and model.towers > 1:
+        devices = config.num_devices or jax.device_count()
+        replicas = max(devices // model.towers, 1) if config.parallelism == "data_model" else 1
+        summary["replica_batch"] = config.batch_size // replicas
+        summary["crossings"] = crossing_table(model, summary["replica_batch"], replicas)
+    return summary
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
@@ -103,6 +168,8 @@ def main(argv: list[str]) -> None:
           f"{summary['towers']} tower(s)")
     print(format_table([dict(r, shape=tuple(r["shape"])) for r in summary["layers"]],
                        summary["towers"]))
+    if "crossings" in summary:
+        print(format_crossings(summary["crossings"], summary["replica_batch"]))
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump(summary, f, indent=1)

@@ -15,11 +15,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax.training import train_state
 
-from alexnet_jax import checkpoints, datasets, input_pipeline, optim
+from alexnet_jax import checkpoints, datasets, input_pipeline, optim, parallel
 from alexnet_jax.metrics import MetricWriter, cross_entropy, topk_correct
 from alexnet_jax.models import AlexNet, model_from_config
 
@@ -35,14 +34,22 @@ class TrainState(train_state.TrainState):
     rng: jax.Array
 
 
-def create_train_state(config: Any, model: AlexNet, steps_per_epoch: int) -> TrainState:
+def create_train_state(config: Any, model: AlexNet, steps_per_epoch: int,
+                       layout: parallel.Layout | None = None) -> TrainState:
+    """The state at step 0, placed on ``layout``'s devices (one device if None).
+
+    Initialised on one device whatever the layout, so that every layout (and every
+    process of a multi-host run) starts from the very same parameters.
+    """
     init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
     dummy = jnp.zeros((1, *model.input_shape), jnp.float32)
     variables = _jitted_init(model)(init_key, dummy)
     params = variables["params"]
     tx = _optimizer(model, config.optim.to_json(), steps_per_epoch, config.num_epochs)
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                             batch_stats=variables.get("batch_stats", {}), rng=run_key)
+    layout = layout or parallel.create("single", model, 1)
+    state = TrainState.create(apply_fn=layout.apply, params=params, tx=tx,
+                              batch_stats=variables.get("batch_stats", {}), rng=run_key)
+    return layout.place(state)
 
 
 @functools.lru_cache(maxsize=64)
@@ -53,6 +60,7 @@ def _jitted_init(model: AlexNet):
 @functools.lru_cache(maxsize=64)
 def _optimizer(model: AlexNet, optim_json: str, steps_per_epoch: int, num_epochs: int):
     """One optax transformation object per (model, settings): the jit cache keys on it."""
+    import ml_collections  # here, so that the benchmark can use this module without it
     optim_config = ml_collections.ConfigDict(json.loads(optim_json))
     dummy = jnp.zeros((1, *model.input_shape), jnp.float32)
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)["params"]
@@ -98,10 +106,12 @@ jit_train_step = jax.jit(train_step, donate_argnums=0)
 jit_eval_step = jax.jit(eval_step)
 
 
-def evaluate(state: TrainState, pipeline: Any, batch_size: int) -> dict[str, float]:
+def evaluate(state: TrainState, pipeline: Any, batch_size: int,
+             layout: parallel.Layout | None = None) -> dict[str, float]:
+    shard = layout.shard_batch if layout else (lambda batch: batch)
     totals: dict[str, float] = {}
     for batch in pipeline.eval_batches(batch_size):
-        sums = jax.device_get(jit_eval_step(state, batch))
+        sums = jax.device_get(jit_eval_step(state, shard(batch)))
         for key, value in sums.items():
             totals[key] = totals.get(key, 0.0) + float(value)
     count = totals["count"]
@@ -208,9 +218,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     info = datasets.info(config.data.dataset)
     pipeline = input_pipeline.create_pipeline(config, jax.process_index(), jax.process_count())
     model = model_from_config(config.model, info.image_shape, info.num_classes)
+    layout = parallel.create(config.parallelism, model, config.num_devices)
+    layout.check_batch(config.batch_size)
+    layout.check_batch(config.eval_batch_size, "eval_batch_size")
     steps_per_epoch = pipeline.steps_per_epoch
     total_steps = steps_per_epoch * config.num_epochs
-    state = create_train_state(config, model, steps_per_epoch)
+    state = create_train_state(config, model, steps_per_epoch, layout)
     plateau = optim.PlateauPolicy.from_config(config.optim)
     manager = checkpoints.CheckpointManager(workdir, config)
     state, plateau, history, wall_before = manager.restore_or_keep(state, plateau)
@@ -226,11 +239,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         if not step and not config.restore_from:
             raise checkpoints.CheckpointError(
                 f"eval_only: no checkpoint in {manager.directory} and no restore_from given.")
-        return _evaluate_only(state, pipeline, config, workdir, manager)
+        return _evaluate_only(state, pipeline, config, workdir, manager, layout)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     print(f"{config.model.variant} AlexNet on {config.data.dataset}: {pipeline.num_train} "
           f"training examples, {steps_per_epoch} steps/epoch x {config.num_epochs} epochs, "
-          f"batch {config.batch_size}.")
+          f"batch {config.batch_size}; {layout.describe(config.batch_size)}.")
     progress = _Progress(config.progress_bar, total_steps, step)
     window: list[dict] = []
     window_start = time.time()
@@ -257,7 +270,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         with _StopSignals() as stop:
             for epoch in range(step // steps_per_epoch, config.num_epochs):
                 for batch in pipeline.train_batches(epoch, start_step=step % steps_per_epoch):
-                    state, metrics = jit_train_step(state, batch)
+                    state, metrics = jit_train_step(state, layout.shard_batch(batch))
                     window.append(metrics)
                     step += 1
                     end_of_epoch = step % steps_per_epoch == 0
@@ -269,7 +282,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                     if stop.received and not end_of_epoch:
                         raise TrainingInterrupted(_interrupted_message(stop.received, step, manager))
                 if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs:
-                    test = evaluate(state, pipeline, config.eval_batch_size)
+                    test = evaluate(state, pipeline, config.eval_batch_size, layout)
                     history.append({"step": step, "epoch": epoch + 1, **test})
                     writer.write(step, {"epoch": epoch + 1,
                                         **{f"test_{k}": v for k, v in test.items()}})
@@ -286,6 +299,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         writer.close()
     summary = _summary(history, step, wall_s(), pipeline, config)
     summary["checkpoint_s"] = manager.seconds_blocked  # this session's, for the overhead
+    summary["layout"], summary["devices"] = layout.kind, layout.num_devices
     _write_json(workdir, "summary.json", summary)
     print(f"Test top-1 error {summary['test_top1_error']:.4f}, top-5 "
           f"{summary['test_top5_error']:.4f} after {step} steps; {workdir}/summary.json")
@@ -304,9 +318,9 @@ def _interrupted_message(signum: int, step: int, manager: Any) -> str:
 
 
 def _evaluate_only(state: TrainState, pipeline: Any, config: Any, workdir: str,
-                   manager: Any) -> dict[str, Any]:
+                   manager: Any, layout: parallel.Layout) -> dict[str, Any]:
     manager.close()
-    test = evaluate(state, pipeline, config.eval_batch_size)
+    test = evaluate(state, pipeline, config.eval_batch_size, layout)
     result = {"step": int(state.step), **{f"test_{k}": v for k, v in test.items()}}
     _write_json(workdir, "eval.json", result)
     print(f"Step {result['step']}: test top-1 error {result['test_top1_error']:.4f}, top-5 "
@@ -323,4 +337,4 @@ def _summary(history: list[dict], step: int, wall_s: float, pipeline: Any,
             "best_test_top1_error": best["top1_error"], "best_test_top5_error": best["top5_error"],
             "best_epoch": best["epoch"], "steps": step, "epochs": config.num_epochs,
             "wall_s": wall_s, "train_examples": pipeline.num_train,
-            "devices": jax.device_count(), "platform": jax.default_backend()}
+            "platform": jax.default_backend()}

@@ -33,3 +33,23 @@ def test_summary_of_the_paper_config_matches_the_paper():
     result = summary.summarize(config)
     assert result["params"] == 60_965_224
     assert abs(result["macs"] - 724e6) / 724e6 < 0.01
+
+
+def test_crossing_bytes_of_the_paper_split_by_hand():
+    """Per device per step at batch 128: the other tower's pool2 (13x13x128), pool5
+    (6x6x128) and fc6 (2048) in float32, forward and again backward; the output layer's
+    all-reduce of 1000 logits only forward; nothing about data replicas in `model`."""
+    config = importlib.import_module("experiments.paper_imagenet").get_config()
+    config.parallelism = "model"
+    rows = {r["crossing"]: r for r in summary.summarize(config)["crossings"]}
+    assert rows["conv3"]["forward_bytes"] == rows["conv3"]["backward_bytes"] == 13 * 13 * 128 * 4 * 128
+    assert rows["fc6"]["forward_bytes"] == 6 * 6 * 128 * 4 * 128
+    assert rows["fc7"]["backward_bytes"] == 2048 * 4 * 128
+    assert rows["output"]["forward_bytes"] == 1000 * 4 * 128 and rows["output"]["backward_bytes"] == 0
+    assert set(rows) == {"conv3", "fc6", "fc7", "output"}
+    config.parallelism, config.num_devices, config.model.dtype = "data_model", 8, "bfloat16"
+    result = summary.summarize(config)
+    rows = {r["crossing"]: r for r in result["crossings"]}
+    assert result["replica_batch"] == 32 and rows["conv3"]["forward_bytes"] == 13 * 13 * 128 * 2 * 32
+    # 4 replicas all-reduce each device's half of the 60,965,224 float32 parameters.
+    assert rows["gradients"]["backward_bytes"] == int(2 * 3 / 4 * 60_965_224 / 2 * 4)

@@ -88,24 +88,28 @@ def test_train_batches_are_a_function_of_seed_epoch_and_step():
     assert not np.array_equal(epoch0[0]["image"], epoch1[0]["image"])
 
 
-def test_processes_split_one_permutation_into_disjoint_halves():
-    config = small_config(data_dir="/nonexistent", train=0, batch=32)
-    config.data.random_crop_padding = 0
-    config.data.flip = False
+def test_processes_rows_make_up_the_single_process_batches_exactly():
+    """Multi-host: process p holds block p of every global batch, augmentation included,
+    so two processes train on exactly the batches of one; evaluation likewise, with every
+    process yielding the same number of batches even where its last block is empty."""
+    config = small_config(data_dir="/nonexistent", train=0, test=80, batch=32)
     with tfds.testing.mock_data(num_examples=256):
         whole = input_pipeline.create_pipeline(config)
         halves = [input_pipeline.create_pipeline(config, i, 2) for i in range(2)]
         assert halves[0].batch_size == 16
-
-        def images(pipeline):
-            return np.concatenate([b["image"] for b in pipeline.train_batches(0)])
-
-        everything = images(whole)
-        parts = [images(h) for h in halves]
-    assert parts[0].shape[0] == parts[1].shape[0] == everything.shape[0] // 2
-    key = lambda arr: sorted(map(bytes, arr.reshape(arr.shape[0], -1)))  # noqa: E731
-    assert key(np.concatenate(parts)) == key(everything)
-    assert not set(key(parts[0])) & set(key(parts[1]))
+        for joined in zip(whole.train_batches(1), *(h.train_batches(1) for h in halves)):
+            single, first, second = joined
+            for key in ("image", "label"):
+                np.testing.assert_array_equal(single[key],
+                                              np.concatenate([first[key], second[key]]))
+        # 80 test examples in global batches of 64: block 1 of the second batch is empty.
+        single = list(whole.eval_batches(64))
+        parts = [list(h.eval_batches(64)) for h in halves]
+    assert len(single) == len(parts[0]) == len(parts[1]) == 2
+    assert [p["mask"].sum() for p in parts[1]] == [32, 0]
+    for s_batch, a, b in zip(single, *parts):
+        for key in ("image", "label", "mask"):
+            np.testing.assert_array_equal(s_batch[key], np.concatenate([a[key], b[key]]))
 
 
 def test_cifar10_shapes_under_mock_data():

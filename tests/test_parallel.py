@@ -1,0 +1,221 @@
+"""Layouts: single, the paper's two-device split, data x model replicas, multi-host.
+
+Needs 8 devices: `make test` runs this file with
+XLA_FLAGS=--xla_force_host_platform_device_count=8 (8 CPU devices in one process).
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from alexnet_jax import checkpoints, optim, parallel, train  # noqa: E402
+from alexnet_jax.config_base import base_config  # noqa: E402
+from alexnet_jax.models import create_model, model_from_config  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < 8, reason="needs 8 devices: run `make test`, or pytest with "
+    "XLA_FLAGS=--xla_force_host_platform_device_count=8")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAYOUTS = [("single", 1), ("model", 2), ("data_model", 8), ("data", 8)]
+
+
+def step_config(norm="lrn"):
+    config = base_config()
+    config.model.variant = "small"
+    config.model.norm = norm
+    if norm == "batchnorm":
+        # From the scaled init, BatchNorm on noise starts at loss 17 and 1e-7 rounding grows
+        # chaotically within 20 steps (in any layout); the paper's init is well-conditioned.
+        config.model.init = "paper"
+    config.optim.schedule = "constant"
+    # Small enough that training on noise is smooth: at 0.02 the loss jumps about and
+    # float rounding (1e-7) grows chaotically past 1e-5 within 20 steps in any layout.
+    config.optim.learning_rate = 0.005
+    return config
+
+
+def random_batches(count, batch=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"image": rng.normal(size=(batch, 28, 28, 1)).astype(np.float32),
+             "label": rng.integers(0, 10, batch)} for _ in range(count)]
+
+
+def train_steps(kind, devices, config, batches):
+    """(params, BatchNorm statistics) after the first and after the last of ``batches``,
+    and every step's metrics, trained under a layout."""
+    model = model_from_config(config.model, (28, 28, 1), 10)
+    layout = parallel.create(kind, model, devices)
+    state = train.create_train_state(config, model, len(batches), layout)
+    snapshots, history = [], []
+    for i, batch in enumerate(batches):
+        state, step_metrics = train.jit_train_step(state, layout.shard_batch(batch))
+        history.append(jax.device_get(step_metrics))
+        if i in (0, len(batches) - 1):
+            snapshots.append(jax.device_get((state.params, state.batch_stats)))
+    return snapshots, history
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-7):
+    """Each leaf within rtol of the reference leaf's largest magnitude, plus atol (1e-5 of
+    a typical 0.01 weight) for leaves that barely left zero and hold little but rounding,
+    such as the conv biases under BatchNorm, whose gradients nearly cancel."""
+    def check(path, x, y):
+        scale = float(np.max(np.abs(y)))
+        error = float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        assert error <= rtol * scale + atol, f"{jax.tree_util.keystr(path)}: {error} vs {scale}"
+    jax.tree_util.tree_map_with_path(check, a, b)
+
+
+@pytest.mark.parametrize("norm", ["lrn", "batchnorm"])
+def test_every_layout_trains_to_the_same_parameters_and_metrics(norm):
+    """Same global batch, seed and dropout: after 1 step and after 20, the same parameters,
+    BatchNorm statistics and metrics under single, model (2 devices), data_model (8) and
+    data (8)."""
+    batches = random_batches(20)
+    config = step_config(norm)
+    reference, reference_metrics = train_steps("single", 1, config, batches)
+    for kind, devices in LAYOUTS[1:]:
+        result, result_metrics = train_steps(kind, devices, config, batches)
+        assert_trees_close(result[0], reference[0])  # after step 1
+        assert_trees_close(result[1], reference[1])  # after step 20
+        for got, want in zip(result_metrics, reference_metrics):
+            for key in ("loss", "top1_error", "top5_error"):
+                np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=kind)
+
+
+def test_model_layout_puts_one_tower_on_each_device():
+    model = create_model("small", input_shape=(28, 28, 1), num_classes=10)
+    layout = parallel.create("data_model", model, 8)
+    state = train.create_train_state(step_config(), model, 1, layout)
+    kernel = state.params["towers"]["conv1"]["kernel"]
+    assert kernel.shape[0] == 2 and layout.mesh.shape == {"data": 4, "model": 2}
+    for shard in kernel.addressable_shards:
+        assert shard.data.shape[0] == 1  # one tower per device
+    bias = state.params["output_bias"]
+    assert all(s.data.shape == bias.shape for s in bias.addressable_shards)  # replicated
+    momentum = jax.tree.leaves(state.opt_state)
+    assert any(getattr(m, "shape", ())[:1] == (2,) and
+               m.addressable_shards[0].data.shape[0] == 1 for m in momentum)
+
+
+def test_layout_choice_and_errors():
+    assert parallel.choose("auto", 2, 1) == "single"
+    assert parallel.choose("auto", 2, 2) == "model"
+    assert parallel.choose("auto", 2, 8) == "data_model"
+    assert parallel.choose("auto", 1, 8) == "data"
+    assert parallel.choose("auto", 2, 3) == "data"
+    with pytest.raises(parallel.LayoutError, match="valid layouts are"):
+        parallel.choose("pipeline", 2, 8)
+    with pytest.raises(parallel.LayoutError, match="use parallelism=data"):
+        parallel.choose("model", 1, 2)
+    with pytest.raises(parallel.LayoutError, match="data_model to use them all"):
+        parallel.choose("model", 2, 8)
+    with pytest.raises(parallel.LayoutError, match="only 8 device"):
+        parallel.create("data", create_model("small"), 16)
+    layout = parallel.create("data_model", create_model("small"), 8)
+    with pytest.raises(parallel.LayoutError, match="batch_size 30 is not divisible by the 4"):
+        layout.check_batch(30)
+
+
+def tiny_run_config(parallelism, devices, epochs):
+    config = base_config()
+    config.model.variant = "small"
+    config.data.data_dir = "/nonexistent"
+    config.data.max_train_examples = 96
+    config.data.max_test_examples = 40
+    config.data.shuffle_buffer = 512
+    config.batch_size = 32
+    config.eval_batch_size = 40
+    config.num_epochs = epochs
+    config.progress_bar = False
+    config.optim.schedule = "constant"
+    # Well-conditioned (loss starts at 2.3): from the scaled init, the loss starts near 7 on
+    # random mock images and a ReLU within rounding of zero can flip a unit in one layout.
+    config.model.init = "paper"
+    config.checkpoint.async_save = False
+    config.parallelism = parallelism
+    config.num_devices = devices
+    return config
+
+
+def saved_params(workdir):
+    config = tiny_run_config("single", 1, 2)
+    state = train.create_train_state(config, create_model("small", input_shape=(28, 28, 1),
+                                                          num_classes=10), 3)
+    manager = checkpoints.CheckpointManager(workdir, config)
+    restored, _, history, _ = manager.restore_or_keep(state, optim.PlateauPolicy())
+    manager.close()
+    return jax.device_get(restored.params), history
+
+
+def test_checkpoints_move_between_layouts_and_continue_exactly(tmp_path):
+    """1 epoch under one layout, the 2nd resumed under the other = 2 epochs on one device."""
+    with tfds.testing.mock_data(num_examples=96):
+        train.train_and_evaluate(tiny_run_config("single", 1, 2), str(tmp_path / "whole"))
+        for first, second in [(("data_model", 8), ("single", 1)),
+                              (("single", 1), ("data_model", 8))]:
+            workdir = str(tmp_path / f"{first[0]}_then_{second[0]}")
+            train.train_and_evaluate(tiny_run_config(*first, epochs=1), workdir)
+            summary = train.train_and_evaluate(tiny_run_config(*second, epochs=2), workdir)
+            assert summary["steps"] == 6 and summary["layout"] == second[0]
+            params, history = saved_params(workdir)
+            reference, reference_history = saved_params(str(tmp_path / "whole"))
+            assert_trees_close(params, reference)
+            for got, want in zip(history, reference_history):
+                np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+                assert got["top1_error"] == want["top1_error"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_worker(workdir, devices, process_id=None, port=None, processes=2):
+    """The real command line (alexnet_jax.main) under mock data, in a fresh process."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+    argv = [sys.executable, os.path.join(REPO, "tests", "mock_data_main.py"),
+            "--config", os.path.join(REPO, "experiments", "fashion_mnist.py"),
+            "--workdir", workdir, "--config.parallelism=data_model",
+            "--config.num_epochs=1", "--config.batch_size=32", "--config.eval_batch_size=40",
+            "--config.data.max_train_examples=128", "--config.data.max_test_examples=40",
+            "--config.data.data_dir=/nonexistent", "--config.progress_bar=False",
+            "--config.checkpoint.async_save=False", "--config.log_every_steps=1"]
+    if process_id is not None:
+        argv += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
+                 f"--process_id={process_id}"]
+    return subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
+    """jax.distributed on 127.0.0.1 (gloo): 2 processes x 2 devices == 1 process x 4."""
+    port = free_port()
+    workers = [run_worker(str(tmp_path / "two"), 2, i, port) for i in range(2)]
+    single = run_worker(str(tmp_path / "one"), 4)
+    outputs = [w.communicate(timeout=300)[0] for w in workers + [single]]
+    for worker, output in zip(workers + [single], outputs):
+        assert worker.returncode == 0, output[-3000:]
+    assert "2 data replica(s) x 2 device(s) per replica over 2 process(es)" in outputs[0]
+    two = json.load(open(tmp_path / "two" / "summary.json"))
+    one = json.load(open(tmp_path / "one" / "summary.json"))
+    assert two["steps"] == one["steps"] == 4 and two["devices"] == one["devices"] == 4
+    np.testing.assert_allclose(two["test_loss"], one["test_loss"], rtol=1e-5)
+    assert two["test_top1_error"] == one["test_top1_error"]
+    train_losses = [[r["train_loss"] for r in map(json.loads, open(d / "metrics.jsonl"))
+                     if "train_loss" in r] for d in (tmp_path / "two", tmp_path / "one")]
+    np.testing.assert_allclose(train_losses[0], train_losses[1], rtol=1e-5)
+    assert len(train_losses[0]) == 4
+    params_two, _ = saved_params(str(tmp_path / "two"))
+    params_one, _ = saved_params(str(tmp_path / "one"))
+    assert_trees_close(params_two, params_one)
