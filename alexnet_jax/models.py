@@ -87,17 +87,52 @@ class LocalResponseNorm(nn.Module):
     @nn.compact
     def __call__(self, a: jax.Array) -> jax.Array:
         compute_dtype = jnp.promote_types(a.dtype, jnp.float32)
-        squares = jnp.square(a.astype(compute_dtype))
-        window = (1,) * (a.ndim - 1) + (self.n,)
-        padding = ((0, 0),) * (a.ndim - 1) + ((self.n // 2, (self.n - 1) // 2),)
-        window_sum = jax.lax.reduce_window(squares, 0.0, jax.lax.add, window, (1,) * a.ndim, padding)
-        denominator = self.k + self.alpha * window_sum
-        if self.beta == 0.75:  # the paper's beta: rsqrt is ~1.5x faster than pow on CPU
-            inverse_sqrt = jax.lax.rsqrt(denominator)
-            scale = inverse_sqrt * jnp.sqrt(inverse_sqrt)
-        else:
-            scale = denominator ** (-self.beta)
-        return (a.astype(compute_dtype) * scale).astype(a.dtype)
+        b = local_response_norm(a.astype(compute_dtype), self.k, self.n, self.alpha, self.beta)
+        return b.astype(a.dtype)
+
+
+def _channel_window_sum(x: jax.Array, before: int, after: int) -> jax.Array:
+    """sum_{c' = c - before}^{c + after} x[..., c'], clipped at the first and last channel.
+
+    Shifted slices that XLA fuses into one loop: on CPU several times faster than
+    reduce_window's gradient."""
+    channels = x.shape[-1]
+    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(before, after)])
+    return sum(padded[..., i:i + channels] for i in range(before + after + 1))
+
+
+def _lrn_parts(a, k, n, alpha, beta):
+    denominator = k + alpha * _channel_window_sum(a * a, n // 2, (n - 1) // 2)
+    if beta == 0.75:  # the paper's beta: rsqrt is ~1.5x faster than pow on CPU
+        inverse_sqrt = jax.lax.rsqrt(denominator)
+        scale = inverse_sqrt * jnp.sqrt(inverse_sqrt)
+    else:
+        scale = denominator ** (-beta)
+    return a * scale, (a, denominator, scale)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def local_response_norm(a: jax.Array, k: float, n: int, alpha: float, beta: float) -> jax.Array:
+    """``LocalResponseNorm``'s arithmetic, with a hand-written gradient:
+
+        d b[c] / d a[j] = s[c] [c = j] - 2 alpha beta a[c] a[j] s[c] / d[c]   (j in window(c))
+
+    with d = k + alpha sum a^2 and s = d^-beta; the second term sums over the channels
+    c whose window holds j, the window mirrored (tested against finite differences)."""
+    return _lrn_parts(a, k, n, alpha, beta)[0]
+
+
+def _lrn_forward(a, k, n, alpha, beta):
+    return _lrn_parts(a, k, n, alpha, beta)
+
+
+def _lrn_backward(k, n, alpha, beta, residuals, g):
+    a, denominator, scale = residuals
+    spread = _channel_window_sum(g * a * scale / denominator, (n - 1) // 2, n // 2)
+    return (g * scale - 2.0 * alpha * beta * a * spread,)
+
+
+local_response_norm.defvjp(_lrn_forward, _lrn_backward)
 
 
 def _kernel_init(init: str, scaled_gain: float) -> Callable:

@@ -49,7 +49,7 @@ def choose(parallelism: str, towers: int, num_devices: int) -> str:
     """The layout for ``parallelism`` on ``num_devices`` devices, or a clear error."""
     if parallelism not in LAYOUTS:
         raise LayoutError(f"Unknown parallelism {parallelism!r}; valid layouts are: "
-                         f"{', '.join(LAYOUTS)}.")
+                          f"{', '.join(LAYOUTS)}.")
     if parallelism == "auto":
         if num_devices == 1:
             return "single"
@@ -59,14 +59,14 @@ def choose(parallelism: str, towers: int, num_devices: int) -> str:
     if parallelism in ("model", "data_model"):
         if towers < 2:
             raise LayoutError(f"parallelism={parallelism} puts each tower on its own device, but "
-                             f"this model has {towers} tower; use parallelism=data.")
+                              f"this model has {towers} tower; use parallelism=data.")
         if num_devices % towers:
             raise LayoutError(f"parallelism={parallelism} needs a multiple of {towers} devices "
-                             f"(one per tower); {num_devices} are available. Set num_devices.")
+                              f"(one per tower); {num_devices} are available. Set num_devices.")
         if parallelism == "model" and num_devices != towers:
             raise LayoutError(f"parallelism=model uses exactly {towers} devices (one per tower); "
-                             f"{num_devices} are available: use data_model to use them all, or "
-                             f"set num_devices={towers}.")
+                              f"{num_devices} are available: use data_model to use them all, or "
+                              f"set num_devices={towers}.")
     return parallelism
 
 
@@ -100,8 +100,8 @@ class Layout:
     def check_batch(self, batch_size: int, what: str = "batch_size") -> None:
         if batch_size % self.data_size:
             raise LayoutError(f"{what} {batch_size} is not divisible by the {self.data_size} data "
-                             f"replicas of layout {self.kind}; choose a multiple of "
-                             f"{self.data_size}.")
+                              f"replicas of layout {self.kind}; choose a multiple of "
+                              f"{self.data_size}.")
 
     # --- placement -------------------------------------------------------------------
 
@@ -172,14 +172,14 @@ def create(parallelism: str, model: AlexNet, num_devices: int = 0) -> Layout:
     if num_devices:
         if num_devices > len(devices):
             raise LayoutError(f"num_devices={num_devices}, but only {len(devices)} device(s) "
-                             "are present.")
+                              "are present.")
         devices = devices[:num_devices]
     kind = choose(parallelism, model.towers, len(devices))
-    if kind != "single" and (len(devices) // model.towers if kind != "data" else len(devices)
-                             ) % jax.process_count():
-        raise LayoutError(f"Layout {kind} on {len(devices)} devices does not split into whole "
-                         f"data replicas per process ({jax.process_count()} processes): give "
-                         "every process the same number of replicas.")
+    replicas = len(devices) if kind == "data" else len(devices) // model.towers
+    if kind != "single" and replicas % jax.process_count():
+        raise LayoutError(f"Layout {kind} has {replicas} data replica(s), which do not divide "
+                          f"among the {jax.process_count()} processes: each process feeds whole "
+                          "replicas, so give every process the same number of them.")
     return _create(kind, model, tuple(devices))
 
 

@@ -103,10 +103,12 @@ def test_lrn_matches_tensorflow_with_converted_settings(k, n, alpha, beta):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_lrn_gradient_matches_finite_differences():
+@pytest.mark.parametrize("k,n,alpha,beta", [(2.0, 5, 1e-2, 0.75), (1.0, 4, 1e-2, 0.6)])
+def test_lrn_gradient_matches_finite_differences(k, n, alpha, beta):
+    """Checks the hand-written VJP, with an even window (asymmetric, so mirrored) too."""
     with jax.enable_x64(True):
         a = 10 * jax.random.normal(jax.random.key(3), (1, 3, 3, 8), dtype=jnp.float64)
-        lrn = LocalResponseNorm(k=2.0, n=5, alpha=1e-2, beta=0.75)
+        lrn = LocalResponseNorm(k=k, n=n, alpha=alpha, beta=beta)
         check_grads(lambda x: lrn.apply({}, x), (a,), order=1, modes=["rev"],
                                   atol=1e-6, rtol=1e-6)
 
