@@ -32,7 +32,10 @@ train: venv data
 	@echo "Results: $(WORKDIR)/summary.json, metrics: $(WORKDIR)/metrics.jsonl"
 
 # The layout tests need 8 devices: XLA gives 8 CPU devices to a process started with this
-# flag.  They run apart because the flag slows single-device code by ~25% on CPU.
+# flag.  They run apart because the flag slows single-device code by ~25% on CPU.  CPU devices
+# meet at every collective; on a busy 2-core machine one can wait longer than XLA's default
+# 40 s before aborting, hence the longer timeout.
+MULTI_DEVICE_FLAGS := --xla_force_host_platform_device_count=8 --xla_cpu_collective_call_terminate_timeout_seconds=600
 test: venv data
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests --ignore=tests/test_parallel.py
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q $(PYTEST_ARGS) tests/test_parallel.py
+	XLA_FLAGS="$(MULTI_DEVICE_FLAGS)" $(PY) -m pytest -q $(PYTEST_ARGS) tests/test_parallel.py

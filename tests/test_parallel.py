@@ -182,8 +182,9 @@ def free_port():
 
 def run_worker(workdir, devices, process_id=None, port=None, processes=2):
     """The real command line (alexnet_jax.main) under mock data, in a fresh process."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+    flags = (f"--xla_force_host_platform_device_count={devices} "
+             "--xla_cpu_collective_call_terminate_timeout_seconds=600")  # 3 processes, 2 cores
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
     argv = [sys.executable, os.path.join(REPO, "tests", "mock_data_main.py"),
             "--config", os.path.join(REPO, "experiments", "fashion_mnist.py"),
             "--workdir", workdir, "--config.parallelism=data_model",
