@@ -10,6 +10,11 @@ parameter), plus the full training step (``train.train_step``: cross-entropy, th
 paper's SGD update) in images/s.  The JSON has the keys that
 ../shared/reference/*_benchmark.py write.
 
+``--input`` measures the paper's training input pipeline (decode, crop, flip, PCA
+lighting, mean subtraction, batching) on JPEGs of ImageNet's typical 500x375 that it
+writes to a temporary image folder, in images/s and per core, next to the images/s
+the paper model's training step consumes on the same machine.
+
 ``--layouts`` times the training step under every device layout that fits the
 devices present (see parallel.py), each relative to ``single``.  On CPU, start it
 with XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8 devices.
@@ -158,6 +163,58 @@ def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
     return result
 
 
+def write_jpegs(root: str, count: int, classes: int = 10, size: tuple[int, int] = (500, 375)
+                ) -> None:
+    """``count`` photo-like JPEGs (smooth colour fields plus noise, quality 90) in
+    ``root/train/<class>/`` and a few in ``root/val/``."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    width, height = size
+    for split, n in (("train", count), ("val", classes)):
+        for i in range(n):
+            folder = os.path.join(root, split, f"class{i % classes:02d}")
+            os.makedirs(folder, exist_ok=True)
+            coarse = rng.integers(0, 256, (height // 25 + 1, width // 25 + 1, 3), np.uint8)
+            image = np.kron(coarse, np.ones((25, 25, 1), np.uint8))[:height, :width]
+            image = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(os.path.join(folder, f"{i}.jpg"), quality=90)
+
+
+def run_input_benchmark(batch: int, steps: int, images: int = 512) -> dict[str, Any]:
+    """Training batches/s of the paper's pipeline on generated JPEGs, per core."""
+    from alexnet_jax import input_pipeline, parallel
+    from alexnet_jax.config_base import base_config
+    from alexnet_jax.models import create_model
+
+    with tempfile.TemporaryDirectory() as root:
+        write_jpegs(root, images)
+        config = base_config()
+        config.data.dataset, config.data.image_folder = "image_folder", root
+        config.data.data_dir, config.data.mean_images = root, 256
+        config.data.cache = False  # decode every epoch, as a real run does
+        config.batch_size = batch
+        pipeline = input_pipeline.create_pipeline(config)
+        iterator = (b for epoch in range(10**6) for b in pipeline.train_batches(epoch))
+        next(iterator)  # start-up: the mean image, tf.data's threads
+        start = time.perf_counter()
+        for _ in range(steps):
+            next(iterator)
+        seconds = time.perf_counter() - start
+    cores = os.cpu_count() or 1
+    rate = steps * batch / seconds
+    print(f"Input pipeline (decode 500x375 JPEG, 256 centre, crop, flip, PCA lighting, mean): "
+          f"{rate:.1f} images/s on {cores} cores, {rate / cores:.1f} per core", flush=True)
+    model = create_model("paper")
+    consumption = time_train_step(model, parallel.create("single", model), batch,
+                                  steps=max(2, steps // 10), burn_in=1,
+                                  name="Paper model train step")["images_per_s"]
+    print(f"The paper model's train step consumes {consumption:.1f} images/s here: the input "
+          f"pipeline supplies {rate / consumption:.1f}x that.", flush=True)
+    return {"input_images_per_s": rate, "cores": cores, "input_images_per_s_per_core":
+            rate / cores, "train_step_images_per_s": consumption, "batch": batch, "steps": steps}
+
+
 def _run_json(command: list[str]) -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
@@ -226,11 +283,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--torch-python", default=sys.executable)
+    parser.add_argument("--input", action="store_true",
+                        help="the paper's ImageNet input pipeline on generated JPEGs")
     parser.add_argument("--layouts", action="store_true",
                         help="time the training step under every layout that fits the devices")
     args = parser.parse_args(argv)
     if args.compare:
         result = compare(args)
+    elif args.input:
+        result = run_input_benchmark(args.batch, args.steps)
     elif args.layouts:
         result = run_layouts(args.variant, args.batch, args.steps, args.dtype, args.burn_in)
     else:

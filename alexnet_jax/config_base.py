@@ -41,8 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.sync_batch_stats = True  # BatchNorm statistics over the global batch
 
     config.data = ml_collections.ConfigDict()
-    config.data.dataset = "fashion_mnist"  # fashion_mnist | cifar10 | imagenet2012
+    config.data.dataset = "fashion_mnist"  # fashion_mnist | cifar10 | imagenet2012 | image_folder
     config.data.data_dir = "data"
+    config.data.image_folder = ""  # image_folder: a directory with train/ and val/ class folders
     config.data.download = True  # where local files are absent, let TFDS download (online only)
     config.data.random_crop_padding = 2  # pixels of zero padding before a random crop
     config.data.flip = True  # random horizontal flips when training
@@ -50,6 +51,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.cache = True
     config.data.max_train_examples = 0  # >0: use only the first N (tests, smoke runs)
     config.data.max_test_examples = 0
+    config.data.corrupt_images = "skip"  # skip (counted, with a warning) | fail
+    # ImageNet-style data (imagenet2012, image_folder): the paper's preprocessing.
+    config.data.pca_lighting = True  # the paper's colour augmentation
+    config.data.mean = "pixel"  # pixel: the paper's mean image | channel: one value per channel
+    config.data.mean_images = 10_000  # training images the mean is computed from, once
+    config.data.ten_crop = True  # evaluation: also the paper's 10 patches, softmax averaged
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 0.01

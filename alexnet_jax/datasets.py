@@ -17,6 +17,9 @@ DATASETS = {
     "fashion_mnist": DatasetInfo("fashion_mnist", (28, 28, 1), 10, "train", "test"),
     "cifar10": DatasetInfo("cifar10", (32, 32, 3), 10, "train", "test"),
     "imagenet2012": DatasetInfo("imagenet2012", (224, 224, 3), 1000, "train", "validation"),
+    # Any class-per-folder dataset (Imagenette, a subset of ImageNet...); the number of
+    # classes is the number of folders (the pipeline's num_classes).
+    "image_folder": DatasetInfo("image_folder", (224, 224, 3), 0, "train", "val"),
 }
 
 
@@ -29,6 +32,7 @@ _NORMALIZATION = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "image_folder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
 

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax.training import train_state
 
-from alexnet_jax import checkpoints, datasets, input_pipeline, optim, parallel
+from alexnet_jax import checkpoints, input_pipeline, optim, parallel
+from alexnet_jax.input_pipeline.imagenet import CENTER_VIEW
 from alexnet_jax.metrics import MetricWriter, cross_entropy, topk_correct
 from alexnet_jax.models import AlexNet, model_from_config
 
@@ -93,12 +94,29 @@ def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainSta
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Sums over the batch's real examples (``mask`` 1), so padded batches count right."""
-    logits = state.apply_fn(_variables(state, state.params), batch["image"], train=False)
-    mask = batch["mask"]
-    return {"loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-            "top1_correct": jnp.sum(topk_correct(logits, batch["label"], 1) * mask),
-            "top5_correct": jnp.sum(topk_correct(logits, batch["label"], 5) * mask),
+    """Sums over the batch's real examples (``mask`` 1), so padded batches count right.
+
+    Images of shape (batch, views, H, W, C) are several views of each image (the paper's
+    10 patches): the metrics are those of the centre view (``CENTER_VIEW``), and the
+    ``multi_view_`` ones those of the softmax averaged over the views, as the paper did.
+    """
+    images, labels, mask = batch["image"], batch["label"], batch["mask"]
+    views = images.shape[1] if images.ndim == 5 else 1
+    flat = images.reshape(-1, *images.shape[-3:])
+    logits = state.apply_fn(_variables(state, state.params), flat, train=False)
+    logits = logits.reshape(images.shape[0], views, -1)
+    sums = _masked_sums(logits[:, CENTER_VIEW if views > 1 else 0], labels, mask)
+    if views > 1:
+        averaged = jnp.log(jnp.mean(jax.nn.softmax(logits), axis=1))
+        sums.update({f"multi_view_{k}": v for k, v in
+                     _masked_sums(averaged, labels, mask).items() if k != "count"})
+    return sums
+
+
+def _masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    return {"loss": jnp.sum(cross_entropy(logits, labels) * mask),
+            "top1_correct": jnp.sum(topk_correct(logits, labels, 1) * mask),
+            "top5_correct": jnp.sum(topk_correct(logits, labels, 5) * mask),
             "count": jnp.sum(mask)}
 
 
@@ -115,8 +133,12 @@ def evaluate(state: TrainState, pipeline: Any, batch_size: int,
         for key, value in sums.items():
             totals[key] = totals.get(key, 0.0) + float(value)
     count = totals["count"]
-    return {"loss": totals["loss"] / count, "top1_error": 1.0 - totals["top1_correct"] / count,
-            "top5_error": 1.0 - totals["top5_correct"] / count, "examples": int(count)}
+    result = {"examples": int(count)}
+    for prefix in ("", "multi_view_") if "multi_view_loss" in totals else ("",):
+        result.update({f"{prefix}loss": totals[f"{prefix}loss"] / count,
+                       f"{prefix}top1_error": 1.0 - totals[f"{prefix}top1_correct"] / count,
+                       f"{prefix}top5_error": 1.0 - totals[f"{prefix}top5_correct"] / count})
+    return result
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
@@ -215,9 +237,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     and writes ``summary.json``; returns the summary."""
     prepare_workdir(workdir, config)
     start_time = time.time()
-    info = datasets.info(config.data.dataset)
     pipeline = input_pipeline.create_pipeline(config, jax.process_index(), jax.process_count())
-    model = model_from_config(config.model, info.image_shape, info.num_classes)
+    model = model_from_config(config.model, pipeline.image_shape, pipeline.num_classes)
     layout = parallel.create(config.parallelism, model, config.num_devices)
     layout.check_batch(config.batch_size)
     layout.check_batch(config.eval_batch_size, "eval_batch_size")
@@ -332,7 +353,10 @@ def _summary(history: list[dict], step: int, wall_s: float, pipeline: Any,
              config: Any) -> dict[str, Any]:
     final = history[-1]
     best = min(history, key=lambda h: h["top1_error"])
+    multi_view = {f"test_10crop_{k[len('multi_view_'):]}": v for k, v in final.items()
+                  if k.startswith("multi_view_")}
     return {"test_top1_error": final["top1_error"], "test_top5_error": final["top5_error"],
+            **multi_view,
             "test_loss": final["loss"], "test_examples": final["examples"],
             "best_test_top1_error": best["top1_error"], "best_test_top5_error": best["top5_error"],
             "best_epoch": best["epoch"], "steps": step, "epochs": config.num_epochs,

@@ -18,5 +18,6 @@ def get_config():
     config.data.dataset = "imagenet2012"
     config.num_epochs = 90
     config.batch_size = 128
+    config.eval_batch_size = 100  # x 10 patches: 1,000 images of 224x224 per evaluation batch
     config.optim.schedule = "plateau"
     return config

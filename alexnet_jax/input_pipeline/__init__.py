@@ -158,26 +158,57 @@ def random_flip(image, seed):
     return tf.image.stateless_random_flip_left_right(image, seed=seed)
 
 
-def _example_seed(seed: int, epoch: int, index):
+def example_seeds(seed: int, epoch, index, count: int):
+    """``count`` stateless seeds for one example: a function of (run seed, epoch, index)."""
     tf = _tf()
-    return tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64) * (1 << 32) + index])
+    base = tf.cast(epoch, tf.int64) * (1 << 32) + tf.cast(index, tf.int64) * count
+    return [tf.stack([tf.constant(seed, tf.int64), base + i]) for i in range(count)]
 
 
-class SmallImagePipeline:
+class SmallImagePreprocessing:
     """Fashion-MNIST / CIFAR-10: pad-and-crop and flips for training, nothing random in eval."""
 
-    def __init__(self, config: Any, process_index: int = 0, process_count: int = 1):
-        self.config = config
+    decoders = None  # TFDS decodes the small PNGs
+
+    def __init__(self, config: Any):
         self.data = config.data
-        self.info = datasets.info(config.data.dataset)
+        self.seed = config.seed
+        self.mean, self.std = datasets.normalization(config.data.dataset)
+
+    def train(self, image, epoch, index):
+        crop_seed, flip_seed = example_seeds(self.seed, epoch, index, 2)
+        image = random_crop_with_padding(image, self.data.random_crop_padding, crop_seed)
+        if self.data.flip:
+            image = random_flip(image, flip_seed)
+        return normalize(image, self.mean, self.std)
+
+    def eval(self, image):
+        return normalize(image, self.mean, self.std)
+
+
+class Pipeline:
+    """A TFDS dataset as NumPy batches: seeded shuffling, per-process rows, padded evaluation.
+
+    What happens to each image is the ``preprocessing`` object's (``train``/``eval``);
+    this class does the rest, the same for every dataset.
+    """
+
+    def __init__(self, config: Any, preprocessing: Any, builder: Any, info: datasets.DatasetInfo,
+                 process_index: int = 0, process_count: int = 1):
+        self.config = config
+        self.image_shape = info.image_shape
+        self.data = config.data
+        self.preprocessing = preprocessing
+        self.builder = builder
         self.process_index, self.process_count = process_index, process_count
         if config.batch_size % process_count:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
                              f"{process_count} processes.")
         self.batch_size = config.batch_size // process_count
-        self.builder = load_builder(config.data)
-        self._train = self._split(self.info.train_split, self.data.max_train_examples)
-        self._test = self._split(self.info.test_split, self.data.max_test_examples)
+        label = builder.info.features["label"]
+        self.num_classes = label.num_classes
+        self._train = self._split(info.train_split, self.data.max_train_examples)
+        self._test = self._split(info.test_split, self.data.max_test_examples)
         self.num_train = _count(self._train)
         self.num_test = _count(self._test)
         self.steps_per_epoch = self.num_train // config.batch_size
@@ -189,35 +220,12 @@ class SmallImagePipeline:
         tf = _tf()
         import tensorflow_datasets as tfds
         read_config = tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1)
-        ds = self.builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+        ds = self.builder.as_dataset(split=split, shuffle_files=False, read_config=read_config,
+                                     decoders=self.preprocessing.decoders)
         if limit:
             ds = ds.take(limit)
         ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.cache() if self.data.cache else ds
-
-    def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        """Epoch ``epoch``'s batches for this process, from step ``start_step`` of the epoch."""
-        tf = _tf()
-        seed, data = self.config.seed, self.data
-        mean, std = datasets.normalization(data.dataset)
-        ds = self._train.shuffle(data.shuffle_buffer, seed=seed * 100_003 + epoch,
-                                 reshuffle_each_iteration=False)
-        # After the global shuffle, so that the processes' rows make up one global batch.
-        ds = self._own_rows(ds.enumerate(), self.config.batch_size)
-
-        def augment(index, example):
-            image, label = example
-            crop_seed = _example_seed(seed, epoch, 2 * index)
-            flip_seed = _example_seed(seed, epoch, 2 * index + 1)
-            image = random_crop_with_padding(image, data.random_crop_padding, crop_seed)
-            if data.flip:
-                image = random_flip(image, flip_seed)
-            return {"image": normalize(image, mean, std), "label": label}
-
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.batch(self.batch_size, drop_remainder=True).take(self.steps_per_epoch)
-        ds = ds.skip(start_step).prefetch(tf.data.AUTOTUNE)
-        return iter(ds.as_numpy_iterator())
 
     def _own_rows(self, indexed_ds, global_batch: int):
         """This process's rows of every global batch of ``global_batch``: the contiguous block
@@ -228,6 +236,34 @@ class SmallImagePipeline:
             return indexed_ds
         return indexed_ds.filter(lambda i, _: (i % global_batch) // local == index)
 
+    def _handle_corrupt(self, ds):
+        """Skips examples whose preprocessing fails (a corrupt image), with a warning, or
+        lets the error through: ``data.corrupt_images`` = skip | fail."""
+        if self.data.corrupt_images == "skip":
+            return ds.ignore_errors(log_warning=True)
+        if self.data.corrupt_images != "fail":
+            raise ValueError(f"data.corrupt_images must be 'skip' or 'fail'; got "
+                             f"{self.data.corrupt_images!r}.")
+        return ds
+
+    def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """Epoch ``epoch``'s batches for this process, from step ``start_step`` of the epoch.
+
+        Exactly ``steps_per_epoch`` of them: where corrupt images were skipped, the epoch's
+        permutation is read again from its start to fill the last batches."""
+        tf = _tf()
+        ds = self._train.shuffle(self.data.shuffle_buffer, seed=self.config.seed * 100_003 + epoch,
+                                 reshuffle_each_iteration=False)
+        # After the global shuffle, so that the processes' rows make up one global batch.
+        ds = self._own_rows(ds.enumerate(), self.config.batch_size)
+        ds = ds.map(lambda index, example: {
+            "image": self.preprocessing.train(example[0], epoch, index), "label": example[1]},
+            num_parallel_calls=tf.data.AUTOTUNE)
+        ds = self._handle_corrupt(ds).repeat()
+        ds = ds.batch(self.batch_size, drop_remainder=True).take(self.steps_per_epoch)
+        ds = ds.skip(start_step).prefetch(tf.data.AUTOTUNE)
+        return _explained(ds.as_numpy_iterator())
+
     def eval_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """This process's rows of every test batch of global size ``batch_size``: together
         the processes see every test example exactly once.  Short batches are padded with
@@ -236,20 +272,39 @@ class SmallImagePipeline:
         if batch_size % self.process_count:
             raise ValueError(f"eval_batch_size {batch_size} is not divisible by the "
                              f"{self.process_count} processes.")
-        mean, std = datasets.normalization(self.data.dataset)
         local = batch_size // self.process_count
         ds = self._own_rows(self._test.enumerate(), batch_size)
-        ds = ds.map(lambda i, example: {"image": normalize(example[0], mean, std),
+        ds = ds.map(lambda i, example: {"image": self.preprocessing.eval(example[0]),
                                         "label": example[1]},
                     num_parallel_calls=tf.data.AUTOTUNE)
-        yielded = 0
-        for batch in ds.batch(local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-            yielded += 1
+        ds = self._handle_corrupt(ds)
+        yielded, seen, template = 0, 0, None
+        for batch in _explained(ds.batch(local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()):
+            yielded, seen = yielded + 1, seen + len(batch["label"])
+            template = {k: v[:0] for k, v in batch.items()}
             yield pad_batch(batch, local)
-        empty = {"image": np.zeros((0, *self.info.image_shape), np.float32),
-                 "label": np.zeros((0,), np.int64)}
+        expected = sum(min(local, max(0, self.num_test - start - self.process_index * local))
+                       for start in range(0, self.num_test, batch_size))
+        if seen < expected:
+            print(f"warning: {expected - seen} of this process's {expected} test images could "
+                  "not be read and were skipped (data.corrupt_images=skip).")
+        if template is None:
+            template = {"image": np.zeros((0, *self.image_shape), np.float32),
+                        "label": np.zeros((0,), np.int64)}
         for _ in range(yielded, -(-self.num_test // batch_size)):  # others still have rows
-            yield pad_batch(empty, local)
+            yield pad_batch(template, local)
+
+
+def _explained(iterator):
+    """Re-raises a corrupt image's decoding error with what to do about it."""
+    tf = _tf()
+    try:
+        yield from iterator
+    except tf.errors.InvalidArgumentError as error:
+        raise DatasetUnavailableError(
+            f"An image could not be decoded ({error.message.splitlines()[0][:200]}). Replace "
+            "the file, or set data.corrupt_images=skip to skip such images with a warning."
+        ) from None
 
 
 def _count(ds) -> int:
@@ -270,8 +325,13 @@ def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     return {**padded, "mask": mask}
 
 
-def create_pipeline(config: Any, process_index: int = 0, process_count: int = 1):
+def create_pipeline(config: Any, process_index: int = 0, process_count: int = 1) -> Pipeline:
+    """The pipeline of ``config.data.dataset`` for this process."""
+    info = datasets.info(config.data.dataset)
     if config.data.dataset in ("fashion_mnist", "cifar10"):
-        return SmallImagePipeline(config, process_index, process_count)
-    datasets.info(config.data.dataset)
-    raise NotImplementedError(f"The {config.data.dataset} pipeline is not implemented yet.")
+        return Pipeline(config, SmallImagePreprocessing(config), load_builder(config.data), info,
+                        process_index, process_count)
+    from alexnet_jax.input_pipeline import imagenet
+    builder = imagenet.load_builder(config.data)
+    return Pipeline(config, imagenet.PaperPreprocessing(config, builder), builder, info,
+                    process_index, process_count)

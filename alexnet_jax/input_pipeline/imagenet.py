@@ -1,0 +1,231 @@
+"""ImageNet as the paper trained on it: sources, and preprocessing as small tf.data ops.
+
+Sources: TFDS ``imagenet2012`` (manual download: the ILSVRC2012 tar files in
+``DATA_DIR/tfds/downloads/manual/``), or any class-per-folder dataset through TFDS's
+``ImageFolder`` (``data.dataset=image_folder``, ``data.image_folder=DIR`` holding
+``train/<class>/*.jpg`` and ``val/<class>/*.jpg``).  Images are read still encoded
+(``SkipDecoding``) so that a JPEG's discarded borders are never decoded.
+
+The paper's preprocessing (Section 2 and 4.1):
+
+* ``decode_and_center_crop``: the shorter side to 256 and the central 256x256 patch,
+  decoding only that square of a JPEG (``tf.image.decode_and_crop_jpeg``);
+* ``random_crop`` and ``random_flip``: a random 224x224 patch and its mirror image;
+* ``pca_lighting``: adds sum_i alpha_i lambda_i p_i to every pixel, with p_i, lambda_i
+  the eigenvectors and eigenvalues of ImageNet's RGB covariance and alpha_i ~ N(0, 0.1)
+  drawn once per image;
+* ``subtract_mean``: the per-pixel mean image (the paper) or the per-channel mean;
+* ``ten_crops``: the four corner patches and the centre patch, and their mirror images,
+  for the paper's 10-patch evaluation.
+
+Random ops take a stateless seed, so that an image's augmentation is a function of
+(run seed, epoch, position) and a resumed run sees the same batches.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from alexnet_jax import datasets
+
+RESIZE = 256  # the shorter side, then the central square (the paper's 256x256 images)
+CROP = 224
+
+# ImageNet's RGB covariance for pixels in [0, 1]: eigenvalues and eigenvectors (columns),
+# as published with fb.resnet.torch (datasets/imagenet.lua), computed on ImageNet's
+# training set; the paper does not list its numbers.
+PCA_EIGENVALUES = np.array([0.2175, 0.0188, 0.0045], np.float32)
+PCA_EIGENVECTORS = np.array([[-0.5675, 0.7192, 0.4009],
+                             [-0.5808, -0.0045, -0.8140],
+                             [-0.5836, -0.6948, 0.4203]], np.float32)
+PCA_ALPHA_STD = 0.1
+
+
+def _tf():
+    from alexnet_jax.input_pipeline import _tf as hidden_tf
+    return hidden_tf()
+
+
+def central_square(height, width):
+    """(offset_y, offset_x, side): the largest central square of a height x width image."""
+    tf = _tf()
+    side = tf.minimum(height, width)
+    return (height - side) // 2, (width - side) // 2, side
+
+
+def decode_and_center_crop(image_bytes, size: int = RESIZE):
+    """Encoded image -> float32 [0, 1] RGB, the central square resized to size x size.
+
+    Cropping the central square and then resizing it equals resizing the shorter side
+    to ``size`` and cropping the centre, without decoding the discarded borders of a
+    JPEG.  Other formats (PNG, GIF, BMP) are decoded whole and cropped.
+    """
+    tf = _tf()
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(image_bytes)
+        offset_y, offset_x, side = central_square(shape[0], shape[1])
+        window = tf.stack([offset_y, offset_x, side, side])
+        return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+
+    def other():
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        shape = tf.shape(image)
+        offset_y, offset_x, side = central_square(shape[0], shape[1])
+        return image[offset_y:offset_y + side, offset_x:offset_x + side]
+
+    square = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+    resized = tf.image.resize(tf.cast(square, tf.float32) / 255.0, [size, size],
+                              method="bilinear", antialias=True)
+    return tf.reshape(tf.clip_by_value(resized, 0.0, 1.0), [size, size, 3])
+
+
+def random_crop(image, size: int, seed):
+    tf = _tf()
+    return tf.image.stateless_random_crop(image, [size, size, image.shape[-1]], seed=seed)
+
+
+def random_flip(image, seed):
+    return _tf().image.stateless_random_flip_left_right(image, seed=seed)
+
+
+def pca_lighting(image, seed, alpha_std: float = PCA_ALPHA_STD,
+                 eigenvalues: Any = PCA_EIGENVALUES, eigenvectors: Any = PCA_EIGENVECTORS):
+    """The paper's colour augmentation: one RGB offset per image, along ImageNet's
+    principal components, scaled by their eigenvalues and a N(0, alpha_std) draw each."""
+    tf = _tf()
+    alpha = tf.random.stateless_normal([3], seed=seed, stddev=alpha_std)
+    offset = tf.linalg.matvec(tf.constant(eigenvectors), alpha * tf.constant(eigenvalues))
+    return image + offset
+
+
+def subtract_mean(image, mean: np.ndarray):
+    """``mean``: a mean image of the same size (the paper's), or one value per channel."""
+    return image - _tf().constant(mean, _tf().float32)
+
+
+def center_crop(image, size: int = CROP):
+    height, width = image.shape[0], image.shape[1]
+    top, left = (height - size) // 2, (width - size) // 2
+    return image[top:top + size, left:left + size]
+
+
+TEN_CROP_NAMES = ("top_left", "top_right", "bottom_left", "bottom_right", "center",
+                  "top_left_flipped", "top_right_flipped", "bottom_left_flipped",
+                  "bottom_right_flipped", "center_flipped")
+CENTER_VIEW = TEN_CROP_NAMES.index("center")
+
+
+def ten_crops(image, size: int = CROP):
+    """(10, size, size, C): the patches named in ``TEN_CROP_NAMES``, in that order."""
+    tf = _tf()
+    height, width = image.shape[0], image.shape[1]
+    corners = [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size),
+               ((height - size) // 2, (width - size) // 2)]
+    patches = [image[y:y + size, x:x + size] for y, x in corners]
+    return tf.stack(patches + [tf.image.flip_left_right(p) for p in patches])
+
+
+# --- sources ---------------------------------------------------------------------------
+
+def load_builder(data: Any):
+    """The TFDS builder of ``data.dataset`` (imagenet2012 or image_folder), prepared."""
+    import tensorflow_datasets as tfds
+
+    from alexnet_jax.input_pipeline import DatasetUnavailableError
+    _tf()
+    if data.dataset == "image_folder":
+        root = data.image_folder
+        if not root or not os.path.isdir(os.path.join(root, "train")):
+            raise DatasetUnavailableError(
+                f"data.image_folder={root!r} has no train/ directory. Give a directory with "
+                "train/<class>/<image> and val/<class>/<image> (Imagenette's layout, renamed "
+                "to val/ where it says validation/).")
+        return tfds.folder_dataset.ImageFolder(root)
+    tfds_dir = os.path.join(data.data_dir, "tfds")
+    builder = tfds.builder("imagenet2012", data_dir=tfds_dir)
+    if builder.is_prepared():
+        return builder
+    manual = os.path.join(tfds_dir, "downloads", "manual")
+    tars = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+    try:  # prepares from the tar files (once: hours, ~150 GB), or fails saying which are missing
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    except Exception as error:
+        raise DatasetUnavailableError(
+            f"ImageNet is not prepared under {tfds_dir}, and TFDS could not prepare it "
+            f"({type(error).__name__}: {str(error).strip().splitlines()[0][:200]}). Download "
+            f"{' and '.join(tars)} from https://image-net.org (an account is needed), place "
+            f"them in {manual}/ and run again; see README 'Training on ImageNet'.") from None
+    return builder
+
+
+# --- the paper's preprocessing ----------------------------------------------------------
+
+def mean_path(data: Any, builder: Any) -> str:
+    name = builder.info.name if data.dataset != "image_folder" else \
+        "image_folder_" + os.path.basename(os.path.normpath(data.image_folder))
+    return os.path.join(data.data_dir, f"{name}_mean_{RESIZE}_{data.mean_images}.npy")
+
+
+def compute_mean_image(builder: Any, split: str, count: int) -> np.ndarray:
+    """The mean 256x256 RGB image of the first ``count`` training images, in [0, 1]."""
+    import tensorflow_datasets as tfds
+    tf = _tf()
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.take(count).map(lambda ex: decode_and_center_crop(ex["image"]),
+                            num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    total, seen = np.zeros((RESIZE, RESIZE, 3), np.float64), 0
+    for batch in ds.batch(256).as_numpy_iterator():
+        total += batch.sum(0)
+        seen += len(batch)
+    return (total / max(seen, 1)).astype(np.float32)
+
+
+def load_mean(data: Any, builder: Any, split: str) -> np.ndarray:
+    """The per-pixel mean image (computed once, then read from the data directory), or its
+    per-channel mean (``data.mean=channel``)."""
+    path = mean_path(data, builder)
+    if os.path.exists(path):
+        mean = np.load(path)
+    else:
+        print(f"Computing the mean image of {data.mean_images} training images into {path} "
+              "(once).")
+        mean = compute_mean_image(builder, split, data.mean_images)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        np.save(path + ".tmp.npy", mean)
+        os.replace(path + ".tmp.npy", path)
+    if data.mean == "channel":
+        return mean.mean((0, 1))
+    if data.mean != "pixel":
+        raise ValueError(f"data.mean must be 'pixel' or 'channel'; got {data.mean!r}.")
+    return mean
+
+
+class PaperPreprocessing:
+    """Training: decode, 256 centre square, mean subtracted, random 224 crop, flip, PCA
+    lighting.  Evaluation: the centre 224 crop, or (``data.ten_crop``) the 10 patches
+    with the centre one at ``CENTER_VIEW``."""
+
+    def __init__(self, config: Any, builder: Any):
+        import tensorflow_datasets as tfds
+        self.data = config.data
+        self.seed = config.seed
+        self.decoders = {"image": tfds.decode.SkipDecoding()}
+        self.mean = load_mean(config.data, builder, datasets.info(config.data.dataset).train_split)
+
+    def train(self, image_bytes, epoch, index):
+        from alexnet_jax.input_pipeline import example_seeds
+        crop_seed, flip_seed, light_seed = example_seeds(self.seed, epoch, index, 3)
+        image = subtract_mean(decode_and_center_crop(image_bytes), self.mean)
+        image = random_flip(random_crop(image, CROP, crop_seed), flip_seed)
+        if self.data.pca_lighting:
+            image = pca_lighting(image, light_seed)
+        return image
+
+    def eval(self, image_bytes):
+        image = subtract_mean(decode_and_center_crop(image_bytes), self.mean)
+        return ten_crops(image) if self.data.ten_crop else center_crop(image)
