@@ -18,6 +18,7 @@ def get_config():
     config.data.dataset = "imagenet2012"
     config.num_epochs = 90
     config.batch_size = 128
+    config.data.cache = False  # 1.28 M JPEGs do not fit in memory; read them each epoch
     config.eval_batch_size = 100  # x 10 patches: 1,000 images of 224x224 per evaluation batch
     config.optim.schedule = "plateau"
     return config

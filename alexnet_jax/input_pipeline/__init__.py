@@ -1,5 +1,10 @@
 """Input pipelines: TFDS datasets read through tf.data, yielding NumPy batches.
 
+One ``Pipeline`` (shuffling, per-process rows, padded evaluation, corrupt images) for
+every dataset; what happens to each image is a preprocessing object's:
+``SmallImagePreprocessing`` here for Fashion-MNIST and CIFAR-10, the paper's ImageNet
+preprocessing in ``imagenet.py``.
+
 TensorFlow is imported here only, lazily, and hidden from accelerators, so that the
 model, the benchmark and their tests never need it.
 
@@ -250,16 +255,18 @@ class Pipeline:
         """Epoch ``epoch``'s batches for this process, from step ``start_step`` of the epoch.
 
         Exactly ``steps_per_epoch`` of them: where corrupt images were skipped, the epoch's
-        permutation is read again from its start to fill the last batches."""
+        permutation is read again from its start to fill the last batches.  (Only for
+        images this pipeline decodes: TFDS has checked the others when preparing them.)"""
         tf = _tf()
         ds = self._train.shuffle(self.data.shuffle_buffer, seed=self.config.seed * 100_003 + epoch,
                                  reshuffle_each_iteration=False)
         # After the global shuffle, so that the processes' rows make up one global batch.
         ds = self._own_rows(ds.enumerate(), self.config.batch_size)
-        ds = ds.map(lambda index, example: {
-            "image": self.preprocessing.train(example[0], epoch, index), "label": example[1]},
+        ds = ds.map(_plain_graph(lambda index, example: {
+            "image": self.preprocessing.train(example[0], epoch, index), "label": example[1]}),
             num_parallel_calls=tf.data.AUTOTUNE)
-        ds = self._handle_corrupt(ds).repeat()
+        if self.preprocessing.decoders is not None:  # images decoded here may be corrupt
+            ds = self._handle_corrupt(ds).repeat()
         ds = ds.batch(self.batch_size, drop_remainder=True).take(self.steps_per_epoch)
         ds = ds.skip(start_step).prefetch(tf.data.AUTOTUNE)
         return _explained(ds.as_numpy_iterator())
@@ -274,8 +281,8 @@ class Pipeline:
                              f"{self.process_count} processes.")
         local = batch_size // self.process_count
         ds = self._own_rows(self._test.enumerate(), batch_size)
-        ds = ds.map(lambda i, example: {"image": self.preprocessing.eval(example[0]),
-                                        "label": example[1]},
+        ds = ds.map(_plain_graph(lambda i, example: {"image": self.preprocessing.eval(example[0]),
+                                                     "label": example[1]}),
                     num_parallel_calls=tf.data.AUTOTUNE)
         ds = self._handle_corrupt(ds)
         yielded, seen, template = 0, 0, None
@@ -293,6 +300,13 @@ class Pipeline:
                         "label": np.zeros((0,), np.int64)}
         for _ in range(yielded, -(-self.num_test // batch_size)):  # others still have rows
             yield pad_batch(template, local)
+
+
+def _plain_graph(fn):
+    """``fn`` traced as it is, not rewritten by AutoGraph: the ops use no Python control
+    flow on tensors, and AutoGraph re-reads source files when it converts, so editing the
+    code during a run could otherwise make the run's evaluation trace the wrong lines."""
+    return _tf().autograph.experimental.do_not_convert(fn)
 
 
 def _explained(iterator):
