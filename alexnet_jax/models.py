@@ -231,7 +231,7 @@ class Tower(TowerSettings):
                        implementation=self.implementation, name=layer)(x)
             normalised = layer in NORMALISED_LAYERS
             if normalised and self.norm_position == "before_relu":
-                x = self._normalise(x, layer, train)
+                x = self._record(f"norm{i}", self._normalise(x, layer, train))
             x = self._record(layer, act(x))
             if normalised and self.norm_position == "after_relu":
                 x = self._record(f"norm{i}", self._normalise(x, layer, train))

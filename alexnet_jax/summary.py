@@ -34,12 +34,18 @@ def _size(tree: Any) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
 
 
+def _shapes(model: AlexNet) -> tuple[Any, Any]:
+    """The parameters' shapes and every recorded stage's output shape, for one image."""
+    x = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    _, state = jax.eval_shape(
+        lambda v, x: model.apply(v, x, mutable=["intermediates"]), variables, x)
+    return variables["params"], state
+
+
 def layer_table(model: AlexNet) -> list[dict[str, Any]]:
     """One row per stage: name, per-tower output shape, parameters, multiply-adds per image."""
-    x = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
-    _, state = jax.eval_shape(
-        lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]), params, x)
+    params, state = _shapes(model)
     stages = state["intermediates"]["towers"]
     tower_params = params["towers"]
 
@@ -90,10 +96,7 @@ def crossing_table(model: AlexNet, replica_batch: int, replicas: int = 1
     With data replicas, each device also all-reduces its parameters' gradients.
     """
     towers = model.towers
-    x = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
-    _, state = jax.eval_shape(
-        lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]), params, x)
+    params, state = _shapes(model)
     stages = state["intermediates"]["towers"]
     itemsize = jnp.dtype(model.dtype).itemsize
     rows = []

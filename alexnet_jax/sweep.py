@@ -170,13 +170,15 @@ def run_record(workdir: str, run: Run, baseline_params: dict[str, int]) -> dict[
         summary = json.load(f)
     with open(os.path.join(path, "config.json")) as f:
         config = json.load(f)
-    curve, threshold_step = [], None
+    curve, train_curve, threshold_step = [], [], None
     with open(os.path.join(path, "metrics.jsonl")) as f:
         for line in f:
             record = json.loads(line)
             if "test_top1_error" in record:
                 curve.append((record["epoch"], record["test_top1_error"]))
             error = record.get("train_top1_error")
+            if error is not None:
+                train_curve.append((record["step"], error))
             if threshold_step is None and error is not None and error <= TRAIN_ERROR_THRESHOLD:
                 threshold_step = record["step"]
     return {"run": run.name, "variant": run.variant, "seed": run.seed,
@@ -188,7 +190,7 @@ def run_record(workdir: str, run: Run, baseline_params: dict[str, int]) -> dict[
             "steps_to_25pct_train_error": threshold_step,
             "wall_s": summary["wall_s"], "steps": summary["steps"],
             "params": baseline_params.get(run.variant) or _param_count(config),
-            "curve": curve}
+            "curve": curve, "train_curve": train_curve}
 
 
 def _param_count(config_json: dict[str, Any]) -> int:
@@ -291,18 +293,25 @@ def plot(records: list[dict[str, Any]], rows: list[dict[str, Any]], workdir: str
     import numpy as np
 
     paths = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in rows:
-        curves = [r["curve"] for r in records if r["variant"] == row["variant"] and r["curve"]]
-        length = min(len(c) for c in curves)
-        epochs = [e for e, _ in curves[0][:length]]
-        errors = 100 * np.array([[v for _, v in c[:length]] for c in curves])
-        line, = ax.plot(epochs, errors.mean(0), marker="o", label=row["variant"])
-        ax.fill_between(epochs, errors.min(0), errors.max(0), color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 error (%)")
-    ax.set_title("Test error per variant: mean over seeds, band = min to max")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    panels = (("train_curve", "step", "training top-1 error (%), logged windows"),
+              ("curve", "epoch", "test top-1 error (%)"))
+    for ax, (key, xlabel, ylabel) in zip(axes, panels):
+        for row in rows:
+            curves = [r[key] for r in records if r["variant"] == row["variant"] and r[key]]
+            if not curves:
+                continue
+            length = min(len(c) for c in curves)
+            xs = [x for x, _ in curves[0][:length]]
+            errors = 100 * np.array([[v for _, v in c[:length]] for c in curves])
+            line, = ax.plot(xs, errors.mean(0), marker="o" if length < 20 else None,
+                            label=row["variant"])
+            ax.fill_between(xs, errors.min(0), errors.max(0), color=line.get_color(), alpha=0.2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, min(100, ax.get_ylim()[1]))
+        ax.legend()
+    fig.suptitle("Per variant: mean over seeds, band = min to max")
     fig.tight_layout()
     paths.append(os.path.join(workdir, "curves.png"))
     fig.savefig(paths[-1], dpi=110)
@@ -341,11 +350,23 @@ def report(sweep: dict[str, Any], runs: Sequence[Run], workdir: str,
     rows = aggregate(records, baseline)
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(markdown_table(rows, baseline, title))
-        missing = len(runs) - len(records)
-        if missing:
-            f.write(f"\n{missing} of {len(runs)} runs have not finished.\n")
+        finished = {r["run"] for r in records}
+        unfinished = [r for r in runs if r.name not in finished]
+        if unfinished:
+            f.write(f"\n{len(unfinished)} of {len(runs)} runs did not finish:\n\n")
+            f.writelines(f"- `{r.name}`: {why_unfinished(workdir, r)}\n" for r in unfinished)
     plot(records, rows, workdir)
     return rows
+
+
+def why_unfinished(workdir: str, run: Run) -> str:
+    """The run's own last word: its ``error:`` line (a NaN loss, say), or that it has not run."""
+    path = os.path.join(workdir, run.name, "console.log")
+    if not os.path.exists(path):
+        return "not run yet"
+    with open(path) as f:
+        errors = [line.strip() for line in f if line.startswith("error:")]
+    return errors[-1] if errors else "stopped before its summary (run the sweep again to resume)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

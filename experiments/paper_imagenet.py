@@ -6,8 +6,22 @@
 Model: two towers, 60,965,224 parameters, 724,406,816 multiply-adds per 224x224
 image (``alexnet_jax.summary``).  Training: SGD batch 128, momentum 0.9, weight
 decay 0.0005 coupled to the learning rate, lr 0.01 divided by 10 when the
-validation error stops improving (3 times), ~90 epochs.  The paper reports
-40.7% / 18.2% top-1 / top-5 error on ILSVRC-2012 val with 10 patches.
+validation error stops improving (3 times), ~90 epochs.  Input: the paper's
+preprocessing (input_pipeline/imagenet.py); evaluation on the centre crop and on
+the 10 patches (summary.json: test_top1_error, test_10crop_top1_error).
+
+Expected result: the paper reports 40.7% / 18.2% top-1 / top-5 error on ILSVRC-2012
+val with 10 patches (one network).  Not measured here (no ImageNet on this machine);
+``tests/test_imagenet.py`` runs this config end to end on TFDS's mock ImageNet.
+
+Estimated wall time on 8 GPUs: the training step alone runs at 13,424 images/s on
+one H100 (paper, float32, batch 128; README "Performance"), so 90 epochs of 1.28 M
+images are ~2.4 GPU-hours of arithmetic: ~20 minutes on 8 H100 if they scaled
+perfectly.  The input pipeline, not the GPUs, then sets the pace: JPEG decoding at
+the ~100-200 images/s per core that tf.data typically reaches for ImageNet's
+500x375 JPEGs would need ~500 host cores to keep up; with a 64-core host expect
+the order of 2-4 hours per 90 epochs (measure yours with
+``python -m alexnet_jax.benchmark --input``).
 """
 from alexnet_jax.config_base import base_config
 

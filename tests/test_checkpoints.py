@@ -67,12 +67,13 @@ class StopAt:
 
 
 def test_sigint_and_sigterm_both_request_a_stop():
+    before = signal.getsignal(signal.SIGINT)
     with train._StopSignals() as stop:
         for sig in (signal.SIGINT, signal.SIGTERM):
             stop.received = None
             os.kill(os.getpid(), sig)
             assert stop.received == sig
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
 def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, monkeypatch):
@@ -173,7 +174,7 @@ def test_restore_from_and_eval_only(tmp_path):
 
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="Fashion-MNIST absent: run `make data`")
 def test_sigkill_mid_run_then_restart_equals_uninterrupted_run(tmp_path):
-    args = ["--config", "experiments/fashion_mnist.py", "--config.data.max_train_examples=640",
+    args = ["--config", "experiments/fashion_mnist.py", "--config.data.max_train_examples=384",
             "--config.data.max_test_examples=200", "--config.num_epochs=2",
             "--config.batch_size=32", "--config.checkpoint.every_steps=3",
             "--config.log_every_steps=1", "--config.progress_bar=False",
@@ -189,7 +190,7 @@ def test_sigkill_mid_run_then_restart_equals_uninterrupted_run(tmp_path):
     records = tmp_path / "cut" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline:  # kill somewhere after the first checkpoints
-        if records.exists() and len(records.read_text().splitlines()) >= 8:
+        if records.exists() and len(records.read_text().splitlines()) >= 5:
             break
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
@@ -201,8 +202,8 @@ def test_sigkill_mid_run_then_restart_equals_uninterrupted_run(tmp_path):
     assert "Resuming from the checkpoint of step" in output
     full = json.load(open(tmp_path / "full" / "summary.json"))
     cut = json.load(open(tmp_path / "cut" / "summary.json"))
-    assert full["steps"] == cut["steps"] == 40
+    assert full["steps"] == cut["steps"] == 24
     assert full["test_top1_error"] == cut["test_top1_error"]
     a, b = (ocp.StandardCheckpointer().restore(
-        tmp_path / d / "checkpoints" / "latest" / "40" / "state") for d in ("full", "cut"))
+        tmp_path / d / "checkpoints" / "latest" / "24" / "state") for d in ("full", "cut"))
     jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])

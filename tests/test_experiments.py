@@ -53,3 +53,13 @@ def test_crossing_bytes_of_the_paper_split_by_hand():
     assert result["replica_batch"] == 32 and rows["conv3"]["forward_bytes"] == 13 * 13 * 128 * 2 * 32
     # 4 replicas all-reduce each device's half of the 60,965,224 float32 parameters.
     assert rows["gradients"]["backward_bytes"] == int(2 * 3 / 4 * 60_965_224 / 2 * 4)
+
+
+def test_summary_of_a_batchnorm_model_counts_its_scales_and_offsets():
+    config = importlib.import_module("experiments.fashion_mnist").get_config()
+    plain = summary.summarize(config)["params"]
+    config.model.norm = "batchnorm"
+    # BatchNorm after conv1 (24 maps) and conv2 (48) in each of 2 towers: a scale and an offset.
+    for position in ("after_relu", "before_relu"):
+        config.model.norm_position = position
+        assert summary.summarize(config)["params"] == plain + 2 * 2 * (24 + 48)

@@ -30,19 +30,21 @@ def test_pca_lighting_noise_has_zero_mean_and_the_eigen_covariance():
     """Over many images: mean 0 and covariance V diag((0.1 lambda)^2) V^T; one offset per
     image, the same at every pixel."""
     image = tf.zeros([4, 4, 3])
-    seeds = tf.stack([tf.zeros(20000, tf.int64), tf.range(20000, dtype=tf.int64)], axis=1)
+    draws = 5000
+    seeds = tf.stack([tf.zeros(draws, tf.int64), tf.range(draws, dtype=tf.int64)], axis=1)
     lit = tf.map_fn(lambda seed: ops.pca_lighting(image, seed), seeds,
                     fn_output_signature=tf.float32).numpy()
     assert np.all(lit == lit[:, :1, :1, :])  # constant over pixels
     offsets = lit[:, 0, 0, :].astype(np.float64)
     vectors = ops.PCA_EIGENVECTORS.astype(np.float64)
     expected = vectors @ np.diag((0.1 * ops.PCA_EIGENVALUES) ** 2) @ vectors.T
-    # Standard error of a mean of 20000 draws: std/141; allow 4 of them.
-    assert np.all(np.abs(offsets.mean(0)) < 4 * np.sqrt(np.diag(expected)) / np.sqrt(20000))
-    np.testing.assert_allclose(np.cov(offsets.T), expected, atol=0.05 * expected.max())
+    # Within 4 standard errors of the mean (std / sqrt(draws)); the covariance within 8%
+    # of its largest entry (its standard error is ~2%).
+    assert np.all(np.abs(offsets.mean(0)) < 4 * np.sqrt(np.diag(expected)) / np.sqrt(draws))
+    np.testing.assert_allclose(np.cov(offsets.T), expected, atol=0.08 * expected.max())
     # The alphas themselves: project back onto the eigenvectors.
     alphas = offsets @ vectors / ops.PCA_EIGENVALUES
-    np.testing.assert_allclose(alphas.std(0), [0.1, 0.1, 0.1], rtol=0.03)
+    np.testing.assert_allclose(alphas.std(0), [0.1, 0.1, 0.1], rtol=0.05)  # 5 standard errors
 
 
 def encode(image, fmt):

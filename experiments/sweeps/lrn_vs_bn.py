@@ -3,9 +3,14 @@
     python -m alexnet_jax.sweep --sweep experiments/sweeps/lrn_vs_bn.py --workdir runs/lrn_vs_bn
 
 The default Fashion-MNIST experiment with the normalisation of conv1 and conv2
-changed.  Each run is shortened to 1 epoch (937 steps, ~2.5 min here) so that the 12
-runs fit in well under 90 minutes on a 2-core machine; the full 4-epoch default is
-``--config.num_epochs=4`` away (set ``overrides`` below).  Results: README "Ablations".
+changed.  Each run is shortened to 1 epoch (937 steps) so that the 12 runs fit in well
+under 90 minutes on a 2-core machine; for the full 4-epoch default, set ``num_epochs``
+in ``overrides`` below.
+
+Measured (2026-11-27, 2-core Xeon, ``--parallel 2``, 22.4 min for all 12 runs), test
+top-1 error, mean +/- std over 3 seeds: lrn 13.04 +/- 0.30%, BatchNorm after ReLU
+14.62 +/- 0.25%, before ReLU 15.30 +/- 0.70%, none unstable (NaN by step 50 in one
+seed, 90% and 19% in the others).  Table and reading: README "Ablations".
 """
 
 
