@@ -16,12 +16,13 @@ val with 10 patches (one network).  Not measured here (no ImageNet on this machi
 
 Estimated wall time on 8 GPUs: the training step alone runs at 13,424 images/s on
 one H100 (paper, float32, batch 128; README "Performance"), so 90 epochs of 1.28 M
-images are ~2.4 GPU-hours of arithmetic: ~20 minutes on 8 H100 if they scaled
-perfectly.  The input pipeline, not the GPUs, then sets the pace: JPEG decoding at
-the ~100-200 images/s per core that tf.data typically reaches for ImageNet's
-500x375 JPEGs would need ~500 host cores to keep up; with a 64-core host expect
-the order of 2-4 hours per 90 epochs (measure yours with
-``python -m alexnet_jax.benchmark --input``).
+images are ~2.4 GPU-hours of arithmetic: ~18 minutes on 8 H100 if they scaled
+perfectly.  The input pipeline then sets the pace: ``python -m alexnet_jax.benchmark
+--input --batch 32 --steps 20`` measured 178 images/s per core here (decode of a
+500x375 JPEG's centre square, crop, flip, PCA lighting, mean; 355 images/s on 2 cores,
+2026-11-27), so feeding 8 H100 would take ~600 cores; a 64-core host supplies ~11,400
+images/s: ~2.8 hours for 90 epochs; a 16-core host ~11 hours.  (The paper: five to six
+days on two GTX 580s.)
 """
 from alexnet_jax.config_base import base_config
 
