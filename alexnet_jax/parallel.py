@@ -158,6 +158,9 @@ class Layout:
         if mutable:
             names = [mutable] if isinstance(mutable, str) else list(mutable)
             out_specs = (P(DATA_AXIS), {n: variable_specs[n] for n in names if n in variables})
+        # Under `data` the towers' collectives run on vmap's "model" axis inside the mesh,
+        # which JAX's varying-axes check rejects (an assertion in all_gather); the check is
+        # off there only, and that layout's gradients are tested against one device.
         mapped = jax.shard_map(local, mesh=self.mesh, out_specs=out_specs,
                                in_specs=(variable_specs, P(DATA_AXIS), P()),
                                check_vma=self.model_size > 1)

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from alexnet_jax import datasets
+from alexnet_jax.input_pipeline import (DatasetUnavailableError, _tf, example_seeds,
+                                        random_flip)
 
 RESIZE = 256  # the shorter side, then the central square (the paper's 256x256 images)
 CROP = 224
@@ -41,11 +43,6 @@ PCA_EIGENVECTORS = np.array([[-0.5675, 0.7192, 0.4009],
                              [-0.5808, -0.0045, -0.8140],
                              [-0.5836, -0.6948, 0.4203]], np.float32)
 PCA_ALPHA_STD = 0.1
-
-
-def _tf():
-    from alexnet_jax.input_pipeline import _tf as hidden_tf
-    return hidden_tf()
 
 
 def central_square(height, width):
@@ -85,10 +82,6 @@ def decode_and_center_crop(image_bytes, size: int = RESIZE):
 def random_crop(image, size: int, seed):
     tf = _tf()
     return tf.image.stateless_random_crop(image, [size, size, image.shape[-1]], seed=seed)
-
-
-def random_flip(image, seed):
-    return _tf().image.stateless_random_flip_left_right(image, seed=seed)
 
 
 def pca_lighting(image, seed, alpha_std: float = PCA_ALPHA_STD,
@@ -133,8 +126,6 @@ def ten_crops(image, size: int = CROP):
 def load_builder(data: Any):
     """The TFDS builder of ``data.dataset`` (imagenet2012 or image_folder), prepared."""
     import tensorflow_datasets as tfds
-
-    from alexnet_jax.input_pipeline import DatasetUnavailableError
     _tf()
     if data.dataset == "image_folder":
         root = data.image_folder
@@ -218,7 +209,6 @@ class PaperPreprocessing:
         self.mean = load_mean(config.data, builder, datasets.info(config.data.dataset).train_split)
 
     def train(self, image_bytes, epoch, index):
-        from alexnet_jax.input_pipeline import example_seeds
         crop_seed, flip_seed, light_seed = example_seeds(self.seed, epoch, index, 3)
         image = subtract_mean(decode_and_center_crop(image_bytes), self.mean)
         image = random_flip(random_crop(image, CROP, crop_seed), flip_seed)
