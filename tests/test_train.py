@@ -137,6 +137,29 @@ def test_eval_step_counts_only_unmasked_examples():
     assert float(sums["top1_correct"]) == expected
 
 
+def test_ten_view_evaluation_scores_the_centre_view_and_the_averaged_softmax():
+    """Images (batch, 10, H, W, C): top-1 of view 4 (the centre patch) and, as the paper
+    did, of the softmax averaged over the 10 views; checked against NumPy."""
+    state = train.create_train_state(tiny_config(), create_model("small"), 10)
+    rng = np.random.default_rng(3)
+    images = jnp.asarray(rng.normal(size=(6, 10, 28, 28, 1)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, 6))
+    mask = jnp.asarray([1, 1, 1, 1, 1, 0], jnp.float32)
+    sums = train.jit_eval_step(state, {"image": images, "label": labels, "mask": mask})
+    logits = np.asarray(state.apply_fn({"params": state.params}, images.reshape(60, 28, 28, 1)))
+    logits = logits.reshape(6, 10, 10).astype(np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    real = np.asarray(mask, bool)
+    centre_hits = (logits[:, 4].argmax(-1) == np.asarray(labels))[real].sum()
+    averaged = probs.mean(1)
+    averaged_hits = (averaged.argmax(-1) == np.asarray(labels))[real].sum()
+    assert float(sums["top1_correct"]) == centre_hits
+    assert float(sums["multi_view_top1_correct"]) == averaged_hits
+    expected_loss = -np.log(averaged[np.arange(6), np.asarray(labels)])[real].sum()
+    np.testing.assert_allclose(float(sums["multi_view_loss"]), expected_loss, rtol=1e-4)
+
+
 def run_main(*args, cwd=REPO):
     return subprocess.run([sys.executable, "-m", "alexnet_jax.main", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
