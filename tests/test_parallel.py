@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -170,10 +171,14 @@ def free_port():
 
 
 def run_worker(workdir, devices, process_id=None, port=None, processes=2):
-    """The real command line (alexnet_jax.main) under mock data, in a fresh process."""
+    """The real command line (alexnet_jax.main) under mock data, in a fresh process whose
+    output goes to ``output(process)``."""
     flags = (f"--xla_force_host_platform_device_count={devices} --xla_cpu_multi_thread_eigen="
              "false --xla_cpu_collective_call_terminate_timeout_seconds=600")  # as `make test`
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+    # A process that misses JAX's CPU topology exchange fails after 1 minute, not 2.
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO,
+           "JAX_CPU_GET_LOCAL_TOPOLOGY_TIMEOUT_MINUTES": "1",
+           "JAX_CPU_GET_GLOBAL_TOPOLOGY_TIMEOUT_MINUTES": "2"}
     argv = [sys.executable, os.path.join(REPO, "tests", "mock_data_main.py"),
             "--config", os.path.join(REPO, "experiments", "fashion_mnist.py"),
             "--workdir", workdir, "--config.parallelism=data_model",
@@ -184,18 +189,59 @@ def run_worker(workdir, devices, process_id=None, port=None, processes=2):
     if process_id is not None:
         argv += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
                  f"--process_id={process_id}"]
-    return subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    log = f"{workdir}.{process_id}.log"
+    with open(log, "w") as f:
+        process = subprocess.Popen(argv, env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    process.log = log
+    return process
+
+
+def output(process, timeout_s=300):
+    process.wait(timeout=timeout_s)
+    with open(process.log) as f:
+        return f.read()
+
+
+def wait_for_listener(port, process, timeout_s=120):
+    """Waits until ``process`` (the coordinator) accepts connections on ``port``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+
+
+def run_two_processes(workdir):
+    """Process 0 (the coordinator) first, process 1 once it listens: a client that starts
+    first only retries with gRPC's growing back-off."""
+    port = free_port()
+    first = run_worker(workdir, 2, 0, port)
+    wait_for_listener(port, first)
+    return [first, run_worker(workdir, 2, 1, port)]
+
+
+TOPOLOGY_TIMEOUT = "Getting local topologies failed"
 
 
 def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
     """jax.distributed on 127.0.0.1 (gloo): 2 processes x 2 devices == 1 process x 4."""
-    port = free_port()
-    workers = [run_worker(str(tmp_path / "two"), 2, i, port) for i in range(2)]
     single = run_worker(str(tmp_path / "one"), 4)
-    outputs = [w.communicate(timeout=300)[0] for w in workers + [single]]
-    for worker, output in zip(workers + [single], outputs):
-        assert worker.returncode == 0, output[-3000:]
+    for attempt in range(2):
+        workers = run_two_processes(str(tmp_path / f"two_{attempt}"))
+        two_outputs = [output(w) for w in workers]
+        failed = [f"process {i} (exit {w.returncode}):\n{out[-2500:]}"
+                  for i, (w, out) in enumerate(zip(workers, two_outputs)) if w.returncode]
+        # A stall in JAX's own CPU topology exchange (seen once in CI, never here) is
+        # retried once on a fresh port; any other failure fails the test.
+        if not failed or attempt or not any(TOPOLOGY_TIMEOUT in out for out in two_outputs):
+            break
+        print("retrying after a topology-exchange timeout:\n" + "\n".join(failed))
+    assert not failed, "\n".join(failed)
+    single_output = output(single)
+    assert single.returncode == 0, single_output[-3000:]
+    outputs = two_outputs + [single_output]
+    (tmp_path / f"two_{attempt}").rename(tmp_path / "two")
     assert "2 data replica(s) x 2 device(s) per replica over 2 process(es)" in outputs[0]
     two = json.load(open(tmp_path / "two" / "summary.json"))
     one = json.load(open(tmp_path / "one" / "summary.json"))
