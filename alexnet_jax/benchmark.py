@@ -132,20 +132,19 @@ def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
     import jax.numpy as jnp
     import optax
 
-    from alexnet_jax import parallel
+    from alexnet_jax import ops, parallel
     from alexnet_jax.models import create_model
 
     model = create_model(variant, dtype=dtype, implementation=implementation)
     images, _, variables = _synthetic_inputs(model, batch)
     params = variables["params"]
 
-    @jax.jit
-    def forward(params, images):
+    def softmax_output(params, images):
         return jax.nn.softmax(model.apply({"params": params}, images))
 
-    @jax.jit
-    def forward_backward(params, images):
-        return jax.grad(lambda p: 0.5 * jnp.sum(forward(p, images) ** 2))(params)
+    forward = ops.jit(softmax_output)
+    forward_backward = ops.jit(lambda params, images: jax.grad(
+        lambda p: 0.5 * jnp.sum(softmax_output(p, images) ** 2))(params))
 
     device = jax.devices()[0]
     result: dict[str, Any] = {

@@ -166,6 +166,10 @@ class TowerSettings(nn.Module):
     dtype: Any = jnp.float32
     implementation: str = "auto"
     batch_norm_axis: str | None = None  # a data-parallel axis to average BatchNorm statistics over
+    # Set by AlexNet.  grouped: do the convolutions batch several towers (ops.py)?
+    # model_axis: the towers' named axis; None for a lone tower, which crosses nothing.
+    grouped: bool = True
+    model_axis: str | None = MODEL_AXIS
 
 
 class Tower(TowerSettings):
@@ -184,7 +188,9 @@ class Tower(TowerSettings):
 
     def _exchange(self, x: jax.Array) -> jax.Array:
         """Concatenates every tower's activations along channels: a tower crossing."""
-        return jax.lax.all_gather(x, MODEL_AXIS, axis=x.ndim - 1, tiled=True)
+        if self.model_axis is None:
+            return x
+        return jax.lax.all_gather(x, self.model_axis, axis=x.ndim - 1, tiled=True)
 
     def _normalise(self, x: jax.Array, layer: str, train: bool) -> jax.Array:
         if self.norm == "lrn":
@@ -202,7 +208,8 @@ class Tower(TowerSettings):
         """Dropout with a mask per (tower, layer, global example index): see the module doc."""
         if key is None or self.dropout_rate == 0.0:
             return x
-        key = jax.random.fold_in(jax.random.fold_in(key, jax.lax.axis_index(MODEL_AXIS)), layer)
+        tower = 0 if self.model_axis is None else jax.lax.axis_index(self.model_axis)
+        key = jax.random.fold_in(jax.random.fold_in(key, tower), layer)
         keep_rate = 1.0 - self.dropout_rate
         examples = example_offset + jnp.arange(x.shape[0])
         keep = jax.vmap(lambda i: jax.random.bernoulli(
@@ -228,7 +235,8 @@ class Tower(TowerSettings):
                        padding=self.conv1_padding if first else "SAME",
                        dtype=self.dtype, kernel_init=kernel_init,
                        bias_init=_bias_init(self.init_scheme, layer),
-                       implementation=self.implementation, name=layer)(x)
+                       implementation=resolve_implementation(self.implementation, self.grouped),
+                       name=layer)(x)
             normalised = layer in NORMALISED_LAYERS
             if normalised and self.norm_position == "before_relu":
                 x = self._record(f"norm{i}", self._normalise(x, layer, train))
@@ -250,7 +258,10 @@ class Tower(TowerSettings):
                                                   example_offset))
         partial_logits = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype,
                                   kernel_init=kernel_init, name="output")(x)
-        return jax.lax.psum(partial_logits.astype(jnp.float32), MODEL_AXIS)
+        partial_logits = partial_logits.astype(jnp.float32)
+        if self.model_axis is None:
+            return partial_logits
+        return jax.lax.psum(partial_logits, self.model_axis)
 
 
 class AlexNet(TowerSettings):
@@ -284,23 +295,38 @@ class AlexNet(TowerSettings):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
-        # With the towers on devices, "model" is the mesh's axis and each device maps
-        # over its one local tower; otherwise vmap makes the "model" axis itself.
-        towers = nn.vmap(
-            Tower, in_axes=None, out_axes=0,
-            axis_name=None if self.towers_on_devices else MODEL_AXIS,
-            axis_size=1 if self.towers_on_devices else self.towers,
-            variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
-            split_rngs={"params": True})
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TowerSettings)
                   if f.name not in ("parent", "name")}
         if self.data_axis is not None and self.sync_batch_stats:
             fields["batch_norm_axis"] = self.data_axis
         dropout_key = self.make_rng("dropout") if train and self.dropout_rate > 0 else None
         offset = 0 if self.data_axis is None else jax.lax.axis_index(self.data_axis) * x.shape[0]
-        logits = towers(**fields, name="towers")(x, train, dropout_key, offset)[0]
+        if self.towers_on_devices or self.towers == 1:
+            # One tower here (with the towers on devices, "model" is the mesh's axis).
+            # Not a vmap of size 1: XLA:CPU pays for that axis in copies (0.25 s of the
+            # seed network's 1.15 s gradient went to transposing fc6's 9216x4096 matrix).
+            tower = nn.map_variables(Tower, ("params", "batch_stats", "intermediates"),
+                                     trans_in_fn=_without_tower_axis,
+                                     trans_out_fn=_with_tower_axis, mutable=True)
+            fields.update(grouped=False,
+                          model_axis=MODEL_AXIS if self.towers_on_devices else None)
+            logits = tower(**fields, name="towers")(x, train, dropout_key, offset)
+        else:
+            towers = nn.vmap(Tower, in_axes=None, out_axes=0, axis_name=MODEL_AXIS,
+                             axis_size=self.towers,
+                             variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
+                             split_rngs={"params": True})
+            logits = towers(**fields, name="towers")(x, train, dropout_key, offset)[0]
         bias = self.param("output_bias", nn.initializers.zeros, (self.num_classes,))
         return logits + bias
+
+
+def _without_tower_axis(variables: Any) -> Any:
+    return jax.tree_util.tree_map(lambda v: v[0], variables)
+
+
+def _with_tower_axis(variables: Any) -> Any:
+    return jax.tree_util.tree_map(lambda v: v[None], variables)
 
 
 # Widths are per tower.  conv1_padding "cuda_convnet": cuda-convnet counts output

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.training import train_state
 
-from alexnet_jax import checkpoints, input_pipeline, optim, parallel
+from alexnet_jax import checkpoints, input_pipeline, ops, optim, parallel
 from alexnet_jax.input_pipeline.imagenet import CENTER_VIEW
 from alexnet_jax.metrics import MetricWriter, cross_entropy, topk_correct
 from alexnet_jax.models import AlexNet, model_from_config
@@ -120,8 +120,8 @@ def _masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[
             "count": jnp.sum(mask)}
 
 
-jit_train_step = jax.jit(train_step, donate_argnums=0)
-jit_eval_step = jax.jit(eval_step)
+jit_train_step = ops.jit(train_step, donate_argnums=0)
+jit_eval_step = ops.jit(eval_step)
 
 
 def evaluate(state: TrainState, pipeline: Any, batch_size: int,

@@ -182,6 +182,35 @@ def test_two_tower_gradients_equal_grouped_convolution_network():
                                    err_msg=jax.tree_util.keystr(path))
 
 
+def test_lone_tower_and_its_gradients_equal_the_reference_network():
+    """A one-tower model runs its Tower unmapped (no size-1 vmap): same function, same
+    gradients, and the parameter tree keeps its leading tower axis of 1."""
+    model = create_model("small", init="scaled", towers=1, conv_channels=(4, 6, 8, 8, 6),
+                         hidden_units=(16, 16))
+    x = jax.random.normal(jax.random.key(4), (4, *model.input_shape))
+    params = model.init(jax.random.key(5), x)["params"]
+    assert params["towers"]["conv1"]["kernel"].shape == (1, 5, 5, 1, 4)
+    params = jax.tree.map(lambda v: v + 0.01 * jax.random.normal(jax.random.key(6), v.shape),
+                          params)
+    np.testing.assert_allclose(model.apply({"params": params}, x),
+                               grouped_reference(params, x, model), rtol=2e-4, atol=1e-5)
+    got = jax.grad(lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, x))))(params)
+    expected = jax.grad(lambda p: jnp.sum(jnp.sin(grouped_reference(p, x, model))))(params)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.abs(b).max()),
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def test_cpu_jit_compiles_without_ynnpack_unless_asked(monkeypatch):
+    if jax.default_backend() != "cpu":
+        pytest.skip("the options apply to the CPU backend only")
+    a = jnp.ones((64, 64))
+    compiled = lambda: ops.jit(lambda a, b: a @ b).lower(a, a).compile().as_text()  # noqa: E731
+    assert "__ynn_fusion" not in compiled()
+    monkeypatch.setenv("ALEXNET_JAX_YNNPACK", "1")
+    assert "__ynn_fusion" in compiled()
+
+
 @pytest.mark.parametrize("stride,padding,size", [(1, "SAME", 3), (4, ((0, 3), (0, 3)), 11),
                                                  (2, "VALID", 5)])
 def test_im2col_convolution_and_its_gradients_equal_xla(stride, padding, size):
