@@ -237,6 +237,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     if torch_check.returncode == 0:
         runners["pytorch"] = [args.torch_python,
                               os.path.join(REFERENCE_DIR, "torch_seed_benchmark.py")] + common
+        runners["pytorch_train_step"] = [
+            args.torch_python, os.path.join(os.path.dirname(__file__), "torch_train_step.py"),
+            "--reference", REFERENCE_DIR] + common
     else:
         print(f"PyTorch is not importable by {args.torch_python}: skipping it "
               "(pip install torch==2.13.0 in some environment and pass --torch-python).")
@@ -254,19 +257,24 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"variant": args.variant, "batch": args.batch, "rounds": args.rounds,
                                "runs": results, "ratios": {}}
-    print(f"\n{'':>18} {'project':>10} " + " ".join(f"{p:>12} {'ratio':>7}" for p in runners
-                                                      if p != "project"))
+    peers = [p for p in ("tensorflow", "pytorch") if p in runners]
+    print(f"\n{'seconds per batch':>18} {'project':>10} "
+          + " ".join(f"{p:>12} {'ratio':>7}" for p in peers))
     for key in ("forward", "forward_backward"):
         ours = mean_of("project", key)
         row = f"{key:>18} {ours if ours is not None else float('nan'):>10.3f} "
-        for peer in runners:
-            if peer == "project":
-                continue
+        for peer in peers:
             theirs = mean_of(peer, key)
             ratio = ours / theirs if ours and theirs else None
             summary["ratios"][f"{key}/{peer}"] = ratio
             row += f"{theirs or float('nan'):>12.3f} {ratio or float('nan'):>7.2f} "
         print(row)
+    if "pytorch_train_step" in runners:  # the TF seed code has no training step
+        ours, theirs = mean_of("project", "train_step"), mean_of("pytorch_train_step", "train_step")
+        if ours and theirs:
+            summary["ratios"]["train_step_images_per_s/pytorch"] = theirs / ours
+            print(f"{'train step img/s':>18} {args.batch / ours:>10.1f} {'':>20} "
+                  f"{args.batch / theirs:>12.1f} {theirs / ours:>7.2f}")
     return summary
 
 
