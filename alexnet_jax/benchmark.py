@@ -22,8 +22,9 @@ with XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8 devices.
 ``--compare`` runs this benchmark and the references in ../shared/reference (the
 seed's TensorFlow code, and its PyTorch twin where ``--torch-python`` can import
 torch) one after another for ``--rounds`` rounds, each in its own process, and
-prints every figure with the ratio project / peer.  Nothing on the timing path
-imports TensorFlow.
+prints every figure with the ratio project / peer; with torch, PyTorch's training step
+too (``torch_train_step.py``: the reference's network, the paper's SGD).  Nothing on
+the timing path imports TensorFlow.
 """
 from __future__ import annotations
 

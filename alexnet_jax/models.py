@@ -11,7 +11,7 @@ on the named axis ``"model"`` at exactly the places the paper's Figure 2 shows:
   which is the same product as gathering fc7 first, with a quarter of the traffic.
 
 ``AlexNet`` runs the towers on one device with ``flax.linen.vmap``; the parameter
-tree gets a leading tower axis.  Under a device mesh whose ``"model"`` axis holds
+tree gets a leading tower axis (kept, of size 1, when a lone tower runs unmapped).  Under a device mesh whose ``"model"`` axis holds
 the towers (``parallel.py``), the very same module runs one tower per device, the
 paper's two-GPU split, on each device's slice of that same tree.
 
@@ -175,9 +175,10 @@ class TowerSettings(nn.Module):
 class Tower(TowerSettings):
     """One tower of AlexNet: everything one of the paper's GPUs computed.
 
-    Widths are per tower.  Must run under a named axis ``"model"`` (vmap or pmap),
-    even a size-1 one; the collectives on it are the towers' only contact.
-    Returns the full logits (summed over towers), without the output bias.
+    Widths are per tower.  Runs under the named axis ``model_axis`` (vmap over the
+    towers, or a device mesh); the collectives on it are the towers' only contact.  A
+    lone tower (``model_axis`` None) crosses nothing.  Returns the full logits (summed
+    over towers), without the output bias.
     """
 
 

@@ -15,7 +15,6 @@ import argparse
 import importlib.util
 import json
 import os
-import time
 
 
 def load_reference(directory: str):
