@@ -324,12 +324,44 @@ def test_wrong_input_shape_says_what_is_expected(shape):
         model.apply(variables, jnp.zeros(shape))
 
 
-def test_max_pool_forms_and_gradients_agree_on_random_input():
-    x = jax.random.normal(jax.random.key(12), (2, 13, 13, 5))
-    for window, stride in ((3, 2), (2, 2)):
-        def loss(impl):
-            return lambda x: jnp.sum(jnp.sin(ops.max_pool(x, window, stride, impl)))
-        np.testing.assert_array_equal(ops.max_pool(x, window, stride, "im2col"),
-                                      ops.max_pool(x, window, stride, "xla"))
-        np.testing.assert_allclose(jax.grad(loss("im2col"))(x), jax.grad(loss("xla"))(x),
-                                   rtol=1e-6, atol=1e-6)
+@pytest.mark.parametrize("shape,window,stride", [
+    ((2, 13, 13, 5), 3, 2), ((2, 13, 13, 5), 2, 2), ((2, 14, 15, 3), 3, 2),
+    ((1, 9, 10, 3), 3, 1), ((1, 14, 15, 3), 5, 3)])
+def test_max_pool_forms_and_gradients_agree_on_random_input(shape, window, stride):
+    x = jax.random.normal(jax.random.key(12), shape)
+    def loss(impl):
+        return lambda x: jnp.sum(jnp.sin(ops.max_pool(x, window, stride, impl)))
+    np.testing.assert_array_equal(ops.max_pool(x, window, stride, "im2col"),
+                                  ops.max_pool(x, window, stride, "xla"))
+    np.testing.assert_allclose(jax.grad(loss("im2col"))(x), jax.grad(loss("xla"))(x),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_gradient_goes_where_select_and_scatter_sends_it_at_ties():
+    """ReLU maps are full of tied zeros, and rounded inputs of tied values: each window's
+    gradient must go to its first maximum in row-major order, as XLA's own does."""
+    key_x, key_g = jax.random.split(jax.random.key(3))
+    x = jnp.maximum(jnp.round(jax.random.normal(key_x, (2, 15, 15, 4)) * 2) / 2, 0.0)
+    g = jax.random.normal(key_g, (2, 7, 7, 4))
+    gradients = [jax.vjp(lambda x: ops.max_pool(x, 3, 2, impl), x)[1](g)[0]
+                 for impl in ("im2col", "xla")]
+    assert float(jnp.mean(x == 0)) > 0.4
+    np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_of_a_nan_is_nan():
+    x = jnp.zeros((1, 5, 5, 2)).at[0, 2, 3, 1].set(jnp.nan)
+    y = ops.max_pool(x, 3, 2, "im2col")
+    assert np.isnan(y[0, :, 1, 1]).all() and not np.isnan(y[..., 0]).any()
+
+
+def test_channel_bias_and_its_gradient_equal_a_broadcast_add():
+    key_y, key_b, key_g = jax.random.split(jax.random.key(4), 3)
+    y = jax.random.normal(key_y, (3, 5, 7, 6))
+    bias = jax.random.normal(key_b, (6,))
+    g = jax.random.normal(key_g, (3, 5, 7, 6))
+    out, vjp = jax.vjp(ops.add_channel_bias, y, bias)
+    np.testing.assert_array_equal(out, y + bias)
+    dy, dbias = vjp(g)
+    np.testing.assert_array_equal(dy, g)
+    np.testing.assert_allclose(dbias, np.asarray(g, np.float64).sum((0, 1, 2)), rtol=1e-5)
