@@ -8,11 +8,13 @@ conv3, fc6, fc7 and the output, LRN after conv1 and conv2, overlapping pooling,
 dropout, here 0.25) scaled to 28x28 images, trained with the paper's optimiser: SGD,
 momentum 0.9, weight decay 0.0005 coupled to the learning rate.
 
-Measured (2026-11-28, 2-core Intel Xeon with AVX-512, CPU only, jax 0.10.2, commit
-bd81cda): ``make train`` -> test top-1 error 8.83%, top-5 0.08%, 3,748 steps, wall_s
-554 s (start-up, 4 evaluations and checkpoints included); ``--config.seed=1``: 8.97%,
-590 s.  Earlier, with XLA's YNNPACK kernels (commit 56e7945): 9.08% in 570 s, and
-with ``--config.parallelism=model`` on 2 CPU devices 9.03% (README, multi-device).
+Measured (2026-11-28, 2-core Intel Xeon with AVX-512, CPU only, jax 0.10.2):
+``make train`` -> test top-1 error 9.08%, top-5 0.14%, 3,748 steps, wall_s 540 s
+(start-up, 4 evaluations and checkpoints included) at commit 12afc57; 8.83% in 554 s
+at commit bd81cda (the same gradients summed in another order), and 8.97% in 590 s
+there with ``--config.seed=1``.  Earlier, with XLA's YNNPACK kernels (commit
+56e7945): 9.08% in 570 s, and with ``--config.parallelism=model`` on 2 CPU devices
+9.03% (README, multi-device).
 
 What was tried (same machine, 4 epochs unless said): batch 128, lr 0.02, random
 crops + flips, dropout 0.5, 1 epoch: 20.1%; batch 64, lr 0.02, crops + flips:
