@@ -236,8 +236,8 @@ class Tower(TowerSettings):
                        padding=self.conv1_padding if first else "SAME",
                        dtype=self.dtype, kernel_init=kernel_init,
                        bias_init=_bias_init(self.init_scheme, layer),
-                       implementation=resolve_implementation(self.implementation, self.grouped),
-                       grouped=self.grouped, name=layer)(x)
+                       implementation=self.implementation, grouped=self.grouped,
+                       name=layer)(x)
             normalised = layer in NORMALISED_LAYERS
             if normalised and self.norm_position == "before_relu":
                 x = self._record(f"norm{i}", self._normalise(x, layer, train))
