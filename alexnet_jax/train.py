@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from typing import Any
@@ -157,10 +158,9 @@ def _check_finite(step: int, metrics: dict[str, float]) -> None:
 def prepare_workdir(workdir: str, config: Any) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        # A probe of its own per process: the processes of a multi-host run share the workdir.
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test."):
+            pass
     except OSError as error:
         raise PermissionError(f"Cannot write to workdir {workdir!r} ({error.strerror}); choose "
                               "another --workdir or fix its permissions.") from error

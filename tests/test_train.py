@@ -173,6 +173,29 @@ def test_unknown_config_key_is_an_error_naming_it_before_any_work(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_processes_sharing_a_workdir_do_not_trip_over_its_write_check(tmp_path):
+    """Every process of a multi-host run checks the shared workdir at once; with one probe
+    file name, one process removed the other's probe and died (its peer then waited out
+    JAX's 2-minute topology exchange: the two-process test's CI failure)."""
+    import threading
+    config, errors = tiny_config(), []
+
+    def check_many_times():
+        try:
+            for _ in range(300):
+                train.prepare_workdir(str(tmp_path / "shared"), config)
+        except OSError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=check_many_times) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert sorted(os.listdir(tmp_path / "shared")) == ["config.json"]
+
+
 def test_unwritable_workdir_is_an_error_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
