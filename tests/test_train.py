@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -177,7 +178,6 @@ def test_processes_sharing_a_workdir_do_not_trip_over_its_write_check(tmp_path):
     """Every process of a multi-host run checks the shared workdir at once; with one probe
     file name, one process removed the other's probe and died (its peer then waited out
     JAX's 2-minute topology exchange: the two-process test's CI failure)."""
-    import threading
     config, errors = tiny_config(), []
 
     def check_many_times():
