@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from alexnet_jax.ops import Conv2D, max_pool, resolve_implementation
+from alexnet_jax.ops import Conv2D, dense_dot_general, max_pool, resolve_implementation
 
 MODEL_AXIS = "model"
 
@@ -253,11 +253,13 @@ class Tower(TowerSettings):
             x = self._exchange(x)
             x = x.reshape(x.shape[0], -1)
             x = nn.Dense(units, dtype=self.dtype, kernel_init=kernel_init,
+                         dot_general=dense_dot_general,
                          bias_init=_bias_init(self.init_scheme, layer), name=layer)(x)
             x = act(x)
             x = self._record(layer, self._dropout(x, i, dropout_key if train else None,
                                                   example_offset))
         partial_logits = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype,
+                                  dot_general=dense_dot_general,
                                   kernel_init=kernel_init, name="output")(x)
         partial_logits = partial_logits.astype(jnp.float32)
         if self.model_axis is None:

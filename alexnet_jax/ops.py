@@ -214,6 +214,23 @@ class Conv2D(nn.Module):
         return y + bias if self.grouped else add_channel_bias(y, bias)
 
 
+def dense_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
+                      precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
+    """``lax.dot_general`` for ``nn.Dense(dot_general=...)``: on CPU, a (batch, in) x (in, out)
+    product is computed as (rhs^T lhs^T)^T so that autodiff's input gradient comes out as
+    rhs @ g^T, (in, batch), the orientation Eigen's matrix product runs fast.  Autodiff's own
+    form, g @ rhs^T with (batch, in) out, took 80 ms for fc6 at batch 32 where this one
+    takes 14 ms.  The barrier keeps XLA from folding the transposes back into that form;
+    the values are the same (the same products, summed in the same order)."""
+    plain = lhs.ndim == 2 and rhs.ndim == 2 and dimension_numbers == (((1,), (0,)), ((), ()))
+    if not plain or jax.default_backend() != "cpu":
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type)
+    lhs_t = jax.lax.optimization_barrier(lhs.T)
+    return jax.lax.dot_general(rhs, lhs_t, (((0,), (0,)), ((), ())), precision=precision,
+                               preferred_element_type=preferred_element_type).T
+
+
 def add_channel_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     """``y + bias`` over the last axis of an NHWC map, written so that the bias gradient is
     fast on CPU: as rows of W*C values plus the bias tiled W times, autodiff sums the
