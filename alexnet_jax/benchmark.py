@@ -311,4 +311,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    if "--compare" not in sys.argv:  # --compare only starts processes (see host.py)
+        from alexnet_jax import host
+        host.restart_with_huge_pages()
     main()

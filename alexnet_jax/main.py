@@ -10,6 +10,10 @@ SLURM, Open MPI); see README "Multi-device and multi-host".
 """
 import os
 
+if __name__ == "__main__":  # before JAX starts: see host.py
+    from alexnet_jax import host
+    host.restart_with_huge_pages()
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
