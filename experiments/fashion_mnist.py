@@ -9,8 +9,9 @@ dropout, here 0.25) scaled to 28x28 images, trained with the paper's optimiser: 
 momentum 0.9, weight decay 0.0005 coupled to the learning rate.
 
 Measured (2026-11-28, 2-core Intel Xeon with AVX-512, CPU only, jax 0.10.2):
-``make train`` -> test top-1 error 9.08%, top-5 0.14%, 3,748 steps, wall_s 540 s
-(start-up, 4 evaluations and checkpoints included) at commit 12afc57; 8.83% in 554 s
+``make train`` -> test top-1 error 9.08%, top-5 0.14%, 3,748 steps, wall_s 457 s
+(start-up, 4 evaluations and checkpoints included) at commit 1061b6a; the same error
+in 540 s at commit 12afc57 (before the dense-layer and huge-page changes); 8.83% in 554 s
 at commit bd81cda (the same gradients summed in another order), and 8.97% in 590 s
 there with ``--config.seed=1``.  Earlier, with XLA's YNNPACK kernels (commit
 56e7945): 9.08% in 570 s, and with ``--config.parallelism=model`` on 2 CPU devices
