@@ -46,7 +46,7 @@ needs_huge_pages = pytest.mark.skipif(
 @needs_huge_pages
 def test_restart_gives_malloc_huge_pages_and_keeps_other_tunables():
     tunables, huge_kb = run_probe(GLIBC_TUNABLES="glibc.malloc.trim_threshold=1000000",
-                                     ALEXNET_JAX_HUGE_PAGES=None)
+                                  ALEXNET_JAX_HUGE_PAGES=None)
     assert tunables == "glibc.malloc.trim_threshold=1000000:" + host.HUGE_PAGES_TUNABLE
     assert huge_kb >= 128 << 10  # at least half the block on 2 MiB pages
 
