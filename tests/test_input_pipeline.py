@@ -143,3 +143,13 @@ def test_pad_batch_masks_the_padding():
     padded = input_pipeline.pad_batch(batch, 5)
     np.testing.assert_array_equal(padded["mask"], [1, 1, 1, 0, 0])
     np.testing.assert_array_equal(padded["label"], [4, 5, 6, 0, 0])
+
+
+@needs_fashion_mnist
+def test_a_subset_is_cached_without_tf_data_discarding_a_partial_cache(capfd):
+    """With TFDS's own autocache on, take(max_train_examples) left that cache unfinished: tf.data
+    warned and threw it away."""
+    pipeline = input_pipeline.create_pipeline(small_config(train=600, test=250))
+    for epoch in range(2):
+        assert sum(1 for _ in pipeline.train_batches(epoch)) == pipeline.steps_per_epoch
+    assert "did not fully read the dataset being cached" not in capfd.readouterr().err

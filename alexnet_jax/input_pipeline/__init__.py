@@ -224,7 +224,11 @@ class Pipeline:
     def _split(self, split: str, limit: int):
         tf = _tf()
         import tensorflow_datasets as tfds
-        read_config = tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1)
+        # try_autocache off: TFDS would cache small datasets whole, under our take(limit)
+        # (which then leaves its cache unfinished: tf.data warns and throws it away) and
+        # beside our own cache of the decoded examples.
+        read_config = tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1,
+                                      try_autocache=False)
         ds = self.builder.as_dataset(split=split, shuffle_files=False, read_config=read_config,
                                      decoders=self.preprocessing.decoders)
         if limit:
