@@ -1,34 +1,34 @@
-"""The seed's timing protocol, and the full training step's throughput.
+"""The seed's timing protocol, the training step's throughput, and peers side by side.
 
-    python -m alexnet_jax.benchmark --variant seed --batch 32 --steps 100 [--dtype bfloat16]
-        [--json FILE] [--compare [--torch-python PY]] [--layouts]
+    python -m alexnet_jax.benchmark --variant tf_benchmark --batch 32 --steps 100 \\
+        [--dtype bfloat16] [--json FILE]
+    python -m alexnet_jax.benchmark --compare --reference-dir DIR [--torch-python PY] ...
+    python -m alexnet_jax.benchmark --layouts ...   # every device layout that fits
+    python -m alexnet_jax.benchmark --input ...     # the ImageNet input pipeline
 
-As in the seed: random N(0, 0.1) images kept on the device, 10 burn-in steps, then
-mean +/- std seconds per batch for "Forward" (the softmax output) and for
+As in the seed: random N(0, 0.1) images kept on the device, ``burn_in`` untimed steps,
+then mean +/- std seconds per batch for "Forward" (the softmax output) and for
 "Forward-backward" (gradients of l2_loss(softmax output) with respect to every
 parameter), plus the full training step (``train.train_step``: cross-entropy, the
-paper's SGD update) in images/s.  The JSON has the keys that
-../shared/reference/*_benchmark.py write.
+paper's SGD update) in images/s.  The JSON has the keys that the seed's reference
+scripts write.  Nothing on the timing path imports TensorFlow.
 
-``--input`` measures the paper's training input pipeline (decode, crop, flip, PCA
-lighting, mean subtraction, batching) on JPEGs of ImageNet's typical 500x375 that it
-writes to a temporary image folder, in images/s and per core, next to the images/s
-the paper model's training step consumes on the same machine.
+``--compare`` runs this benchmark and the references in ``--reference-dir`` (the
+seed's TensorFlow code, ``seed_tf_benchmark.py``, and its PyTorch twin,
+``torch_seed_benchmark.py``, eager and ``--compile``d, where ``--torch-python`` imports
+torch) one after another for ``--rounds`` rounds, each in its own process, and prints
+every figure with the ratio project / peer; with torch, PyTorch's training step too
+(``benchmarks/torch_train_step.py``).
 
-``--layouts`` times the training step under every device layout that fits the
-devices present (see parallel.py), each relative to ``single``.  On CPU, start it
-with XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8 devices.
+``--layouts`` times the training step under every device layout that fits the devices
+present (``parallel.py``), relative to ``single``; on CPU, start it with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` for 8 devices.
 
-``--compare`` runs this benchmark and the references in ../shared/reference (the
-seed's TensorFlow code, and its PyTorch twin where ``--torch-python`` can import
-torch) one after another for ``--rounds`` rounds, each in its own process, and
-prints every figure with the ratio project / peer; with torch, PyTorch's training step
-too (``torch_train_step.py``: the reference's network, the paper's SGD).  Nothing on
-the timing path imports TensorFlow.
+``--input`` measures the paper's ImageNet training input (``input_pipeline``) on JPEGs
+of ImageNet's typical 500x375 that it writes to a temporary folder, per core.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -40,8 +40,15 @@ import time
 from types import SimpleNamespace
 from typing import Any, Callable
 
-REFERENCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             os.pardir, "shared", "reference")
+if __name__ == "__main__" and "--compare" not in sys.argv:  # see kernels/huge_pages.py;
+    from alexnet_jax.kernels import huge_pages                # --compare only starts processes
+    huge_pages.restart_with_huge_pages()
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_SGD = SimpleNamespace(learning_rate=0.01, schedule="constant", momentum=0.9,
+                            weight_decay=0.0005, decay_biases_and_norms=True)
 
 
 def time_run(fn: Callable[[], Any], name: str, steps: int, burn_in: int) -> dict[str, float]:
@@ -59,39 +66,83 @@ def time_run(fn: Callable[[], Any], name: str, steps: int, burn_in: int) -> dict
     return {"mean_s": mean, "std_s": std, "steps": steps}
 
 
-def _synthetic_inputs(model: Any, batch: int) -> tuple[Any, Any, Any]:
+def synthetic_batch(input_shape: Any, num_classes: int, batch: int) -> dict[str, Any]:
+    """N(0, 0.1) images and uniform labels, as host arrays."""
     import jax
     import jax.numpy as jnp
-    key_images, key_init, key_labels = jax.random.split(jax.random.PRNGKey(0), 3)
-    images = 0.1 * jax.random.normal(key_images, (batch, *model.input_shape), jnp.float32)
-    labels = jax.random.randint(key_labels, (batch,), 0, model.num_classes)
-    return images, labels, jax.jit(model.init)(key_init, images[:1])
+    key_images, key_labels = jax.random.split(jax.random.PRNGKey(0))
+    images = 0.1 * jax.random.normal(key_images, (batch, *input_shape), jnp.float32)
+    labels = jax.random.randint(key_labels, (batch,), 0, num_classes)
+    return {"image": jax.device_get(images), "label": jax.device_get(labels)}
 
 
-def time_train_step(model: Any, layout: Any, batch: int, steps: int, burn_in: int,
+def time_train_step(layout: Any, batch: int, steps: int, burn_in: int,
                     name: str = "Train step") -> dict[str, float]:
-    """``train.jit_train_step`` (the trainer's own step) on synthetic data under ``layout``."""
-    import jax
+    """The trainer's own step (``train.make_steps``) on synthetic data under ``layout``."""
+    from alexnet_jax import optim, train
 
-    from alexnet_jax import train
-    from alexnet_jax.optim import optimizer_from_config
-
-    images, labels, variables = _synthetic_inputs(model, batch)
-    paper = SimpleNamespace(learning_rate=0.01, schedule="constant", momentum=0.9,
-                            weight_decay=0.0005, decay_biases_and_norms=True)
-    state = layout.place(train.TrainState.create(
-        apply_fn=layout.apply, params=variables["params"],
-        tx=optimizer_from_config(paper, variables["params"], 1, 1),
-        batch_stats=variables.get("batch_stats", {}), rng=jax.random.PRNGKey(1)))
-    data = layout.shard_batch({"image": jax.device_get(images), "label": jax.device_get(labels)})
-    holder = {"state": state}
+    config = layout.model.config
+    data = layout.shard_batch(synthetic_batch(config.input_shape, config.num_classes, batch))
+    tx = optim.optimizer_from_config(PAPER_SGD, _params_shapes(config), 1, 1)
+    step = train.make_steps(layout, tx).train
+    holder = {"state": train.create_train_state(0, layout, tx)}
 
     def one_train_step():
-        holder["state"], _ = train.jit_train_step(holder["state"], data)
+        holder["state"], _ = step(holder["state"], data)
         return holder["state"].params
 
     timing = time_run(one_train_step, name, steps, burn_in)
     return {**timing, "images_per_s": batch / timing["mean_s"]}
+
+
+def _params_shapes(config: Any) -> Any:
+    import jax
+    import jax.numpy as jnp
+
+    from alexnet_jax.models import AlexNet
+    dummy = jax.ShapeDtypeStruct((1, *config.input_shape), jnp.float32)
+    return jax.eval_shape(AlexNet(config).init, jax.random.key(0), dummy)["params"]
+
+
+def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
+                  burn_in: int = 10, implementation: str = "auto") -> dict[str, Any]:
+    """Forward, forward-backward (the seed's protocol) and the training step, one device."""
+    import flax
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from alexnet_jax import kernels, parallel
+    from alexnet_jax.models import model_config
+
+    layout = parallel.create("single", model_config(variant, dtype=dtype),
+                             implementation=implementation)
+    model, config = layout.model, layout.model.config
+    params = parallel.initial_variables(config, jax.random.PRNGKey(1))["params"]
+    images = jnp.asarray(synthetic_batch(config.input_shape, config.num_classes, batch)["image"])
+
+    def softmax_output(params, images):
+        return jax.nn.softmax(model.apply({"params": params}, images))
+
+    options = kernels.compiler_options() or None
+    forward = jax.jit(softmax_output, compiler_options=options)
+    forward_backward = jax.jit(lambda params, images: jax.grad(
+        lambda p: 0.5 * jnp.sum(softmax_output(p, images) ** 2))(params),
+        compiler_options=options)
+
+    device = jax.devices()[0]
+    result: dict[str, Any] = {
+        "framework": f"jax-{jax.__version__}", "variant": variant, "batch": batch, "dtype": dtype,
+        "implementation": implementation, "layers": model.layers.name,
+        "device": device.device_kind, "platform": device.platform,
+        "versions": {"jax": jax.__version__, "flax": flax.__version__,
+                     "optax": optax.__version__, "python": platform.python_version()}}
+    result["forward"] = time_run(lambda: forward(params, images), "Forward", steps, burn_in)
+    result["forward_backward"] = time_run(lambda: forward_backward(params, images),
+                                          "Forward-backward", steps, burn_in)
+    result["train_step"] = time_train_step(layout, batch, steps, burn_in)
+    print(f"Train step: {result['train_step']['images_per_s']:.1f} images/s", flush=True)
+    return result
 
 
 def run_layouts(variant: str, batch: int, steps: int, dtype: str = "float32",
@@ -100,22 +151,22 @@ def run_layouts(variant: str, batch: int, steps: int, dtype: str = "float32",
     import jax
 
     from alexnet_jax import parallel
-    from alexnet_jax.models import create_model
+    from alexnet_jax.models import model_config
 
-    model = create_model(variant, dtype=dtype)
+    config = model_config(variant, dtype=dtype)
     devices = jax.device_count()
-    candidates = [("single", 1), ("model", model.towers), ("data_model", devices),
+    candidates = [("single", 1), ("model", config.towers), ("data_model", devices),
                   ("data", devices)]
     results: dict[str, Any] = {"variant": variant, "batch": batch, "devices": devices,
                                "device": jax.devices()[0].device_kind, "layouts": {}}
     for kind, count in candidates:
         try:
-            layout = parallel.create(kind, model, count)
+            layout = parallel.create(kind, config, count)
             layout.check_batch(batch)
         except parallel.LayoutError as error:
             print(f"{kind}: skipped ({error})")
             continue
-        timing = time_train_step(model, layout, batch, steps, burn_in,
+        timing = time_train_step(layout, batch, steps, burn_in,
                                  f"Train step, {kind} on {layout.num_devices} device(s)")
         results["layouts"][kind] = {**timing, "devices": layout.num_devices}
     single = results["layouts"]["single"]["mean_s"]
@@ -124,43 +175,6 @@ def run_layouts(variant: str, batch: int, steps: int, dtype: str = "float32",
         print(f"{kind:>11} on {timing['devices']} device(s): {timing['mean_s']:.3f} s/step, "
               f"{timing['relative_to_single']:.2f}x single")
     return results
-
-
-def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
-                  burn_in: int = 10, implementation: str = "auto") -> dict[str, Any]:
-    import flax
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from alexnet_jax import ops, parallel
-    from alexnet_jax.models import create_model
-
-    model = create_model(variant, dtype=dtype, implementation=implementation)
-    images, _, variables = _synthetic_inputs(model, batch)
-    params = variables["params"]
-
-    def softmax_output(params, images):
-        return jax.nn.softmax(model.apply({"params": params}, images))
-
-    forward = ops.jit(softmax_output)
-    forward_backward = ops.jit(lambda params, images: jax.grad(
-        lambda p: 0.5 * jnp.sum(softmax_output(p, images) ** 2))(params))
-
-    device = jax.devices()[0]
-    result: dict[str, Any] = {
-        "framework": f"jax-{jax.__version__}", "variant": variant, "batch": batch, "dtype": dtype,
-        "implementation": implementation, "device": device.device_kind,
-        "platform": device.platform, "versions": {"jax": jax.__version__, "flax": flax.__version__,
-                                                  "optax": optax.__version__,
-                                                  "python": platform.python_version()}}
-    result["forward"] = time_run(lambda: forward(params, images), "Forward", steps, burn_in)
-    result["forward_backward"] = time_run(lambda: forward_backward(params, images),
-                                          "Forward-backward", steps, burn_in)
-    result["train_step"] = time_train_step(model, parallel.create("single", model), batch,
-                                           steps, burn_in)
-    print(f"Train step: {result['train_step']['images_per_s']:.1f} images/s", flush=True)
-    return result
 
 
 def write_jpegs(root: str, count: int, classes: int = 10, size: tuple[int, int] = (500, 375)
@@ -185,7 +199,7 @@ def run_input_benchmark(batch: int, steps: int, images: int = 512) -> dict[str, 
     """Training batches/s of the paper's pipeline on generated JPEGs, per core."""
     from alexnet_jax import input_pipeline, parallel
     from alexnet_jax.config_base import base_config
-    from alexnet_jax.models import create_model
+    from alexnet_jax.models import model_config
 
     with tempfile.TemporaryDirectory() as root:
         write_jpegs(root, images)
@@ -205,8 +219,7 @@ def run_input_benchmark(batch: int, steps: int, images: int = 512) -> dict[str, 
     rate = steps * batch / seconds
     print(f"Input pipeline (decode 500x375 JPEG, 256 centre, crop, flip, PCA lighting, mean): "
           f"{rate:.1f} images/s on {cores} cores, {rate / cores:.1f} per core", flush=True)
-    model = create_model("paper")
-    consumption = time_train_step(model, parallel.create("single", model), batch,
+    consumption = time_train_step(parallel.create("single", model_config("paper")), batch,
                                   steps=max(2, steps // 10), burn_in=1,
                                   name="Paper model train step")["images_per_s"]
     print(f"The paper model's train step consumes {consumption:.1f} images/s here: the input "
@@ -215,52 +228,69 @@ def run_input_benchmark(batch: int, steps: int, images: int = 512) -> dict[str, 
             rate / cores, "train_step_images_per_s": consumption, "batch": batch, "steps": steps}
 
 
+# --- side by side ------------------------------------------------------------------------
+
 def _run_json(command: list[str]) -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
         completed = subprocess.run(command + ["--json", out], capture_output=True, text=True)
         if completed.returncode != 0 or not os.path.exists(out):
-            print(f"  ({os.path.basename(command[1])} failed: {completed.stderr.strip()[-300:]})")
+            print(f"  ({' '.join(command[1:3])} failed: {completed.stderr.strip()[-300:]})")
             return None
         with open(out) as f:
             return json.load(f)
 
 
-def compare(args: argparse.Namespace) -> dict[str, Any]:
-    """Project and peers in alternation, each in a fresh process; ratios of the means."""
-    common = ["--batch", str(args.batch), "--steps", str(args.steps)]
+def peer_commands(reference_dir: str, torch_python: str, variant: str, dtype: str, batch: int,
+                  steps: int) -> dict[str, list[str]]:
+    """The command of each runner of ``--compare``: the project, TensorFlow, and (where
+    ``torch_python`` imports torch) PyTorch eager and compiled, and their training steps."""
+    common = ["--batch", str(batch), "--steps", str(steps)]
     runners = {
-        "project": [sys.executable, "-m", "alexnet_jax.benchmark", "--variant", args.variant,
-                    "--dtype", args.dtype] + common,
-        "tensorflow": [sys.executable, os.path.join(REFERENCE_DIR, "seed_tf_benchmark.py")] + common,
+        "project": [sys.executable, "-m", "alexnet_jax.benchmark", "--variant", variant,
+                    "--dtype", dtype] + common,
+        "tensorflow": [sys.executable, os.path.join(reference_dir, "seed_tf_benchmark.py")]
+        + common,
     }
-    torch_check = subprocess.run([args.torch_python, "-c", "import torch"], capture_output=True)
-    if torch_check.returncode == 0:
-        runners["pytorch"] = [args.torch_python,
-                              os.path.join(REFERENCE_DIR, "torch_seed_benchmark.py")] + common
-        runners["pytorch_train_step"] = [
-            args.torch_python, os.path.join(os.path.dirname(__file__), "torch_train_step.py"),
-            "--reference", REFERENCE_DIR] + common
-    else:
-        print(f"PyTorch is not importable by {args.torch_python}: skipping it "
-              "(pip install torch==2.13.0 in some environment and pass --torch-python).")
+    if subprocess.run([torch_python, "-c", "import torch"], capture_output=True).returncode:
+        print(f"PyTorch is not importable by {torch_python}: skipping it (pip install "
+              "torch==2.13.0 in some environment and pass --torch-python).")
+        return runners
+    torch_benchmark = os.path.join(reference_dir, "torch_seed_benchmark.py")
+    torch_step = [torch_python, os.path.join(REPO, "benchmarks", "torch_train_step.py"),
+                  "--reference", reference_dir] + common
+    runners.update({"pytorch": [torch_python, torch_benchmark] + common,
+                    "torch_compile": [torch_python, torch_benchmark, "--compile"] + common,
+                    "pytorch_train_step": torch_step,
+                    "torch_compile_train_step": torch_step + ["--compile"]})
+    return runners
+
+
+def compare(reference_dir: str, torch_python: str, variant: str, dtype: str, batch: int,
+            steps: int, rounds: int) -> dict[str, Any]:
+    """Project and peers in alternation, each in a fresh process; ratios of the means."""
+    for name in ("seed_tf_benchmark.py", "torch_seed_benchmark.py"):
+        if not os.path.exists(os.path.join(reference_dir, name)):
+            raise SystemExit(f"error: --reference-dir {reference_dir!r} has no {name}; give the "
+                             "folder holding the seed's reference benchmarks.")
+    runners = peer_commands(reference_dir, torch_python, variant, dtype, batch, steps)
     results: dict[str, list[dict]] = {name: [] for name in runners}
-    for round_index in range(args.rounds):
+    for round_index in range(rounds):
         for name, command in runners.items():
-            print(f"round {round_index + 1}/{args.rounds}: {name}", flush=True)
+            print(f"round {round_index + 1}/{rounds}: {name}", flush=True)
             result = _run_json(command)
             if result:
                 results[name].append(result)
 
     def mean_of(name: str, key: str) -> float | None:
-        values = [r[key]["mean_s"] for r in results[name] if key in r]
+        values = [r[key]["mean_s"] for r in results.get(name, []) if key in r]
         return sum(values) / len(values) if values else None
 
-    summary: dict[str, Any] = {"variant": args.variant, "batch": args.batch, "rounds": args.rounds,
+    summary: dict[str, Any] = {"variant": variant, "batch": batch, "rounds": rounds,
                                "runs": results, "ratios": {}}
-    peers = [p for p in ("tensorflow", "pytorch") if p in runners]
+    peers = [p for p in ("tensorflow", "pytorch", "torch_compile") if p in runners]
     print(f"\n{'seconds per batch':>18} {'project':>10} "
-          + " ".join(f"{p:>12} {'ratio':>7}" for p in peers))
+          + " ".join(f"{p:>14} {'ratio':>6}" for p in peers))
     for key in ("forward", "forward_backward"):
         ours = mean_of("project", key)
         row = f"{key:>18} {ours if ours is not None else float('nan'):>10.3f} "
@@ -268,36 +298,29 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             theirs = mean_of(peer, key)
             ratio = ours / theirs if ours and theirs else None
             summary["ratios"][f"{key}/{peer}"] = ratio
-            row += f"{theirs or float('nan'):>12.3f} {ratio or float('nan'):>7.2f} "
+            row += f"{theirs or float('nan'):>14.3f} {ratio or float('nan'):>6.2f} "
         print(row)
-    if "pytorch_train_step" in runners:  # the TF seed code has no training step
-        ours, theirs = mean_of("project", "train_step"), mean_of("pytorch_train_step", "train_step")
-        if ours and theirs:
-            summary["ratios"]["train_step_images_per_s/pytorch"] = theirs / ours
-            print(f"{'train step img/s':>18} {args.batch / ours:>10.1f} {'':>20} "
-                  f"{args.batch / theirs:>12.1f} {theirs / ours:>7.2f}")
+    ours = mean_of("project", "train_step")
+    for peer in ("pytorch_train_step", "torch_compile_train_step"):
+        theirs = mean_of(peer, "train_step")
+        if ours and theirs:  # images/s: the project's over the peer's
+            summary["ratios"][f"train_step_images_per_s/{peer.removesuffix('_train_step')}"] = \
+                theirs / ours
+            print(f"{'train step img/s':>18} {batch / ours:>10.1f}  {peer:>24} "
+                  f"{batch / theirs:>8.1f} {theirs / ours:>6.2f}")
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variant", default="seed", choices=("seed", "paper", "one_tower", "small"))
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--burn_in", type=int, default=10)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--implementation", default="auto", choices=("auto", "xla", "im2col"))
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--compare", action="store_true")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--torch-python", default=sys.executable)
-    parser.add_argument("--input", action="store_true",
-                        help="the paper's ImageNet input pipeline on generated JPEGs")
-    parser.add_argument("--layouts", action="store_true",
-                        help="time the training step under every layout that fits the devices")
-    args = parser.parse_args(argv)
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    args = flags.FLAGS
     if args.compare:
-        result = compare(args)
+        if not args["reference-dir"].value:
+            raise app.UsageError("--compare needs --reference-dir (the folder holding "
+                                 "seed_tf_benchmark.py and torch_seed_benchmark.py).")
+        result = compare(args["reference-dir"].value, args["torch-python"].value, args.variant,
+                         args.dtype, args.batch, args.steps, args.rounds)
     elif args.input:
         result = run_input_benchmark(args.batch, args.steps)
     elif args.layouts:
@@ -310,8 +333,25 @@ def main(argv: list[str] | None = None) -> None:
             json.dump(result, f, indent=1)
 
 
+def define_flags() -> None:
+    flags.DEFINE_enum("variant", "tf_benchmark", ["tf_benchmark", "paper", "one_tower", "small"],
+                      "The network (models.VARIANTS).")
+    flags.DEFINE_integer("batch", 32, "Images per batch.")
+    flags.DEFINE_integer("steps", 100, "Timed steps.")
+    flags.DEFINE_integer("burn_in", 10, "Untimed steps first.")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype.")
+    flags.DEFINE_enum("implementation", "auto", ["auto", "plain", "im2col"],
+                      "The layers (kernels.select).")
+    flags.DEFINE_string("json", None, "Also write the result as JSON to this file.")
+    flags.DEFINE_bool("compare", False, "The project and its peers side by side.")
+    flags.DEFINE_integer("rounds", 2, "--compare: rounds of all runners, alternating.")
+    flags.DEFINE_string("reference-dir", None, "--compare: the folder of seed_tf_benchmark.py "
+                        "and torch_seed_benchmark.py (the seed's reference benchmarks).")
+    flags.DEFINE_string("torch-python", sys.executable, "--compare: a Python that imports torch.")
+    flags.DEFINE_bool("input", False, "The ImageNet input pipeline on generated JPEGs.")
+    flags.DEFINE_bool("layouts", False, "The training step under every layout that fits.")
+
+
 if __name__ == "__main__":
-    if "--compare" not in sys.argv:  # --compare only starts processes (see host.py)
-        from alexnet_jax import host
-        host.restart_with_huge_pages()
-    main()
+    define_flags()
+    app.run(main)

@@ -111,7 +111,8 @@ class CheckpointManager:
         if step is None:
             return state, plateau, [], 0.0
         arrays, meta = read_checkpoint(self.latest, step, state)
-        return (state.replace(**arrays), PlateauPolicy(**meta["plateau"]), list(meta["history"]),
+        return (state.replace(**arrays), PlateauPolicy.from_state_dict(meta["plateau"]),
+                list(meta["history"]),
                 float(meta.get("wall_s", 0.0)))
 
     def close(self) -> None:

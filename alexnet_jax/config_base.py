@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_only = False  # evaluate the latest (or restore_from) checkpoint, write eval.json
 
     config.model = ml_collections.ConfigDict()
-    config.model.variant = "paper"  # paper | one_tower | seed | small
+    config.model.variant = "paper"  # paper | one_tower | tf_benchmark | small
     config.model.norm = "lrn"  # lrn | batchnorm | none
     config.model.norm_position = "after_relu"  # after_relu | before_relu
     config.model.pool = "overlapping"  # overlapping (3/2) | non_overlapping (2/2)
@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.input_shape = config_dict.placeholder(tuple)  # default: the dataset's
     config.model.init = config_dict.placeholder(str)  # paper | scaled
     config.model.dtype = "float32"  # computation: float32 | bfloat16; params stay float32
-    config.model.implementation = "auto"  # auto | xla | im2col: conv and pooling (ops.py)
+    config.model.implementation = "auto"  # auto | plain | im2col: the layers (kernels/)
     config.model.sync_batch_stats = True  # BatchNorm statistics over the global batch
 
     config.data = ml_collections.ConfigDict()

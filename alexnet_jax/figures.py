@@ -27,26 +27,27 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from alexnet_jax import checkpoints, datasets, input_pipeline, train
+from alexnet_jax import checkpoints, input_pipeline, models, parallel, train
+from alexnet_jax.input_pipeline import sources
 from alexnet_jax.metrics import read_metrics
-from alexnet_jax.models import model_from_config
 
 
-def load_run(workdir: str, step: int | None = None) -> tuple[Any, train.TrainState, Any]:
-    """The run's config, its trained state (latest or ``step``) and its pipeline."""
+def load_run(workdir: str, step: int | None = None) -> tuple[Any, Any, train.TrainState, Any]:
+    """The run's config, its model, its trained state (latest or ``step``) and its pipeline."""
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     pipeline = input_pipeline.create_pipeline(config)
-    info = datasets.info(config.data.dataset)
-    model = model_from_config(config.model, info.image_shape, info.num_classes)
-    state = train.create_train_state(config, model, pipeline.steps_per_epoch)
+    model_config = models.config_from(config.model, pipeline.image_shape, pipeline.num_classes)
+    layout = parallel.create("single", model_config, implementation=config.model.implementation)
+    tx = train.create_optimizer(config, model_config, pipeline.steps_per_epoch)
+    state = train.create_train_state(config.seed, layout, tx)
     manager = checkpoints.CheckpointManager(workdir, config)
     step = manager.latest.latest_step() if step is None else step
     if step is None:
         raise checkpoints.CheckpointError(f"No checkpoint in {manager.directory}.")
     arrays, _ = checkpoints.read_checkpoint(manager.latest, step, state)
     manager.close()
-    return config, state.replace(**arrays), pipeline
+    return config, layout.model, state.replace(**arrays), pipeline
 
 
 def tower_colour_statistic(kernels: np.ndarray) -> np.ndarray:
@@ -77,13 +78,13 @@ def filter_grid(kernels: np.ndarray) -> list[np.ndarray]:
     return blocks
 
 
-def make_feature_extractor(state: train.TrainState):
+def make_feature_extractor(model: Any, state: train.TrainState):
     """A jit-compiled function: images -> (probabilities, last hidden layer features)."""
 
     @jax.jit
     def extract(images):
         variables = train._variables(state, state.params)
-        logits, inter = state.apply_fn(variables, images, train=False, mutable=["intermediates"])
+        logits, inter = model.apply(variables, images, mutable=["intermediates"])
         stages = inter["intermediates"]["towers"]
         last = sorted(k for k in stages if k.startswith("fc"))[-1]
         features = stages[last][0]  # (towers, batch, units)
@@ -105,7 +106,7 @@ def nearest_neighbours(queries: jax.Array, database: jax.Array, k: int,
 
 
 def _display(image: np.ndarray, dataset: str) -> np.ndarray:
-    mean, std = datasets.normalization(dataset)
+    mean, std = sources.normalization(dataset)
     image = np.clip(image * np.asarray(std) + np.asarray(mean), 0, 1)
     return image[..., 0] if image.shape[-1] == 1 else image
 
@@ -115,7 +116,7 @@ def make_figures(workdir: str, step: int | None = None, examples: int = 2000) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    config, state, pipeline = load_run(workdir, step)
+    config, model, state, pipeline = load_run(workdir, step)
     out = os.path.join(workdir, "figures")
     os.makedirs(out, exist_ok=True)
     names = list(pipeline.builder.info.features["label"].names)
@@ -133,7 +134,7 @@ def make_figures(workdir: str, step: int | None = None, examples: int = 2000) ->
         ax.axis("off")
     paths["conv1_filters"] = _save(fig, out, "conv1_filters.png")
 
-    extract = make_feature_extractor(state)
+    extract = make_feature_extractor(model, state)
     images, labels, probs, feats = [], [], [], []
     for batch in pipeline.eval_batches(config.eval_batch_size):
         n = int(batch["mask"].sum())
@@ -212,21 +213,21 @@ def _save(fig, out: str, name: str) -> str:
     return path
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_EXAMPLES = flags.DEFINE_integer("examples", 2000, "Test images to search for neighbours.")
 
 
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     start = time.time()
-    paths = make_figures(_WORKDIR.value, _STEP.value, _EXAMPLES.value)
+    paths = make_figures(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.examples)
     for path in paths.values():
         print(path)
     print(f"{len(paths)} figures in {time.time() - start:.1f} s")
 
 
 if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "A training run's workdir.")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_integer("examples", 2000, "Test images to search for neighbours.")
     flags.mark_flags_as_required(["workdir"])
     app.run(main)

@@ -10,10 +10,11 @@ SLURM, Open MPI); see README "Multi-device and multi-host".
 """
 import os
 
-if __name__ == "__main__":  # before JAX starts: see host.py
-    from alexnet_jax import host
-    host.restart_with_huge_pages()
+if __name__ == "__main__":  # before JAX starts: see kernels/huge_pages.py
+    from alexnet_jax.kernels import huge_pages
+    huge_pages.restart_with_huge_pages()
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -30,8 +31,14 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Multi-host with the cluster detected by jax.distributed.")
 
 
+COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax", "xla")
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax narrates every save at INFO
+    if jax.config.jax_compilation_cache_dir is None:
+        # Steps are compiled per run; a resumed or repeated run loads them from here.
+        jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if (_DISTRIBUTED.value or _COORDINATOR.value or _NUM_PROCESSES.value

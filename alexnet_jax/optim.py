@@ -12,8 +12,8 @@ it after the trace, which rescales the velocity too).  The paper decays every
 weight; ``decay_biases_and_norms=False`` decays only conv and fc kernels.
 
 The learning rate is ``schedule(step) * lr_scale``.  ``lr_scale`` lives in the
-optimiser state (so it is checkpointed with it) and is what the paper's plateau
-policy divides by 10 on the host after an evaluation.
+optimiser state, and only there (so it is checkpointed with it); the paper's plateau
+policy decides after an evaluation when to divide it by 10.
 """
 from __future__ import annotations
 
@@ -73,9 +73,14 @@ def current_learning_rate(opt_state: Any) -> jax.Array:
     return hyper["learning_rate"] * hyper["lr_scale"]
 
 
-def with_lr_scale(opt_state: Any, scale: float) -> Any:
+def lr_scale(opt_state: Any) -> jax.Array:
+    return opt_state.hyperparams["lr_scale"]
+
+
+def scale_learning_rate(opt_state: Any, factor: float) -> Any:
+    """The optimiser state with its learning-rate scale multiplied by ``factor``."""
     hyper = dict(opt_state.hyperparams)
-    hyper["lr_scale"] = jnp.asarray(scale, dtype=jnp.asarray(hyper["lr_scale"]).dtype)
+    hyper["lr_scale"] = hyper["lr_scale"] * jnp.asarray(factor, hyper["lr_scale"].dtype)
     return opt_state._replace(hyperparams=hyper)
 
 
@@ -84,10 +89,11 @@ class PlateauPolicy:
     """The paper's policy: divide the learning rate by 10 when the validation error
     stops improving, at most 3 times.
 
-    ``update(error)`` is called after each evaluation.  An evaluation improves when
-    its error is below the best so far by more than ``min_delta``; after ``patience``
-    evaluations in a row without improvement, the scale is multiplied by ``factor``
-    (at most ``max_reductions`` times) and the count starts again.
+    ``update(error)`` is called after each evaluation and says whether to multiply the
+    learning rate by ``factor`` now.  An evaluation improves when its error is below the
+    best so far by more than ``min_delta``; after ``patience`` evaluations in a row
+    without improvement the rate is reduced (at most ``max_reductions`` times) and the
+    count starts again.  The rate itself lives in the optimiser state.
     """
 
     factor: float = 0.1
@@ -97,22 +103,26 @@ class PlateauPolicy:
     best: float = float("inf")
     evals_without_improvement: int = 0
     reductions: int = 0
-    scale: float = 1.0
 
-    def update(self, error: float) -> float:
+    def update(self, error: float) -> bool:
         if error < self.best - self.min_delta:
             self.best = error
             self.evals_without_improvement = 0
-            return self.scale
+            return False
         self.evals_without_improvement += 1
         if self.evals_without_improvement >= self.patience and self.reductions < self.max_reductions:
-            self.scale *= self.factor
             self.reductions += 1
             self.evals_without_improvement = 0
-        return self.scale
+            return True
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "PlateauPolicy":
+        """Also reads checkpoints written when the policy kept a copy of the scale."""
+        return cls(**{k: v for k, v in state.items() if k != "scale"})
 
     @classmethod
     def from_config(cls, optim: Any) -> "PlateauPolicy":

@@ -1,41 +1,46 @@
-"""Device layouts: one device, the paper's two-GPU split, data replicas of it, multi-host.
+"""Device layouts: where the towers and the data replicas live.  The model knows none of it.
 
-The per-device program is ``AlexNet.apply``, written once.  A layout only changes
-how it is mapped onto devices, with ``jax.shard_map`` over a device mesh:
-
-* ``single``: one device; the towers run under ``flax.linen.vmap`` (no mesh).
+* ``single``: one device; the towers side by side under ``nn.vmap`` (``models.AlexNet``).
 * ``model``: a (1, T) mesh ("data", "model"): tower t on device t, exchanging
-  activations at conv3, fc6, fc7 and the output layer, as in the paper's Figure 2.
-* ``data_model``: an (R, T) mesh: R replicas of that T-device group, each on its
-  slice of the global batch; gradients are averaged across replicas.
+  activations at conv3, fc6, fc7 and the output layer: the paper's two-GPU split.
+* ``data_model``: an (R, T) mesh: R replicas of that T-device group, each on its slice
+  of the global batch; gradients are averaged across replicas.
 * ``data``: a 1-D ("data",) mesh: every device runs all towers (vmap) on its slice.
 * ``auto``: ``data_model`` when the devices divide into tower groups, else ``data``.
 
-Why ``shard_map`` and not ``pmap``: nested pmaps (data over model) fail on this
-JAX (pmap is built on shard_map since 0.8), and ``jax.grad`` of a shard_mapped
-function is the gradient of the global computation, so ``train.train_step`` stays
-one function for every layout: the layout wraps ``apply_fn`` and nothing else.
+Where towers live on devices, each device runs ``Tower`` alone on its slice of the
+parameters (``TowerPerDevice``), its collectives crossing the mesh's "model" axis: the
+same program that ``jax.pmap(..., axis_name="model")`` runs on the paper's two GPUs
+(``tests/test_parallel.py`` checks it under a literal ``jax.pmap``).  The layouts use
+``jax.shard_map`` rather than ``pmap``: data replicas of tower groups are one 2-D mesh
+instead of nested pmaps (which this JAX rejects), and ``jax.grad`` of a shard_mapped
+function is the gradient of the global computation, so the trainer's step is one
+function for every layout (a pmapped loss, replicated over the towers, would be
+differentiated once per tower and need rescaling).
 
-Parameters keep the single-device tree in every layout (leading tower axis), so
-checkpoints move freely between layouts; only their placement differs: the tower
-axis is split over "model", everything else is replicated.
+Placement reads the marks the model sets where a tower axis is created (the logical
+axis ``models.TOWER_AXIS``): that axis is split over "model" where towers live on
+devices, and every other axis, and every unmarked array, is replicated.  Parameters keep
+the single-device tree in every layout, so checkpoints move freely between layouts.
 
-Multi-host: ``initialize_distributed`` starts ``jax.distributed``; every process
-builds the same mesh over all processes' devices and feeds its own rows of each
-global batch (``shard_batch``).
+Multi-host: ``initialize_distributed`` starts ``jax.distributed``; every process builds
+the same mesh over all processes' devices and feeds its own rows of each global batch
+(``shard_batch``).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-from typing import Any, Sequence
+from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from alexnet_jax.models import MODEL_AXIS, AlexNet
+from alexnet_jax import kernels
+from alexnet_jax.models import MODEL_AXIS, TOWER_AXIS, AlexNet, ModelConfig, one_tower
 
 DATA_AXIS = "data"
 LAYOUTS = ("single", "model", "data", "data_model", "auto")
@@ -70,6 +75,34 @@ def choose(parallelism: str, towers: int, num_devices: int) -> str:
     return parallelism
 
 
+class TowerPerDevice(AlexNet):
+    """AlexNet as one device of a layout with a tower per device: this device's Tower on
+    its slice of the parameters, its collectives crossing the mesh's "model" axis."""
+
+    def hold_towers(self) -> nn.Module:
+        return one_tower(self.is_initializing())(
+            config=self.config, layers=self.layers, model_axis=MODEL_AXIS,
+            batch_norm_axis=self.batch_norm_axis, name="towers")
+
+
+def initial_variables(config: ModelConfig, key: jax.Array) -> dict[str, Any]:
+    """The network's variables at initialisation, computed on one device whatever the
+    layout, so that every layout and every process starts from the very same values."""
+    dummy = jnp.zeros((1, *config.input_shape), jnp.float32)
+    variables = jax.jit(AlexNet(config).init)(key, dummy)
+    return {k: nn.unbox(v) for k, v in variables.items() if k in ("params", "batch_stats")}
+
+
+def marked_specs(config: ModelConfig, towers_on_devices: bool) -> dict[str, Any]:
+    """PartitionSpecs of the network's variables: the marked tower axis on "model" where
+    towers live on devices, everything else replicated."""
+    dummy = jax.ShapeDtypeStruct((1, *config.input_shape), jnp.float32)
+    boxed = jax.eval_shape(AlexNet(config).init, jax.random.key(0), dummy)
+    rules = ((TOWER_AXIS, MODEL_AXIS if towers_on_devices else None),)
+    logical = nn.get_partition_spec(boxed)
+    return {k: nn.logical_to_mesh(logical.get(k, {}), rules) for k in ("params", "batch_stats")}
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """How the model is mapped onto devices; see the module docstring."""
@@ -77,6 +110,7 @@ class Layout:
     kind: str
     model: AlexNet  # the per-device program
     mesh: Mesh | None
+    variable_specs: dict[str, Any]  # PartitionSpecs of params and batch_stats
 
     @property
     def data_size(self) -> int:
@@ -105,28 +139,18 @@ class Layout:
 
     # --- placement -------------------------------------------------------------------
 
-    def spec(self, path: Any, leaf: Any) -> P:
-        """Tower-stacked arrays are split over "model" when towers live on devices."""
-        on_tower_axis = any(getattr(k, "key", None) == "towers" for k in path)
-        if self.model_size > 1 and on_tower_axis and getattr(leaf, "ndim", 0) >= 1:
-            return P(MODEL_AXIS)
-        return P()
-
-    def specs(self, tree: Any) -> Any:
-        return jax.tree_util.tree_map_with_path(self.spec, tree)
-
-    def place(self, tree: Any) -> Any:
-        """Puts a host (or single-device) pytree onto the layout's devices, every process
-        passing the same values."""
+    def place(self, tree: Any, specs: Any) -> Any:
+        """Puts a host (or single-device) pytree onto the layout's devices by ``specs``
+        (a matching tree of PartitionSpecs), every process passing the same values."""
         if self.mesh is None:
             return tree
 
-        def put(path, leaf):
-            sharding = NamedSharding(self.mesh, self.spec(path, leaf))
+        def put(leaf, spec):
+            sharding = NamedSharding(self.mesh, spec)
             host = np.asarray(jax.device_get(leaf))
             return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
-        return jax.tree_util.tree_map_with_path(put, tree)
+        return jax.tree.map(put, tree, specs)
 
     def shard_batch(self, batch: dict[str, np.ndarray]) -> Any:
         """This process's rows of a global batch -> global arrays split over "data"."""
@@ -142,12 +166,13 @@ class Layout:
               mutable: Any = False) -> Any:
         """``model.apply`` with the same signature, run on the layout's devices."""
         if self.mesh is None:
-            return self.model.apply(variables, images, train=train, rngs=rngs, mutable=mutable)
+            return self.model.apply(variables, images, train, rngs=rngs, mutable=mutable)
         rngs = rngs or {}
-        variable_specs = self.specs(variables)
+        variable_specs = {k: self.variable_specs[k] for k in variables}
 
         def local(variables, images, rngs):
-            out = self.model.apply(variables, images, train=train, rngs=rngs, mutable=mutable)
+            offset = jax.lax.axis_index(DATA_AXIS) * images.shape[0]
+            out = self.model.apply(variables, images, train, offset, rngs=rngs, mutable=mutable)
             if not mutable:
                 return out
             logits, updates = out
@@ -167,8 +192,10 @@ class Layout:
         return mapped(variables, images, rngs)
 
 
-def create(parallelism: str, model: AlexNet, num_devices: int = 0) -> Layout:
-    """The layout for ``parallelism`` over the first ``num_devices`` devices (0: all)."""
+def create(parallelism: str, config: ModelConfig, num_devices: int = 0,
+           implementation: str = "auto", sync_batch_stats: bool = True) -> Layout:
+    """The layout for ``parallelism`` over the first ``num_devices`` devices (0: all), with
+    the per-device program's layers chosen for the backend (``kernels.select``)."""
     devices = jax.devices()
     if parallelism == "single":
         num_devices = 1
@@ -177,26 +204,23 @@ def create(parallelism: str, model: AlexNet, num_devices: int = 0) -> Layout:
             raise LayoutError(f"num_devices={num_devices}, but only {len(devices)} device(s) "
                               "are present.")
         devices = devices[:num_devices]
-    kind = choose(parallelism, model.towers, len(devices))
-    replicas = len(devices) if kind == "data" else len(devices) // model.towers
-    if kind != "single" and replicas % jax.process_count():
+    kind = choose(parallelism, config.towers, len(devices))
+    towers_on_devices = kind in ("model", "data_model")
+    layers = kernels.select(implementation, grouped=config.towers > 1 and not towers_on_devices)
+    specs = marked_specs(config, towers_on_devices)
+    if kind == "single":
+        return Layout(kind, AlexNet(config, layers), None, specs)
+    replicas = len(devices) // config.towers if towers_on_devices else len(devices)
+    if replicas % jax.process_count():
         raise LayoutError(f"Layout {kind} has {replicas} data replica(s), which do not divide "
                           f"among the {jax.process_count()} processes: each process feeds whole "
                           "replicas, so give every process the same number of them.")
-    return _create(kind, model, tuple(devices))
-
-
-@functools.lru_cache(maxsize=16)
-def _create(kind: str, model: AlexNet, devices: Sequence[Any]) -> Layout:
-    # Cached so that equal layouts are the same object: jitted steps key on apply_fn.
-    if kind == "single":
-        return Layout(kind, model, None)
+    batch_norm_axis = DATA_AXIS if sync_batch_stats else None
     grid = np.asarray(devices, dtype=object)
-    if kind == "data":
-        mesh = Mesh(grid, (DATA_AXIS,))
-        return Layout(kind, model.clone(data_axis=DATA_AXIS), mesh)
-    mesh = Mesh(grid.reshape(-1, model.towers), (DATA_AXIS, MODEL_AXIS))
-    return Layout(kind, model.clone(data_axis=DATA_AXIS, towers_on_devices=True), mesh)
+    if towers_on_devices:
+        mesh = Mesh(grid.reshape(-1, config.towers), (DATA_AXIS, MODEL_AXIS))
+        return Layout(kind, TowerPerDevice(config, layers, batch_norm_axis), mesh, specs)
+    return Layout(kind, AlexNet(config, layers, batch_norm_axis), Mesh(grid, (DATA_AXIS,)), specs)
 
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,

@@ -17,13 +17,14 @@ import math
 import re
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from alexnet_jax import datasets
-from alexnet_jax.models import AlexNet, model_from_config
+from alexnet_jax import input_pipeline
+from alexnet_jax.models import DTYPES, AlexNet, ModelConfig, config_from
 
 _STAGE = re.compile(r"(conv|norm|pool|fc)(\d+)_out")
 _KIND_ORDER = {"conv": 0, "fc": 0, "norm": 1, "pool": 2}
@@ -34,18 +35,19 @@ def _size(tree: Any) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
 
 
-def _shapes(model: AlexNet) -> tuple[Any, Any]:
+def _shapes(config: ModelConfig) -> tuple[Any, Any]:
     """The parameters' shapes and every recorded stage's output shape, for one image."""
-    x = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
-    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    model = AlexNet(config)
+    x = jax.ShapeDtypeStruct((1, *config.input_shape), jnp.float32)
+    variables = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), x))
     _, state = jax.eval_shape(
         lambda v, x: model.apply(v, x, mutable=["intermediates"]), variables, x)
     return variables["params"], state
 
 
-def layer_table(model: AlexNet) -> list[dict[str, Any]]:
+def layer_table(config: ModelConfig) -> list[dict[str, Any]]:
     """One row per stage: name, per-tower output shape, parameters, multiply-adds per image."""
-    params, state = _shapes(model)
+    params, state = _shapes(config)
     stages = state["intermediates"]["towers"]
     tower_params = params["towers"]
 
@@ -72,8 +74,8 @@ def layer_table(model: AlexNet) -> list[dict[str, Any]]:
             macs = spatial * math.prod(kernel.shape)
         rows.append(dict(name=layer, shape=shape, params=layer_params, macs=macs))
     output_kernel = tower_params["output"]["kernel"]
-    rows.append(dict(name="output", shape=(model.num_classes,),
-                     params=math.prod(output_kernel.shape) + model.num_classes,
+    rows.append(dict(name="output", shape=(config.num_classes,),
+                     params=math.prod(output_kernel.shape) + config.num_classes,
                      macs=math.prod(output_kernel.shape)))
     total = _size(params)
     if sum(r["params"] for r in rows) != total:
@@ -85,7 +87,7 @@ def layer_table(model: AlexNet) -> list[dict[str, Any]]:
 CROSSINGS = (("conv3", "pool2"), ("fc6", "pool5"), ("fc7", "fc6"))
 
 
-def crossing_table(model: AlexNet, replica_batch: int, replicas: int = 1
+def crossing_table(config: ModelConfig, replica_batch: int, replicas: int = 1
                    ) -> list[dict[str, Any]]:
     """Bytes each device receives per training step at each tower crossing.
 
@@ -95,10 +97,10 @@ def crossing_table(model: AlexNet, replica_batch: int, replicas: int = 1
     its backward needs no exchange, every device holding the same logits' gradient.
     With data replicas, each device also all-reduces its parameters' gradients.
     """
-    towers = model.towers
-    params, state = _shapes(model)
+    towers = config.towers
+    params, state = _shapes(config)
     stages = state["intermediates"]["towers"]
-    itemsize = jnp.dtype(model.dtype).itemsize
+    itemsize = jnp.dtype(DTYPES[config.dtype]).itemsize
     rows = []
     for layer, source in CROSSINGS:
         if f"{source}_out" not in stages:
@@ -108,7 +110,7 @@ def crossing_table(model: AlexNet, replica_batch: int, replicas: int = 1
         rows.append(dict(crossing=layer, exchanged=f"{source} (all_gather)",
                          forward_bytes=volume, backward_bytes=volume))
     # A ring all-reduce of n values moves 2 (k - 1) / k x n per device.
-    logits = 2 * (towers - 1) / towers * model.num_classes * 4 * replica_batch
+    logits = 2 * (towers - 1) / towers * config.num_classes * 4 * replica_batch
     rows.append(dict(crossing="output", exchanged="partial logits (psum)",
                      forward_bytes=int(logits), backward_bytes=0))
     if replicas > 1:
@@ -145,8 +147,8 @@ def format_table(rows: list[dict[str, Any]], towers: int) -> str:
 
 
 def summarize(config: Any) -> dict[str, Any]:
-    info = datasets.info(config.data.dataset)
-    model = model_from_config(config.model, info.image_shape, info.num_classes)
+    info = input_pipeline.info(config.data.dataset)
+    model = config_from(config.model, info.image_shape, info.num_classes)
     rows = layer_table(model)
     summary = {"params": sum(r["params"] for r in rows), "macs": sum(r["macs"] for r in rows),
                "towers": model.towers, "input_shape": list(model.input_shape),
@@ -159,13 +161,11 @@ def summarize(config: Any) -> dict[str, Any]:
     return summary
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_JSON = flags.DEFINE_string("json", None, "Also write the summary as JSON to this file.")
 
 
 def main(argv: list[str]) -> None:
     del argv
-    config = _CONFIG.value
+    config = flags.FLAGS.config
     summary = summarize(config)
     print(f"{config.model.variant} AlexNet, input {tuple(summary['input_shape'])}, "
           f"{summary['towers']} tower(s)")
@@ -173,11 +173,13 @@ def main(argv: list[str]) -> None:
                        summary["towers"]))
     if "crossings" in summary:
         print(format_crossings(summary["crossings"], summary["replica_batch"]))
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
+    if flags.FLAGS.json:
+        with open(flags.FLAGS.json, "w") as f:
             json.dump(summary, f, indent=1)
 
 
 if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+    flags.DEFINE_string("json", None, "Also write the summary as JSON to this file.")
     flags.mark_flags_as_required(["config"])
     app.run(main)

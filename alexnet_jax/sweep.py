@@ -21,7 +21,6 @@ writes ``DIR/results.csv``, ``DIR/results.md`` and PNG plots.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import importlib.util
@@ -33,6 +32,8 @@ import subprocess
 import sys
 import time
 from typing import Any, Sequence
+
+from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_ERROR_THRESHOLD = 0.25  # the paper's Figure 1: steps to reach 25% training error
@@ -369,25 +370,16 @@ def why_unfinished(workdir: str, run: Run) -> str:
     return errors[-1] if errors else "stopped before its summary (run the sweep again to resume)"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sweep", required=True, help="a file in experiments/sweeps/")
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--parallel", type=int, default=1,
-                        help="runs at once, each its own process sharing the cores")
-    parser.add_argument("--quick", action="store_true", help="shrink every run (smoke test)")
-    parser.add_argument("--report", action="store_true", help="only aggregate finished runs")
-    args = parser.parse_args(argv)
-    try:
-        sweep = load_sweep(args.sweep)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
-    runs = plan(sweep, args.quick)
-    os.makedirs(args.workdir, exist_ok=True)
-    failed = [] if args.report else execute(sweep, runs, args.workdir, args.parallel)
-    title = os.path.splitext(os.path.basename(args.sweep))[0] + (" (quick)" if args.quick else "")
-    report(sweep, runs, args.workdir, title)
-    print(f"Results: {args.workdir}/results.md, results.csv, curves.png, bars.png")
+def run_sweep(sweep_file: str, workdir: str, parallel: int = 1, quick: bool = False,
+              report_only: bool = False) -> int:
+    """Runs what is unfinished of a sweep file's runs, then reports; 0 if all finished."""
+    sweep = load_sweep(sweep_file)
+    runs = plan(sweep, quick)
+    os.makedirs(workdir, exist_ok=True)
+    failed = [] if report_only else execute(sweep, runs, workdir, parallel)
+    title = os.path.splitext(os.path.basename(sweep_file))[0] + (" (quick)" if quick else "")
+    report(sweep, runs, workdir, title)
+    print(f"Results: {workdir}/results.md, results.csv, curves.png, bars.png")
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; see their console.log. "
               "Run the sweep again to retry them.")
@@ -395,5 +387,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    args = flags.FLAGS
+    try:
+        return run_sweep(args.sweep, args.workdir, args.parallel, args.quick, args.report)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    flags.DEFINE_string("sweep", None, "A sweep file, e.g. experiments/sweeps/lrn_vs_bn.py.")
+    flags.DEFINE_string("workdir", None, "The sweep's directory: one folder per run, results.")
+    flags.DEFINE_integer("parallel", 1, "Runs at once, each its own process sharing the cores.")
+    flags.DEFINE_bool("quick", False, "Shrink every run (smoke test).")
+    flags.DEFINE_bool("report", False, "Only aggregate the finished runs.")
+    flags.mark_flags_as_required(["sweep", "workdir"])
+    app.run(main)

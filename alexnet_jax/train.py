@@ -1,10 +1,14 @@
 """The one trainer: TrainState, the pure step functions, and train_and_evaluate.
 
 Every model, dataset and layout goes through ``train_and_evaluate(config, workdir)``;
-sweeps, benchmarks and figures call it or its pieces.
+sweeps, benchmarks and figures call it or its pieces.  The step functions are pure
+(``train_step``, ``eval_step``); ``make_steps`` jit-compiles them for one run, closed
+over that run's model (its layout's ``apply``) and optimiser, so the state holds arrays
+only.  The loop is a list of periodic actions: log, evaluate, checkpoint, stop.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -12,61 +16,34 @@ import signal
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, Iterator, NamedTuple
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.training import train_state
+import optax
 
-from alexnet_jax import checkpoints, input_pipeline, ops, optim, parallel
-from alexnet_jax.input_pipeline.imagenet import CENTER_VIEW
+from alexnet_jax import checkpoints, input_pipeline, kernels, models, optim, parallel
 from alexnet_jax.metrics import MetricWriter, cross_entropy, topk_correct
-from alexnet_jax.models import AlexNet, model_from_config
+
+TEN_CROP = "10crop_"  # the prefix of the metrics of the paper's 10-patch evaluation
 
 
-class TrainState(train_state.TrainState):
-    """Parameters, optimiser state and step, plus BatchNorm statistics and the run's key.
+@flax.struct.dataclass
+class TrainState:
+    """What a training step changes, as arrays: the step, parameters, BatchNorm
+    statistics, optimiser state (with the learning-rate scale) and the run's key.
 
     Dropout keys are ``fold_in(rng, step)``: reproducible from the seed, and no two
     steps share a mask.
     """
 
+    step: jax.Array
+    params: Any
     batch_stats: Any
+    opt_state: Any
     rng: jax.Array
-
-
-def create_train_state(config: Any, model: AlexNet, steps_per_epoch: int,
-                       layout: parallel.Layout | None = None) -> TrainState:
-    """The state at step 0, placed on ``layout``'s devices (one device if None).
-
-    Initialised on one device whatever the layout, so that every layout (and every
-    process of a multi-host run) starts from the very same parameters.
-    """
-    init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    dummy = jnp.zeros((1, *model.input_shape), jnp.float32)
-    variables = _jitted_init(model)(init_key, dummy)
-    params = variables["params"]
-    tx = _optimizer(model, config.optim.to_json(), steps_per_epoch, config.num_epochs)
-    layout = layout or parallel.create("single", model, 1)
-    state = TrainState.create(apply_fn=layout.apply, params=params, tx=tx,
-                              batch_stats=variables.get("batch_stats", {}), rng=run_key)
-    return layout.place(state)
-
-
-@functools.lru_cache(maxsize=64)
-def _jitted_init(model: AlexNet):
-    return jax.jit(model.init)
-
-
-@functools.lru_cache(maxsize=64)
-def _optimizer(model: AlexNet, optim_json: str, steps_per_epoch: int, num_epochs: int):
-    """One optax transformation object per (model, settings): the jit cache keys on it."""
-    import ml_collections  # here, so that the benchmark can use this module without it
-    optim_config = ml_collections.ConfigDict(json.loads(optim_json))
-    dummy = jnp.zeros((1, *model.input_shape), jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)["params"]
-    return optim.optimizer_from_config(optim_config, params, steps_per_epoch, num_epochs)
 
 
 def _variables(state: TrainState, params: Any) -> dict[str, Any]:
@@ -75,18 +52,22 @@ def _variables(state: TrainState, params: Any) -> dict[str, Any]:
     return {"params": params}
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Callable,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
     """One SGD step on a batch; returns the new state and the batch's metrics."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
-        logits, updates = state.apply_fn(_variables(state, params), batch["image"], train=True,
-                                         rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+        logits, updates = apply_fn(_variables(state, params), batch["image"], train=True,
+                                   rngs={"dropout": dropout_key}, mutable=["batch_stats"])
         return cross_entropy(logits, batch["label"]).mean(), (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = state.apply_gradients(grads=grads,
-                                      batch_stats=updates.get("batch_stats", state.batch_stats))
+    param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1,
+                              params=optax.apply_updates(state.params, param_updates),
+                              opt_state=opt_state,
+                              batch_stats=updates.get("batch_stats", state.batch_stats))
     metrics = {"loss": loss,
                "top1_error": 1.0 - topk_correct(logits, batch["label"], 1).mean(),
                "top5_error": 1.0 - topk_correct(logits, batch["label"], 5).mean(),
@@ -94,23 +75,24 @@ def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainSta
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Callable,
+              center_view: int = 0) -> dict[str, jax.Array]:
     """Sums over the batch's real examples (``mask`` 1), so padded batches count right.
 
     Images of shape (batch, views, H, W, C) are several views of each image (the paper's
-    10 patches): the metrics are those of the centre view (``CENTER_VIEW``), and the
-    ``multi_view_`` ones those of the softmax averaged over the views, as the paper did.
+    10 patches): the metrics are those of the centre view (``center_view``), and the
+    ``TEN_CROP`` ones those of the softmax averaged over the views, as the paper did.
     """
     images, labels, mask = batch["image"], batch["label"], batch["mask"]
     views = images.shape[1] if images.ndim == 5 else 1
     flat = images.reshape(-1, *images.shape[-3:])
-    logits = state.apply_fn(_variables(state, state.params), flat, train=False)
+    logits = apply_fn(_variables(state, state.params), flat, train=False)
     logits = logits.reshape(images.shape[0], views, -1)
-    sums = _masked_sums(logits[:, CENTER_VIEW if views > 1 else 0], labels, mask)
+    sums = _masked_sums(logits[:, center_view if views > 1 else 0], labels, mask)
     if views > 1:
         averaged = jnp.log(jnp.mean(jax.nn.softmax(logits), axis=1))
-        sums.update({f"multi_view_{k}": v for k, v in
-                     _masked_sums(averaged, labels, mask).items() if k != "count"})
+        sums.update({TEN_CROP + k: v for k, v in _masked_sums(averaged, labels, mask).items()
+                     if k != "count"})
     return sums
 
 
@@ -121,21 +103,74 @@ def _masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[
             "count": jnp.sum(mask)}
 
 
-jit_train_step = ops.jit(train_step, donate_argnums=0)
-jit_eval_step = ops.jit(eval_step)
+class Steps(NamedTuple):
+    """The run's jit-compiled steps."""
+
+    train: Callable[[TrainState, Any], tuple[TrainState, dict]]
+    eval: Callable[[TrainState, Any], dict]
 
 
-def evaluate(state: TrainState, pipeline: Any, batch_size: int,
-             layout: parallel.Layout | None = None) -> dict[str, float]:
-    shard = layout.shard_batch if layout else (lambda batch: batch)
+def make_steps(layout: parallel.Layout, tx: optax.GradientTransformation,
+               center_view: int = 0) -> Steps:
+    """``train_step`` and ``eval_step`` for one run: closed over the layout's ``apply`` and
+    the optimiser, jit-compiled with the backend's compiler options (``kernels``)."""
+    options = kernels.compiler_options() or None
+    return Steps(
+        train=jax.jit(functools.partial(train_step, apply_fn=layout.apply, tx=tx),
+                      donate_argnums=0, compiler_options=options),
+        eval=jax.jit(functools.partial(eval_step, apply_fn=layout.apply, center_view=center_view),
+                     compiler_options=options))
+
+
+def create_optimizer(config: Any, model_config: models.ModelConfig, steps_per_epoch: int
+                     ) -> optax.GradientTransformation:
+    dummy = jax.ShapeDtypeStruct((1, *model_config.input_shape), jnp.float32)
+    params = jax.eval_shape(models.AlexNet(model_config).init, jax.random.key(0), dummy)["params"]
+    return optim.optimizer_from_config(config.optim, params, steps_per_epoch, config.num_epochs)
+
+
+def create_train_state(seed: int, layout: parallel.Layout,
+                       tx: optax.GradientTransformation) -> TrainState:
+    """The state at step 0, placed on ``layout``'s devices.
+
+    Initialised on one device whatever the layout (``parallel.initial_variables``), so
+    that every layout (and every process of a multi-host run) starts from the very
+    same parameters.
+    """
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+    variables = parallel.initial_variables(layout.model.config, init_key)
+    params = variables["params"]
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                       rng=run_key)
+    return layout.place(state, state_specs(layout, tx, state))
+
+
+def state_specs(layout: parallel.Layout, tx: optax.GradientTransformation,
+                state: TrainState) -> TrainState:
+    """The PartitionSpecs of ``state``: the model's variables by their marks, the
+    optimiser's copies of the parameters likewise, everything else replicated."""
+    specs = layout.variable_specs
+    replicated = jax.sharding.PartitionSpec()
+    opt_specs = optax.tree_map_params(
+        tx, lambda _, spec: spec, state.opt_state, specs["params"],
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    return TrainState(step=replicated, params=specs["params"],
+                      batch_stats=specs["batch_stats"] if state.batch_stats else {},
+                      opt_state=opt_specs, rng=replicated)
+
+
+def evaluate(eval_step: Callable, state: TrainState, batches: Iterator[dict],
+             layout: parallel.Layout) -> dict[str, float]:
     totals: dict[str, float] = {}
-    for batch in pipeline.eval_batches(batch_size):
-        sums = jax.device_get(jit_eval_step(state, shard(batch)))
+    for batch in batches:
+        sums = jax.device_get(eval_step(state, layout.shard_batch(batch)))
         for key, value in sums.items():
             totals[key] = totals.get(key, 0.0) + float(value)
     count = totals["count"]
     result = {"examples": int(count)}
-    for prefix in ("", "multi_view_") if "multi_view_loss" in totals else ("",):
+    for prefix in ("", TEN_CROP) if TEN_CROP + "loss" in totals else ("",):
         result.update({f"{prefix}loss": totals[f"{prefix}loss"] / count,
                        f"{prefix}top1_error": 1.0 - totals[f"{prefix}top1_correct"] / count,
                        f"{prefix}top5_error": 1.0 - totals[f"{prefix}top5_correct"] / count})
@@ -232,22 +267,137 @@ def _truncate_metrics(workdir: str, step: int) -> None:
     os.replace(path + ".tmp", path)
 
 
+@dataclasses.dataclass
+class Periodic:
+    """An action of the training loop, taken after every step where ``due(step)`` holds."""
+
+    name: str
+    due: Callable[[int], bool]
+    run: Callable[[int], None]
+
+
+class _TrainingRun:
+    """One session of training: the state, what has been logged, and the loop's actions."""
+
+    def __init__(self, config: Any, workdir: str, pipeline: Any, layout: parallel.Layout,
+                 steps: Steps, manager: checkpoints.CheckpointManager, state: TrainState,
+                 plateau: optim.PlateauPolicy, history: list[dict], wall_before: float,
+                 start_time: float, stop: _StopSignals):
+        self.config, self.workdir, self.pipeline, self.layout = config, workdir, pipeline, layout
+        self.steps, self.manager, self.stop = steps, manager, stop
+        self.state, self.plateau, self.history = state, plateau, history
+        self.steps_per_epoch = pipeline.steps_per_epoch
+        self.start_time, self.wall_before = start_time, wall_before
+        self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+        self.progress = _Progress(config.progress_bar, self.steps_per_epoch * config.num_epochs,
+                                  int(state.step))
+        self.window: list[dict] = []
+        self.window_start = time.time()
+
+    def wall_s(self) -> float:
+        return self.wall_before + time.time() - self.start_time
+
+    def end_of_epoch(self, step: int) -> bool:
+        return step % self.steps_per_epoch == 0
+
+    def actions(self) -> list[Periodic]:
+        """In this order after a step: log the training metrics (also before a checkpoint,
+        whose state must have a finite loss), evaluate at the end of evaluation epochs,
+        checkpoint, and stop when a signal asked for it."""
+        config, every = self.config, self.config.checkpoint.every_steps
+
+        def checkpoint_due(step: int) -> bool:
+            return bool(every and step % every == 0) or self.end_of_epoch(step) \
+                or self.stop.received is not None
+
+        def evaluation_due(step: int) -> bool:
+            epoch = step // self.steps_per_epoch
+            return self.end_of_epoch(step) and (epoch % config.eval_every_epochs == 0
+                                                or epoch == config.num_epochs)
+
+        return [
+            Periodic("log", lambda step: step % config.log_every_steps == 0
+                     or checkpoint_due(step), self.log),
+            Periodic("evaluate", evaluation_due, self.evaluate),
+            Periodic("checkpoint", checkpoint_due, self.checkpoint),
+            Periodic("stop", lambda step: self.stop.received is not None, self.interrupt),
+        ]
+
+    def batches(self) -> Iterator[dict]:
+        step = int(self.state.step)
+        for epoch in range(step // self.steps_per_epoch, self.config.num_epochs):
+            yield from self.pipeline.train_batches(epoch, start_step=step % self.steps_per_epoch)
+            step = 0
+
+    def train(self) -> int:
+        """Trains to the end of the last epoch; returns the step reached."""
+        actions = self.actions()
+        step = int(self.state.step)
+        for batch in self.batches():
+            self.state, metrics = self.steps.train(self.state, self.layout.shard_batch(batch))
+            self.window.append(metrics)
+            step += 1
+            for action in actions:
+                if action.due(step):
+                    action.run(step)
+        return step
+
+    def log(self, step: int) -> None:
+        if not self.window:
+            return
+        means = _mean_metrics(self.window)
+        _check_finite(step, means)
+        elapsed = time.time() - self.window_start
+        record = {"epoch": step / self.steps_per_epoch,
+                  **{f"train_{k}": v for k, v in means.items() if k != "learning_rate"},
+                  "learning_rate": means["learning_rate"],
+                  "images_per_s": len(self.window) * self.config.batch_size / elapsed}
+        self.writer.write(step, record)
+        self.progress.update(len(self.window), record)
+        self.window, self.window_start = [], time.time()
+
+    def evaluate(self, step: int) -> None:
+        epoch = step // self.steps_per_epoch
+        test = evaluate(self.steps.eval, self.state,
+                        self.pipeline.eval_batches(self.config.eval_batch_size), self.layout)
+        self.history.append({"step": step, "epoch": epoch, **test})
+        self.writer.write(step, {"epoch": epoch, **{f"test_{k}": v for k, v in test.items()}})
+        if self.config.optim.schedule == "plateau" and self.plateau.update(test["top1_error"]):
+            self.state = self.state.replace(opt_state=optim.scale_learning_rate(
+                self.state.opt_state, self.plateau.factor))
+        self.window_start = time.time()
+
+    def checkpoint(self, step: int) -> None:
+        self.manager.save(step, self.state, self.plateau, self.history, self.wall_s())
+        self.window_start = time.time()
+
+    def interrupt(self, step: int) -> None:
+        raise TrainingInterrupted(
+            f"Stopped by {signal.Signals(self.stop.received).name} at step {step}; its "
+            f"checkpoint is in {self.manager.directory}. Run the same command again to resume.")
+
+    def close(self) -> None:
+        self.progress.close()
+        self.writer.close()
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     """Trains ``config``'s experiment in ``workdir`` (resuming what is there), evaluates it,
     and writes ``summary.json``; returns the summary."""
     prepare_workdir(workdir, config)
     start_time = time.time()
     pipeline = input_pipeline.create_pipeline(config, jax.process_index(), jax.process_count())
-    model = model_from_config(config.model, pipeline.image_shape, pipeline.num_classes)
-    layout = parallel.create(config.parallelism, model, config.num_devices)
+    model_config = models.config_from(config.model, pipeline.image_shape, pipeline.num_classes)
+    layout = parallel.create(config.parallelism, model_config, config.num_devices,
+                             config.model.implementation, config.model.sync_batch_stats)
     layout.check_batch(config.batch_size)
     layout.check_batch(config.eval_batch_size, "eval_batch_size")
-    steps_per_epoch = pipeline.steps_per_epoch
-    total_steps = steps_per_epoch * config.num_epochs
-    state = create_train_state(config, model, steps_per_epoch, layout)
-    plateau = optim.PlateauPolicy.from_config(config.optim)
+    tx = create_optimizer(config, model_config, pipeline.steps_per_epoch)
+    steps = make_steps(layout, tx, pipeline.center_view)
+    state = create_train_state(config.seed, layout, tx)
     manager = checkpoints.CheckpointManager(workdir, config)
-    state, plateau, history, wall_before = manager.restore_or_keep(state, plateau)
+    state, plateau, history, wall_before = manager.restore_or_keep(
+        state, optim.PlateauPolicy.from_config(config.optim))
     step = int(state.step)
     if not config.eval_only:
         _truncate_metrics(workdir, step)  # also a run killed before its first checkpoint
@@ -257,68 +407,23 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         state = state.replace(**checkpoints.load_weights(config.restore_from, state))
         print(f"Starting from the weights in {config.restore_from}.")
     if config.eval_only:
+        manager.close()
         if not step and not config.restore_from:
             raise checkpoints.CheckpointError(
                 f"eval_only: no checkpoint in {manager.directory} and no restore_from given.")
-        return _evaluate_only(state, pipeline, config, workdir, manager, layout)
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+        return _evaluate_only(steps, state, pipeline, config, workdir, layout)
     print(f"{config.model.variant} AlexNet on {config.data.dataset}: {pipeline.num_train} "
-          f"training examples, {steps_per_epoch} steps/epoch x {config.num_epochs} epochs, "
-          f"batch {config.batch_size}; {layout.describe(config.batch_size)}.")
-    progress = _Progress(config.progress_bar, total_steps, step)
-    window: list[dict] = []
-    window_start = time.time()
-
-    def wall_s() -> float:
-        return wall_before + time.time() - start_time
-
-    def log_window() -> None:
-        nonlocal window, window_start
-        if not window:
-            return
-        means = _mean_metrics(window)
-        _check_finite(step, means)
-        elapsed = time.time() - window_start
-        record = {"epoch": step / steps_per_epoch,
-                  **{f"train_{k}": v for k, v in means.items() if k != "learning_rate"},
-                  "learning_rate": means["learning_rate"],
-                  "images_per_s": len(window) * config.batch_size / elapsed}
-        writer.write(step, record)
-        progress.update(len(window), record)
-        window, window_start = [], time.time()
-
-    try:
-        with _StopSignals() as stop:
-            for epoch in range(step // steps_per_epoch, config.num_epochs):
-                for batch in pipeline.train_batches(epoch, start_step=step % steps_per_epoch):
-                    state, metrics = jit_train_step(state, layout.shard_batch(batch))
-                    window.append(metrics)
-                    step += 1
-                    end_of_epoch = step % steps_per_epoch == 0
-                    save = manager.should_save(step) and not end_of_epoch
-                    if save or end_of_epoch or step % config.log_every_steps == 0 or stop.received:
-                        log_window()  # also checks the loss before anything is saved
-                    if save or (stop.received and not end_of_epoch):
-                        manager.save(step, state, plateau, history, wall_s())
-                    if stop.received and not end_of_epoch:
-                        raise TrainingInterrupted(_interrupted_message(stop.received, step, manager))
-                if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs:
-                    test = evaluate(state, pipeline, config.eval_batch_size, layout)
-                    history.append({"step": step, "epoch": epoch + 1, **test})
-                    writer.write(step, {"epoch": epoch + 1,
-                                        **{f"test_{k}": v for k, v in test.items()}})
-                    if config.optim.schedule == "plateau":
-                        scale = plateau.update(test["top1_error"])
-                        state = state.replace(opt_state=optim.with_lr_scale(state.opt_state, scale))
-                manager.save(step, state, plateau, history, wall_s())
-                if stop.received:
-                    raise TrainingInterrupted(_interrupted_message(stop.received, step, manager))
-                window_start = time.time()
-    finally:
-        progress.close()
-        manager.close()
-        writer.close()
-    summary = _summary(history, step, wall_s(), pipeline, config)
+          f"training examples, {pipeline.steps_per_epoch} steps/epoch x {config.num_epochs} "
+          f"epochs, batch {config.batch_size}; {layout.describe(config.batch_size)}.")
+    with _StopSignals() as stop:
+        run = _TrainingRun(config, workdir, pipeline, layout, steps, manager, state, plateau,
+                           history, wall_before, start_time, stop)
+        try:
+            step = run.train()
+        finally:
+            run.close()
+            manager.close()
+    summary = _summary(run.history, step, run.wall_s(), pipeline, config)
     summary["checkpoint_s"] = manager.seconds_blocked  # this session's, for the overhead
     summary["layout"], summary["devices"] = layout.kind, layout.num_devices
     _write_json(workdir, "summary.json", summary)
@@ -333,15 +438,9 @@ def _write_json(workdir: str, name: str, record: dict[str, Any]) -> None:
             json.dump(record, f, indent=1)
 
 
-def _interrupted_message(signum: int, step: int, manager: Any) -> str:
-    return (f"Stopped by {signal.Signals(signum).name} at step {step}; its checkpoint is in "
-            f"{manager.directory}. Run the same command again to resume.")
-
-
-def _evaluate_only(state: TrainState, pipeline: Any, config: Any, workdir: str,
-                   manager: Any, layout: parallel.Layout) -> dict[str, Any]:
-    manager.close()
-    test = evaluate(state, pipeline, config.eval_batch_size, layout)
+def _evaluate_only(steps: Steps, state: TrainState, pipeline: Any, config: Any, workdir: str,
+                   layout: parallel.Layout) -> dict[str, Any]:
+    test = evaluate(steps.eval, state, pipeline.eval_batches(config.eval_batch_size), layout)
     result = {"step": int(state.step), **{f"test_{k}": v for k, v in test.items()}}
     _write_json(workdir, "eval.json", result)
     print(f"Step {result['step']}: test top-1 error {result['test_top1_error']:.4f}, top-5 "
@@ -353,10 +452,9 @@ def _summary(history: list[dict], step: int, wall_s: float, pipeline: Any,
              config: Any) -> dict[str, Any]:
     final = history[-1]
     best = min(history, key=lambda h: h["top1_error"])
-    multi_view = {f"test_10crop_{k[len('multi_view_'):]}": v for k, v in final.items()
-                  if k.startswith("multi_view_")}
+    ten_crop = {f"test_{k}": v for k, v in final.items() if k.startswith(TEN_CROP)}
     return {"test_top1_error": final["top1_error"], "test_top5_error": final["top5_error"],
-            **multi_view,
+            **ten_crop,
             "test_loss": final["loss"], "test_examples": final["examples"],
             "best_test_top1_error": best["top1_error"], "best_test_top5_error": best["top5_error"],
             "best_epoch": best["epoch"], "steps": step, "epochs": config.num_epochs,

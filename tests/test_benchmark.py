@@ -6,9 +6,10 @@ import sys
 
 def test_benchmark_smoke_run_writes_the_reference_keys_and_imports_no_tensorflow(tmp_path):
     out = tmp_path / "bench.json"
-    code = ("import sys; from alexnet_jax import benchmark; "
-            "benchmark.main(['--variant', 'small', '--batch', '4', '--steps', '2', "
-            f"'--burn_in', '1', '--json', {str(out)!r}]); "
+    code = ("import sys; from absl import flags; from alexnet_jax import benchmark; "
+            "benchmark.define_flags(); "
+            "flags.FLAGS(['benchmark', '--variant', 'small', '--batch', '4', '--steps', '2', "
+            f"'--burn_in', '1', '--json', {str(out)!r}]); benchmark.main(['benchmark']); "
             "print('tensorflow' in sys.modules)")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                timeout=300)

@@ -14,8 +14,8 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import checkpoints, metrics, train  # noqa: E402
-from alexnet_jax.config_base import base_config  # noqa: E402
+from alexnet_jax import checkpoints, metrics, optim, train  # noqa: E402
+from support import build, tiny_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(REPO, "data")
@@ -23,40 +23,28 @@ HAVE_FASHION_MNIST = os.path.exists(os.path.join(DATA_DIR, "fashion-mnist",
                                                  "train-images-idx3-ubyte.gz"))
 
 
-def tiny_config(epochs=2, every_steps=2):
-    config = base_config()
-    config.model.variant = "small"
-    config.data.data_dir = "/nonexistent"
-    config.data.max_train_examples = 96
-    config.data.max_test_examples = 40
-    config.data.shuffle_buffer = 512
-    config.batch_size = 32
-    config.eval_batch_size = 40
-    config.num_epochs = epochs
-    config.log_every_steps = 1
-    config.progress_bar = False
-    config.optim.schedule = "plateau"
-    config.optim.plateau_patience = 1
-    config.checkpoint.every_steps = every_steps
-    config.checkpoint.async_save = False
-    return config
-
-
 def final_params(workdir):
     config = tiny_config()
-    state = train.create_train_state(config, train.model_from_config(config.model, (28, 28, 1), 10), 3)
     manager = checkpoints.CheckpointManager(workdir, config)
-    restored, plateau, history, _ = manager.restore_or_keep(state, train.optim.PlateauPolicy())
+    restored, plateau, history, _ = manager.restore_or_keep(build(config, 3).state,
+                                                            optim.PlateauPolicy())
     manager.close()
     return jax.device_get(restored.params), plateau, history
+
+
+def wrap_train_step(monkeypatch, wrapper):
+    """Makes every run's train step ``wrapper(step)`` (train.make_steps builds them)."""
+    make_steps = train.make_steps
+    monkeypatch.setattr(train, "make_steps", lambda *args, **kwargs: (
+        lambda steps: steps._replace(train=wrapper(steps.train)))(make_steps(*args, **kwargs)))
 
 
 class StopAt:
     """Wraps the train step to deliver a signal to this process after ``step`` steps."""
 
-    def __init__(self, step, sig=signal.SIGTERM):
+    def __init__(self, step, sig, original):
         self.step, self.sig, self.calls = step, sig, 0
-        self.original = train.jit_train_step
+        self.original = original
 
     def __call__(self, state, batch):
         result = self.original(state, batch)
@@ -80,7 +68,7 @@ def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, monkeypatch):
     sig = signal.SIGTERM
     with tfds.testing.mock_data(num_examples=96):
         full = train.train_and_evaluate(tiny_config(), str(tmp_path / "full"))
-        monkeypatch.setattr(train, "jit_train_step", StopAt(4, sig))
+        wrap_train_step(monkeypatch, lambda step: StopAt(4, sig, step))
         with pytest.raises(train.TrainingInterrupted, match="Run the same command again"):
             train.train_and_evaluate(tiny_config(), str(tmp_path / "cut"))
         monkeypatch.undo()
@@ -98,15 +86,15 @@ def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_with_the_step_and_saves_nothing_bad(tmp_path, monkeypatch):
-    original = train.jit_train_step
+    def poisoning(original):
+        def poisoned(state, batch):
+            state, m = original(state, batch)
+            if int(state.step) >= 3:
+                m = {**m, "loss": m["loss"] * float("nan")}
+            return state, m
+        return poisoned
 
-    def poisoned(state, batch):
-        state, m = original(state, batch)
-        if int(state.step) >= 3:
-            m = {**m, "loss": m["loss"] * float("nan")}
-        return state, m
-
-    monkeypatch.setattr(train, "jit_train_step", poisoned)
+    wrap_train_step(monkeypatch, poisoning)
     with tfds.testing.mock_data(num_examples=96):
         with pytest.raises(FloatingPointError, match="by step 3"):
             train.train_and_evaluate(tiny_config(), str(tmp_path))

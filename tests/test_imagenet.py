@@ -6,7 +6,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from alexnet_jax.input_pipeline import imagenet as ops  # noqa: E402
+from alexnet_jax.input_pipeline.preprocess import imagenet as ops  # noqa: E402
 
 
 def numbered_image(height, width, channels=3):

@@ -8,6 +8,8 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from alexnet_jax import input_pipeline  # noqa: E402
 from alexnet_jax.config_base import base_config  # noqa: E402
+from alexnet_jax.input_pipeline import sources  # noqa: E402
+from alexnet_jax.input_pipeline.preprocess import augment, small_images  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(REPO, "data")
@@ -30,8 +32,8 @@ def small_config(dataset="fashion_mnist", data_dir=DATA_DIR, train=600, test=250
 
 def raw_test_split():
     folder = os.path.join(DATA_DIR, "fashion-mnist")
-    return (input_pipeline.read_idx(os.path.join(folder, "t10k-images-idx3-ubyte.gz")),
-            input_pipeline.read_idx(os.path.join(folder, "t10k-labels-idx1-ubyte.gz")))
+    return (sources.read_idx(os.path.join(folder, "t10k-images-idx3-ubyte.gz")),
+            sources.read_idx(os.path.join(folder, "t10k-labels-idx1-ubyte.gz")))
 
 
 def as_keys(images, labels):
@@ -122,13 +124,13 @@ def test_cifar10_shapes_under_mock_data():
 def test_augmentation_crops_and_flips_statelessly():
     import tensorflow as tf
     image = tf.reshape(tf.range(2 * 3 * 1, dtype=tf.float32), (2, 3, 1))
-    flipped = input_pipeline.random_flip(image, tf.constant([0, 0], tf.int64))
+    flipped = augment.random_flip(image, tf.constant([0, 0], tf.int64))
     assert flipped.shape == image.shape
     seeds = [tf.constant([1, i], tf.int64) for i in range(20)]
-    crops = [input_pipeline.random_crop_with_padding(image, 1, s).numpy() for s in seeds]
+    crops = [small_images.random_crop_with_padding(image, 1, s).numpy() for s in seeds]
     assert all(c.shape == (2, 3, 1) for c in crops)
     assert len({c.tobytes() for c in crops}) > 1
-    np.testing.assert_array_equal(crops[0], input_pipeline.random_crop_with_padding(image, 1, seeds[0]))
+    np.testing.assert_array_equal(crops[0], small_images.random_crop_with_padding(image, 1, seeds[0]))
 
 
 def test_missing_dataset_says_how_to_fetch_it(tmp_path, monkeypatch):

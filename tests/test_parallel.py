@@ -11,15 +11,15 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import checkpoints, optim, parallel, train  # noqa: E402
+from alexnet_jax import checkpoints, kernels, models, optim, parallel, train  # noqa: E402
 from alexnet_jax.config_base import base_config  # noqa: E402
-from alexnet_jax.models import create_model, model_from_config  # noqa: E402
-from test_checkpoints import tiny_config  # noqa: E402
+from support import build, tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() < 8, reason="needs 8 devices: run `make test`, or pytest with "
@@ -40,8 +40,8 @@ def step_config(norm="lrn"):
     config.optim.schedule = "constant"
     config.optim.learning_rate = 0.005
     # "auto" takes XLA's convolution for one tower per device and im2col for two on one
-    # (ops.py): equal functions, rounded differently.  One arithmetic for every layout
-    # isolates what this file tests; the two forms are compared in test_models.py.
+    # (kernels.select): equal functions, rounded differently.  One arithmetic for every
+    # layout isolates what this file tests; the forms are compared in test_kernels.py.
     config.model.implementation = "im2col"
     return config
 
@@ -66,12 +66,10 @@ def random_batches(count, batch=32, seed=0):
 def train_steps(kind, devices, config, batches):
     """(params, BatchNorm statistics) after the first and after the last of ``batches``,
     and every step's metrics, trained under a layout."""
-    model = model_from_config(config.model, (28, 28, 1), 10)
-    layout = parallel.create(kind, model, devices)
-    state = train.create_train_state(config, model, len(batches), layout)
+    layout, _, steps, state = build(config, len(batches), kind, devices)
     snapshots, history = [], []
     for i, batch in enumerate(batches):
-        state, step_metrics = train.jit_train_step(state, layout.shard_batch(batch))
+        state, step_metrics = steps.train(state, layout.shard_batch(batch))
         history.append(jax.device_get(step_metrics))
         if i in (0, len(batches) - 1):
             snapshots.append(jax.device_get((state.params, state.batch_stats)))
@@ -106,10 +104,48 @@ def test_every_layout_trains_to_the_same_parameters_and_metrics(norm, order_keep
                 np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=kind)
 
 
+def test_tower_under_a_literal_pmap_is_the_papers_two_gpu_split():
+    """``Tower``, the per-device program, under ``jax.pmap(axis_name="model")`` on 2 devices,
+    each holding its tower's slice of the parameters: the single layout's logits, dropout
+    included, and its gradients once each device's loss is divided by the number of towers.
+    (Every device differentiates the same replicated loss, and the transposes of the
+    towers' collectives sum those cotangents over the devices: undivided, each tower's
+    gradient would come out once per tower.)"""
+    config = models.model_config("small", input_shape=(28, 28, 1), num_classes=10,
+                                 init="scaled", conv_channels=(4, 6, 8, 8, 6),
+                                 hidden_units=(16, 16))
+    layers = kernels.select("im2col", grouped=True)  # one arithmetic on both sides
+    model, tower = models.AlexNet(config, layers), models.Tower(config, layers)
+    x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
+    params = parallel.initial_variables(config, jax.random.key(2))["params"]
+    params = jax.tree.map(lambda v: v + 0.01 * jax.random.normal(jax.random.key(3), v.shape),
+                          params)  # non-zero biases, the output bias too
+    rngs = {"dropout": jax.random.key(4)}
+
+    def single_loss(params):
+        logits = model.apply({"params": params}, x, True, rngs=rngs)
+        return jnp.sum(jnp.sin(logits)), logits
+
+    (_, logits), grads = jax.jit(jax.value_and_grad(single_loss, has_aux=True))(params)
+    dropout_key = model.apply({}, method=lambda m: m.make_rng("dropout"), rngs=rngs)
+
+    def device_loss(tower_params, output_bias):
+        partial = tower.apply({"params": tower_params}, x, True, dropout_key)
+        logits = partial + output_bias
+        return jnp.sum(jnp.sin(logits)) / config.towers, logits
+
+    paper_split = jax.pmap(jax.value_and_grad(device_loss, (0, 1), has_aux=True),
+                           axis_name="model", in_axes=(0, None), devices=jax.devices()[:2])
+    (_, device_logits), (tower_grads, bias_grads) = paper_split(params["towers"],
+                                                                params["output_bias"])
+    for device in range(2):
+        np.testing.assert_allclose(device_logits[device], logits, rtol=1e-5, atol=1e-6)
+    assert_trees_close(tower_grads, grads["towers"])
+    np.testing.assert_allclose(bias_grads.sum(0), grads["output_bias"], rtol=1e-5, atol=1e-6)
+
+
 def test_model_layout_puts_one_tower_on_each_device():
-    model = create_model("small", input_shape=(28, 28, 1), num_classes=10)
-    layout = parallel.create("data_model", model, 8)
-    state = train.create_train_state(step_config(), model, 1, layout)
+    layout, _, _, state = build(step_config(), 1, "data_model", 8)
     kernel = state.params["towers"]["conv1"]["kernel"]
     assert kernel.shape[0] == 2 and layout.mesh.shape == {"data": 4, "model": 2}
     for shard in kernel.addressable_shards:
@@ -134,8 +170,8 @@ def test_layout_choice_and_errors():
     with pytest.raises(parallel.LayoutError, match="data_model to use them all"):
         parallel.choose("model", 2, 8)
     with pytest.raises(parallel.LayoutError, match="only 8 device"):
-        parallel.create("data", create_model("small"), 16)
-    layout = parallel.create("data_model", create_model("small"), 8)
+        parallel.create("data", models.model_config("small"), 16)
+    layout = parallel.create("data_model", models.model_config("small"), 8)
     with pytest.raises(parallel.LayoutError, match="batch_size 30 is not divisible by the 4"):
         layout.check_batch(30)
 
@@ -154,10 +190,9 @@ def tiny_run_config(parallelism, devices, epochs):
 
 def saved_params(workdir):
     config = tiny_run_config("single", 1, 2)
-    state = train.create_train_state(config, create_model("small", input_shape=(28, 28, 1),
-                                                          num_classes=10), 3)
     manager = checkpoints.CheckpointManager(workdir, config)
-    restored, _, history, _ = manager.restore_or_keep(state, optim.PlateauPolicy())
+    restored, _, history, _ = manager.restore_or_keep(build(config, 3).state,
+                                                      optim.PlateauPolicy())
     manager.close()
     return jax.device_get(restored.params), history
 

@@ -128,12 +128,11 @@ def test_quick_sweep_runs_through_the_trainer_and_resumes(tmp_path):
         f"                      'data.data_dir': '{os.path.join(REPO, 'data')}',\n"
         "                      'checkpoint.async_save': False}}\n")
     workdir = str(tmp_path / "sweep")
-    assert sweep.main(["--sweep", str(path), "--workdir", workdir, "--quick",
-                       "--parallel", "2"]) == 0
+    assert sweep.run_sweep(str(path), workdir, parallel=2, quick=True) == 0
     first = open(os.path.join(workdir, "results.csv")).read()
     assert "lrn-seed0" in first and "none-seed0" in first
     summary = json.load(open(os.path.join(workdir, "none-seed0", "summary.json")))
     assert summary["steps"] == 4
     mtime = os.path.getmtime(os.path.join(workdir, "lrn-seed0", "summary.json"))
-    assert sweep.main(["--sweep", str(path), "--workdir", workdir, "--quick"]) == 0
+    assert sweep.run_sweep(str(path), workdir, quick=True) == 0
     assert os.path.getmtime(os.path.join(workdir, "lrn-seed0", "summary.json")) == mtime

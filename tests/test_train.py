@@ -1,4 +1,5 @@
 """The trainer end to end on tiny configs, its step functions, metrics and bad input."""
+import functools
 import json
 import os
 import subprocess
@@ -13,8 +14,8 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from alexnet_jax import metrics, train  # noqa: E402
-from alexnet_jax.config_base import base_config  # noqa: E402
-from alexnet_jax.models import create_model  # noqa: E402
+import support  # noqa: E402
+from support import build  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(REPO, "data")
@@ -23,19 +24,12 @@ HAVE_FASHION_MNIST = os.path.exists(os.path.join(DATA_DIR, "fashion-mnist",
 
 
 def tiny_config(data_dir="/nonexistent", train_examples=128, epochs=1, batch=32):
-    config = base_config()
-    config.model.variant = "small"
-    config.data.dataset = "fashion_mnist"
-    config.data.data_dir = data_dir
-    config.data.max_train_examples = train_examples
-    config.data.max_test_examples = 100
-    config.data.shuffle_buffer = 512
-    config.batch_size = batch
+    config = support.tiny_config(epochs, 0, data_dir, train_examples, 100, batch)
     config.eval_batch_size = 64
-    config.num_epochs = epochs
     config.log_every_steps = 2
-    config.progress_bar = False
     config.optim.schedule = "constant"
+    config.checkpoint.async_save = True
+    config.checkpoint.every_steps = 1000
     return config
 
 
@@ -82,11 +76,11 @@ def test_loss_falls_when_overfitting_one_batch():
     config = tiny_config()
     config.model.dropout_rate = 0.0
     config.optim.learning_rate = 0.01
-    state = train.create_train_state(config, create_model("small", dropout_rate=0.0), 10)
-    batch = one_batch()
+    run = build(config)
+    state, batch = run.state, one_batch()
     losses = []
     for _ in range(60):
-        state, m = train.jit_train_step(state, batch)
+        state, m = run.steps.train(state, batch)
         losses.append(float(m["loss"]))
     assert losses[-1] < 0.3 * losses[0]
 
@@ -94,9 +88,10 @@ def test_loss_falls_when_overfitting_one_batch():
 def params_after_steps(seed, steps=3):
     config = tiny_config()
     config.seed = seed
-    state = train.create_train_state(config, create_model("small"), 10)
+    run = build(config)
+    state = run.state
     for i in range(steps):
-        state, _ = train.jit_train_step(state, one_batch(seed=i))
+        state, _ = run.steps.train(state, one_batch(seed=i))
     return jax.device_get(state.params)
 
 
@@ -107,12 +102,11 @@ def test_same_seed_same_parameters_other_seed_different():
 
 
 def test_dropout_masks_change_from_step_to_step():
-    config = tiny_config()
-    state = train.create_train_state(config, create_model("small"), 10)
+    run = build(tiny_config())
     batch = one_batch()
-    keys = [jax.random.fold_in(state.rng, s) for s in (0, 1)]
-    logits = [state.apply_fn({"params": state.params}, batch["image"], train=True,
-                             rngs={"dropout": k}) for k in keys]
+    keys = [jax.random.fold_in(run.state.rng, s) for s in (0, 1)]
+    logits = [run.layout.apply({"params": run.state.params}, batch["image"], train=True,
+                               rngs={"dropout": k}) for k in keys]
     assert not np.allclose(logits[0], logits[1])
 
 
@@ -128,12 +122,11 @@ def test_topk_error_against_numpy():
 
 
 def test_eval_step_counts_only_unmasked_examples():
-    config = tiny_config()
-    state = train.create_train_state(config, create_model("small"), 10)
+    run = build(tiny_config())
     batch = {**one_batch(8), "mask": jnp.asarray([1, 1, 1, 0, 0, 0, 0, 0], jnp.float32)}
-    sums = train.jit_eval_step(state, batch)
+    sums = run.steps.eval(run.state, batch)
     assert float(sums["count"]) == 3
-    logits = state.apply_fn({"params": state.params}, batch["image"][:3])
+    logits = run.layout.apply({"params": run.state.params}, batch["image"][:3])
     expected = float(jnp.sum(metrics.topk_correct(logits, batch["label"][:3], 1)))
     assert float(sums["top1_correct"]) == expected
 
@@ -141,13 +134,17 @@ def test_eval_step_counts_only_unmasked_examples():
 def test_ten_view_evaluation_scores_the_centre_view_and_the_averaged_softmax():
     """Images (batch, 10, H, W, C): top-1 of view 4 (the centre patch) and, as the paper
     did, of the softmax averaged over the 10 views; checked against NumPy."""
-    state = train.create_train_state(tiny_config(), create_model("small"), 10)
+    model_config = train.models.config_from(tiny_config().model, (28, 28, 1), 10)
+    layout = train.parallel.create("single", model_config)
+    tx = train.create_optimizer(tiny_config(), model_config, 10)
+    step = jax.jit(functools.partial(train.eval_step, apply_fn=layout.apply, center_view=4))
+    state = train.create_train_state(0, layout, tx)
     rng = np.random.default_rng(3)
     images = jnp.asarray(rng.normal(size=(6, 10, 28, 28, 1)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 10, 6))
     mask = jnp.asarray([1, 1, 1, 1, 1, 0], jnp.float32)
-    sums = train.jit_eval_step(state, {"image": images, "label": labels, "mask": mask})
-    logits = np.asarray(state.apply_fn({"params": state.params}, images.reshape(60, 28, 28, 1)))
+    sums = step(state, {"image": images, "label": labels, "mask": mask})
+    logits = np.asarray(layout.apply({"params": state.params}, images.reshape(60, 28, 28, 1)))
     logits = logits.reshape(6, 10, 10).astype(np.float64)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
@@ -156,9 +153,9 @@ def test_ten_view_evaluation_scores_the_centre_view_and_the_averaged_softmax():
     averaged = probs.mean(1)
     averaged_hits = (averaged.argmax(-1) == np.asarray(labels))[real].sum()
     assert float(sums["top1_correct"]) == centre_hits
-    assert float(sums["multi_view_top1_correct"]) == averaged_hits
+    assert float(sums["10crop_top1_correct"]) == averaged_hits
     expected_loss = -np.log(averaged[np.arange(6), np.asarray(labels)])[real].sum()
-    np.testing.assert_allclose(float(sums["multi_view_loss"]), expected_loss, rtol=1e-4)
+    np.testing.assert_allclose(float(sums["10crop_loss"]), expected_loss, rtol=1e-4)
 
 
 def run_main(*args, cwd=REPO):

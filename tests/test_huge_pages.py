@@ -1,11 +1,11 @@
-"""The entry points' restart with huge pages for malloc (alexnet_jax/host.py)."""
+"""The entry points' restart with huge pages for malloc (kernels/huge_pages.py)."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from alexnet_jax import host
+from alexnet_jax.kernels import huge_pages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -13,8 +13,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # through, the kernel backs with huge pages.
 PROBE = """
 import ctypes, os
-from alexnet_jax import host
-host.restart_with_huge_pages()
+from alexnet_jax.kernels import huge_pages
+huge_pages.restart_with_huge_pages()
 libc = ctypes.CDLL('libc.so.6')
 libc.malloc.restype = ctypes.c_void_p
 size = 256 << 20
@@ -39,7 +39,7 @@ def run_probe(**env_changes):
 
 
 needs_huge_pages = pytest.mark.skipif(
-    sys.platform != "linux" or not host.transparent_huge_pages_available(),
+    sys.platform != "linux" or not huge_pages.transparent_huge_pages_available(),
     reason="transparent huge pages are off here")
 
 
@@ -47,7 +47,7 @@ needs_huge_pages = pytest.mark.skipif(
 def test_restart_gives_malloc_huge_pages_and_keeps_other_tunables():
     tunables, huge_kb = run_probe(GLIBC_TUNABLES="glibc.malloc.trim_threshold=1000000",
                                   ALEXNET_JAX_HUGE_PAGES=None)
-    assert tunables == "glibc.malloc.trim_threshold=1000000:" + host.HUGE_PAGES_TUNABLE
+    assert tunables == "glibc.malloc.trim_threshold=1000000:" + huge_pages.HUGE_PAGES_TUNABLE
     assert huge_kb >= 128 << 10  # at least half the block on 2 MiB pages
 
 
@@ -55,6 +55,6 @@ def test_restart_gives_malloc_huge_pages_and_keeps_other_tunables():
 def test_no_restart_when_switched_off():
     tunables, huge_kb = run_probe(GLIBC_TUNABLES=None, ALEXNET_JAX_HUGE_PAGES="0")
     assert tunables == ""
-    with open(host.THP_SETTING) as f:
+    with open(huge_pages.THP_SETTING) as f:
         if "[madvise]" in f.read():  # then only memory that asks gets huge pages
             assert huge_kb < 128 << 10

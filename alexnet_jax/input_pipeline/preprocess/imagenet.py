@@ -1,12 +1,7 @@
-"""ImageNet as the paper trained on it: sources, and preprocessing as small tf.data ops.
+"""ImageNet as the paper preprocessed it, as small tf.data ops (Sections 2 and 4.1).
 
-Sources: TFDS ``imagenet2012`` (manual download: the ILSVRC2012 tar files in
-``DATA_DIR/tfds/downloads/manual/``), or any class-per-folder dataset through TFDS's
-``ImageFolder`` (``data.dataset=image_folder``, ``data.image_folder=DIR`` holding
-``train/<class>/*.jpg`` and ``val/<class>/*.jpg``).  Images are read still encoded
-(``SkipDecoding``) so that a JPEG's discarded borders are never decoded.
-
-The paper's preprocessing (Section 2 and 4.1):
+Images are read still encoded (``SkipDecoding``) so that a JPEG's discarded borders are
+never decoded.
 
 * ``decode_and_center_crop``: the shorter side to 256 and the central 256x256 patch,
   decoding only that square of a JPEG (``tf.image.decode_and_crop_jpeg``);
@@ -28,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax import datasets
-from alexnet_jax.input_pipeline import (DatasetUnavailableError, _tf, example_seeds,
-                                        random_flip)
+from alexnet_jax.input_pipeline import sources
+from alexnet_jax.input_pipeline.preprocess.augment import example_seeds, random_flip
+from alexnet_jax.input_pipeline.tf_runtime import tf as _tf
 
 RESIZE = 256  # the shorter side, then the central square (the paper's 256x256 images)
 CROP = 224
@@ -121,38 +116,6 @@ def ten_crops(image, size: int = CROP):
     return tf.stack(patches + [tf.image.flip_left_right(p) for p in patches])
 
 
-# --- sources ---------------------------------------------------------------------------
-
-def load_builder(data: Any):
-    """The TFDS builder of ``data.dataset`` (imagenet2012 or image_folder), prepared."""
-    import tensorflow_datasets as tfds
-    _tf()
-    if data.dataset == "image_folder":
-        root = data.image_folder
-        if not root or not os.path.isdir(os.path.join(root, "train")):
-            raise DatasetUnavailableError(
-                f"data.image_folder={root!r} has no train/ directory. Give a directory with "
-                "train/<class>/<image> and val/<class>/<image> (Imagenette's layout, renamed "
-                "to val/ where it says validation/).")
-        return tfds.folder_dataset.ImageFolder(root)
-    tfds_dir = os.path.join(data.data_dir, "tfds")
-    builder = tfds.builder("imagenet2012", data_dir=tfds_dir)
-    if builder.is_prepared():
-        return builder
-    manual = os.path.join(tfds_dir, "downloads", "manual")
-    tars = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
-    try:  # prepares from the tar files (once: hours, ~150 GB), or fails saying which are missing
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=manual))
-    except Exception as error:
-        raise DatasetUnavailableError(
-            f"ImageNet is not prepared under {tfds_dir}, and TFDS could not prepare it "
-            f"({type(error).__name__}: {str(error).strip().splitlines()[0][:200]}). Download "
-            f"{' and '.join(tars)} from https://image-net.org (an account is needed), place "
-            f"them in {manual}/ and run again; see README 'Training on ImageNet'.") from None
-    return builder
-
-
 # --- the paper's preprocessing ----------------------------------------------------------
 
 def mean_path(data: Any, builder: Any) -> str:
@@ -201,12 +164,14 @@ class PaperPreprocessing:
     lighting.  Evaluation: the centre 224 crop, or (``data.ten_crop``) the 10 patches
     with the centre one at ``CENTER_VIEW``."""
 
+    center_view = CENTER_VIEW
+
     def __init__(self, config: Any, builder: Any):
         import tensorflow_datasets as tfds
         self.data = config.data
         self.seed = config.seed
         self.decoders = {"image": tfds.decode.SkipDecoding()}
-        self.mean = load_mean(config.data, builder, datasets.info(config.data.dataset).train_split)
+        self.mean = load_mean(config.data, builder, sources.info(config.data.dataset).train_split)
 
     def train(self, image_bytes, epoch, index):
         crop_seed, flip_seed, light_seed = example_seeds(self.seed, epoch, index, 3)

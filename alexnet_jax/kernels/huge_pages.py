@@ -1,13 +1,11 @@
-"""Process settings for the command-line entry points (training, benchmark).
+"""Huge pages for XLA:CPU's arrays: the command-line entry points restart with them.
 
 XLA:CPU keeps its arrays in memory from glibc's ``malloc``, on 4 KiB pages unless told
-otherwise, and the big ones then run slowly: writing fc6's weight gradient (151 MB) took
-50 ms on 4 KiB pages and 19 ms on 2 MiB ones, a forward-backward of the seed network at
-batch 32 0.72 s against 0.67 s, of the small model at batch 128 0.216 s against 0.18 s.
-glibc (2.35 and later) asks the kernel for transparent huge pages when started with
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``; it reads that only at start-up, so the entry
-points restart themselves with it.  PyTorch's CPU benchmark did not gain from it (0.91 s
-against 0.98 s), so ``--compare`` leaves its peers' environment alone.
+otherwise, and writing the big ones (fc6's weights and gradient) is then markedly slower
+(docs/performance.md).  glibc (2.35 and later) asks the kernel for transparent huge pages
+when started with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``; it reads that only at
+start-up, so ``python -m alexnet_jax.main`` and ``python -m alexnet_jax.benchmark``
+restart themselves with it.  The benchmark's peers keep the environment they were given.
 """
 from __future__ import annotations
 

@@ -1,0 +1,79 @@
+"""The network's layers, and the one place that chooses them for a backend and a layout.
+
+``models.py`` writes AlexNet once and takes its layers as attributes (a ``Layers``
+value), as Flax's ResNet takes ``conv: ModuleDef``.  The plain forms (``nn.Conv``,
+``nn.Dense``, ``reduce_window`` max-pooling, autodiff's gradients) are the default and
+what every accelerator runs.  XLA:CPU runs some of them slowly, so ``xla_cpu.py`` holds
+forms of the same mathematics, with the same parameters, that it runs fast; ``select``
+picks between them.  Checkpoints do not depend on the choice.
+
+``implementation`` (``config.model.implementation``):
+
+* ``auto``: the CPU forms on the CPU backend, the plain forms elsewhere;
+* ``plain``: the plain forms on every backend;
+* ``im2col``: the CPU forms with every convolution written as patches times a matrix,
+  grouped or not (one arithmetic for every layout: the layout tests use it).
+
+Local response normalisation is one op with one hand-written gradient on every backend
+(``lrn.py``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+
+from alexnet_jax.kernels import plain, xla_cpu
+from alexnet_jax.kernels.lrn import local_response_norm
+
+__all__ = ["IMPLEMENTATIONS", "Layers", "PLAIN", "compiler_options", "local_response_norm",
+           "select"]
+
+IMPLEMENTATIONS = ("auto", "plain", "im2col")
+
+ModuleDef = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """What the network builds its layers from.
+
+    ``conv`` and ``dense`` take ``flax.linen.Conv``'s and ``flax.linen.Dense``'s arguments
+    and create the same parameters; ``max_pool(x, window, stride)`` pools NHWC maps with
+    VALID padding."""
+
+    conv: ModuleDef = nn.Conv
+    dense: ModuleDef = nn.Dense
+    max_pool: Callable[[jax.Array, int, int], jax.Array] = plain.max_pool
+    name: str = "plain"
+
+
+PLAIN = Layers()
+
+
+def select(implementation: str = "auto", grouped: bool = False,
+           backend: str | None = None) -> Layers:
+    """The layers for ``backend`` (default: JAX's) when the towers' convolutions are
+    ``grouped`` (several towers side by side on one device, under vmap) or not."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"Unknown implementation {implementation!r}; valid ones are: "
+                         f"{', '.join(IMPLEMENTATIONS)}.")
+    backend = backend or jax.default_backend()
+    if implementation == "plain" or (implementation == "auto" and backend != "cpu"):
+        return PLAIN
+    # XLA:CPU's own grouped convolution is slow (its gradient above all), its ungrouped
+    # one fast; forced "im2col" writes every convolution as patches times a matrix.
+    im2col = grouped or implementation == "im2col"
+    return Layers(conv=functools.partial(xla_cpu.Conv, im2col=im2col, wide_bias=not grouped),
+                  dense=functools.partial(nn.Dense, dot_general=xla_cpu.dense_dot_general),
+                  max_pool=xla_cpu.max_pool, name="xla_cpu_im2col" if im2col else "xla_cpu")
+
+
+def compiler_options(backend: str | None = None) -> dict[str, str]:
+    """XLA compiler options for jitted steps on ``backend`` (default: JAX's); none but on CPU."""
+    if (backend or jax.default_backend()) == "cpu":
+        return xla_cpu.compiler_options()
+    return {}

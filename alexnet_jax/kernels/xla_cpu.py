@@ -1,0 +1,182 @@
+"""Forms of the network's layers that XLA:CPU runs fast: the same mathematics, other code.
+
+``kernels.select`` picks them on the CPU backend; ``docs/performance.md`` has what each
+one saves, measured.  Each is tested against the plain form it replaces.
+
+* ``Conv`` with ``im2col``: a convolution as patches times a matrix.  What ``vmap`` over
+  the towers makes of a convolution is a grouped convolution, whose gradient XLA:CPU
+  runs several times slower than the matrix products of this form.  Ungrouped
+  convolutions XLA:CPU runs well itself (Eigen's kernels: ``compiler_options``).
+* ``Conv`` with ``wide_bias`` (``add_channel_bias``): the bias added over rows of W x C
+  values, so that autodiff sums its gradient over wide rows; XLA:CPU's own sum over N, H
+  and W of rows of only C values is slow.  Under the towers' vmap it is slower, so the
+  grouped form adds the bias plainly.
+* ``max_pool``: the forward keeps each window's winning tap as an int8, and the
+  gradient writes the input once, stride phase by stride phase, in place of XLA's
+  select-and-scatter.  At ties it sends the gradient where select-and-scatter does: to
+  the first maximum in row-major order.
+* ``dense_dot_general`` (``nn.Dense(dot_general=...)``): the input gradient of a dense
+  layer as kernel @ g^T, (in, batch), an orientation Eigen's matrix product runs much
+  faster than autodiff's g @ kernel^T, (batch, in).
+* ``compiler_options``: XLA:CPU hands dots and convolutions to YNNPACK by default;
+  Eigen's kernels are faster for this network.  ``ALEXNET_JAX_YNNPACK=1`` keeps
+  YNNPACK, whose sums do not depend on how a batch is split over devices (the layout
+  tests use it).
+
+All of them are plain autodiff where the gradient of a replicated parameter must be
+summed over data replicas under ``shard_map`` (custom VJPs lost that sum), and custom
+VJPs only where that does not arise (max-pooling, which has no parameters).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
+
+Padding = str | Sequence[tuple[int, int]]
+
+
+def compiler_options() -> dict[str, str]:
+    """YNNPACK off (Eigen's kernels), unless ``ALEXNET_JAX_YNNPACK=1``."""
+    if os.environ.get("ALEXNET_JAX_YNNPACK") == "1":
+        return {}
+    return {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def explicit_padding(spatial: Sequence[int], kernel: int, stride: int,
+                     padding: Padding) -> tuple[tuple[int, int], ...]:
+    """'SAME' / 'VALID' or explicit pairs, as explicit (low, high) pairs per spatial axis."""
+    if isinstance(padding, str):
+        return tuple(jax.lax.padtype_to_pads(spatial, (kernel, kernel), (stride, stride), padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def im2col(x: jax.Array, kernel: int, stride: int, pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """Patches of an NHWC batch, (N, H', W', kernel*kernel*C) in (kh, kw, c) order."""
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    out_h = (x.shape[1] - kernel) // stride + 1
+    out_w = (x.shape[2] - kernel) // stride + 1
+    columns = [x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :]
+               for i in range(kernel) for j in range(kernel)]
+    return jnp.concatenate(columns, axis=-1)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
+           use_im2col: bool) -> jax.Array:
+    """NHWC x HWIO convolution (cross-correlation), by XLA or as patches times a matrix."""
+    size = kernel.shape[0]
+    pads = explicit_padding(x.shape[1:3], size, stride, padding)
+    if not use_im2col:
+        return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pads,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    patches = im2col(x, size, stride, pads)
+    return jnp.einsum("nhwk,ko->nhwo", patches, kernel.reshape(-1, kernel.shape[-1]))
+
+
+def add_channel_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """``y + bias`` over the last axis of an NHWC map, as rows of W*C values plus the bias
+    tiled W times, so that autodiff sums the bias gradient over N*H wide rows, then W."""
+    n, h, w, c = y.shape
+    return (y.reshape(n * h, w * c) + jnp.tile(bias, w)).reshape(y.shape)
+
+
+class Conv(nn.Module):
+    """A square 2-D convolution with bias, taking ``nn.Conv``'s arguments and creating its
+    parameters (``kernel`` (kh, kw, in, out) and ``bias``, float32); computed in ``dtype``."""
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Sequence[int] = (1, 1)
+    padding: Padding = "SAME"
+    dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros
+    im2col: bool = False
+    wide_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        size, stride = self.kernel_size[0], self.strides[0]
+        shape = (size, size, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = conv2d(x, kernel, stride, self.padding, self.im2col)
+        return add_channel_bias(y, bias) if self.wide_bias else y + bias
+
+
+def dense_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
+                      precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
+    """``lax.dot_general`` for ``nn.Dense(dot_general=...)``: a (batch, in) x (in, out)
+    product computed as (rhs^T lhs^T)^T, so that autodiff's input gradient comes out as
+    rhs @ g^T, (in, batch).  The barrier keeps XLA from folding the transposes back.
+    The same products and sums as the plain form."""
+    plain = lhs.ndim == 2 and rhs.ndim == 2 and dimension_numbers == (((1,), (0,)), ((), ()))
+    if not plain:
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type)
+    lhs_t = jax.lax.optimization_barrier(lhs.T)
+    return jax.lax.dot_general(rhs, lhs_t, (((0,), (0,)), ((), ())), precision=precision,
+                               preferred_element_type=preferred_element_type).T
+
+
+def _window_taps(x: jax.Array, window: int, stride: int) -> list[jax.Array]:
+    """The window*window strided slices whose elementwise max is the pooled map."""
+    out_h = (x.shape[1] - window) // stride + 1
+    out_w = (x.shape[2] - window) // stride + 1
+    return [x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :]
+            for i in range(window) for j in range(window)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+    """NHWC max-pooling over window x window patches with VALID padding."""
+    return nn.max_pool(x, (window, window), (stride, stride), "VALID")
+
+
+def _max_pool_forward(x, window, stride):
+    taps = _window_taps(x, window, stride)
+    y = functools.reduce(jnp.maximum, taps)
+    # The winning tap as a reduction (argmax over the stacked hits), not as an elementwise
+    # chain of compares, which XLA would fuse into, and recompute in, every gradient
+    # fusion that reads it.  x is kept for its shape only.
+    first = jnp.argmax(jnp.stack([tap == y for tap in taps]), axis=0).astype(jnp.int8)
+    return y, (x, first)
+
+
+def _shifted(x: jax.Array, axis: int, shift: int, size: int) -> jax.Array:
+    """x moved ``shift`` places along ``axis``, zero-filled, cut or padded to ``size``."""
+    pads = [(0, 0)] * x.ndim
+    pads[axis] = (shift, size - shift - x.shape[axis])
+    return jax.lax.pad(x, jnp.zeros((), x.dtype), [(lo, hi, 0) for lo, hi in pads])
+
+
+def _max_pool_backward(window, stride, residuals, g):
+    """Routes each output's gradient to the first input of its window that holds the max.
+
+    Written per stride phase: input row s*q + p receives from the taps p, p + s, ... of
+    windows q, q - 1, ...; the s*s phases are then interleaved, so that the input
+    gradient is written once."""
+    x, first = residuals
+    n, height, width, channels = x.shape
+    rows, cols = -(-height // stride), -(-width // stride)
+    phases = []
+    for ph in range(stride):
+        for pw in range(stride):
+            total = jnp.zeros((n, rows, cols, channels), g.dtype)
+            for jh, th in enumerate(range(ph, window, stride)):
+                for jw, tw in enumerate(range(pw, window, stride)):
+                    hit = jnp.where(first == th * window + tw, g, jnp.zeros_like(g))
+                    total = total + _shifted(_shifted(hit, 1, jh, rows), 2, jw, cols)
+            phases.append(total)
+    grid = jnp.stack(phases, axis=3).reshape(n, rows, cols, stride, stride, channels)
+    grid = grid.transpose(0, 1, 3, 2, 4, 5).reshape(n, rows * stride, cols * stride, channels)
+    return (grid[:, :height, :width, :],)
+
+
+max_pool.defvjp(_max_pool_forward, _max_pool_backward)
