@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make train   creates .venv/, installs requirements.txt, fetches Fashion-MNIST, trains the default experiment
 #   make test    creates .venv/ and fetches the data when missing, then runs the test suite
+# and one shows the runs while they train:
+#   make tensorboard   serves runs/ (or LOGDIR=...) on http://127.0.0.1:6006
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +11,10 @@ FASHION_MNIST := $(DATA_DIR)/fashion-mnist
 WORKDIR ?= runs/fashion_mnist
 PYTEST_ARGS ?=
 
-.PHONY: train test data venv clean-runs
+LOGDIR ?= runs
+PORT ?= 6006
+
+.PHONY: train test data venv tensorboard
 
 venv: $(VENV)/installed
 $(VENV)/installed: requirements.txt
@@ -26,6 +31,9 @@ $(FASHION_MNIST)/train-images-idx3-ubyte.gz:
 	dpkg-deb -x $(DATA_DIR)/debs/dataset-fashion-mnist_*.deb $(DATA_DIR)/debs/root
 	cp $(DATA_DIR)/debs/root/usr/share/datasets/fashion-mnist/*.gz $(FASHION_MNIST)/
 	rm -rf $(DATA_DIR)/debs
+
+tensorboard: venv
+	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host 127.0.0.1 --port $(PORT)
 
 train: venv data
 	PYTHONUNBUFFERED=1 $(PY) -m alexnet_jax.main --config experiments/fashion_mnist.py --workdir $(WORKDIR)

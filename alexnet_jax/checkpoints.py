@@ -1,23 +1,33 @@
-"""Checkpoints with orbax-checkpoint: save, keep the last K and the best, resume.
+"""Checkpoints with orbax-checkpoint: save, keep the last K and the best, resume, verify.
 
 A checkpoint holds everything a run needs to continue as if it had never stopped:
 the TrainState's arrays (params, batch_stats, opt_state with its learning-rate
-scale, step, rng) and, as JSON, the plateau policy's counters and the evaluation
-history.  The position in the data is the step itself: epoch = step // steps per
-epoch, and the pipeline makes the batches of an epoch from (seed, epoch) alone.
+scale, step, rng) and, as JSON, the plateau policy's counters, the evaluation
+history, and a checksum of every array.  The position in the data is the step
+itself: epoch = step // steps per epoch, and the pipeline makes the batches of an
+epoch from (seed, epoch) alone.
 
 Layout: ``DIR/checkpoints/latest/<step>/`` (the last ``keep``) and
-``DIR/checkpoints/best/<step>/`` (the one with the lowest test top-1 error).
+``DIR/checkpoints/best/<step>/`` (the one with the lowest evaluation error).
 Orbax writes each step under a temporary name and renames it when complete, so a
-process killed mid-save leaves no step that a restart would load.
+process killed mid-save leaves no step that a restart would load; the next start
+removes such leftovers.
+
+Checksums: two wrap-around uint32 sums over each array's bits, the plain sum and one
+weighted by position, computed by XLA where the arrays live (integer sums do not
+depend on the order of summation, so every layout gets the same numbers).  A restore
+recomputes them; a checkpoint whose bytes changed on disk is moved aside to
+``DIR/checkpoints/damaged/`` and the run resumes from the newest intact one.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -26,6 +36,10 @@ from alexnet_jax.optim import PlateauPolicy
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the step and the cause."""
+
+
+class MismatchError(CheckpointError):
+    """The checkpoint was written by another model (variant, widths): a rejected command."""
 
 
 def _arrays(state: Any) -> dict[str, Any]:
@@ -41,6 +55,34 @@ def _own_copy(tree: Any) -> Any:
             return x.copy()
         return np.array(x, copy=True)
     return jax.tree.map(copy, tree)
+
+
+def _bits(x: jax.Array) -> jax.Array:
+    """The array's bytes as a flat uint32 vector (smaller items widened, larger ones split)."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    itemsize = jnp.dtype(x.dtype).itemsize
+    if itemsize >= 4:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16}[itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).reshape(-1).astype(jnp.uint32)
+
+
+@jax.jit
+def _checksums(tree: Any) -> Any:
+    def one(x):
+        bits = _bits(jnp.asarray(x))
+        weights = 2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1
+        return jnp.stack([jnp.sum(bits, dtype=jnp.uint32),
+                          jnp.sum(bits * weights, dtype=jnp.uint32)])
+    return jax.tree.map(one, tree)
+
+
+def checksums(tree: Any) -> dict[str, list[int]]:
+    """Per array of ``tree`` (by its path): [sum of its bits, position-weighted sum], mod 2^32."""
+    sums = jax.device_get(_checksums(tree))
+    return {jax.tree_util.keystr(path): [int(v) for v in value]
+            for path, value in jax.tree_util.tree_leaves_with_path(sums)}
 
 
 def _shape_mismatches(saved: Any, target: Any) -> list[str]:
@@ -66,6 +108,22 @@ def _orbax_manager(directory: str, options: ocp.CheckpointManagerOptions | None 
         "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
 
+def remove_unfinished(directory: str) -> list[str]:
+    """Removes the steps a killed save left under their temporary names; returns them."""
+    removed = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if ".orbax-checkpoint-tmp" in name:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
+def _selection_error(metrics: dict[str, float]) -> float:
+    """What "best" means: the error hyperparameters are chosen on (validation where there
+    is a validation split, else test; checkpoints of earlier versions named it so)."""
+    return metrics.get("selection_top1_error", metrics.get("test_top1_error"))
+
+
 class CheckpointManager:
     def __init__(self, workdir: str, config: Any):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
@@ -77,7 +135,7 @@ class CheckpointManager:
             ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, **options))
         self.best = _orbax_manager(
             os.path.join(self.directory, "best"), ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=lambda m: m["test_top1_error"], best_mode="min",
+                max_to_keep=1, best_fn=_selection_error, best_mode="min",
                 keep_checkpoints_without_metrics=False, **options))
 
     def should_save(self, step: int) -> bool:
@@ -88,14 +146,16 @@ class CheckpointManager:
         if step in self.latest.all_steps():
             return
         started = time.perf_counter()
-        meta = {"plateau": plateau.state_dict(), "history": history, "wall_s": wall_s}
-        args = ocp.args.Composite(state=ocp.args.StandardSave(_own_copy(_arrays(state))),
+        arrays = _arrays(state)
+        meta = {"plateau": plateau.state_dict(), "history": history, "wall_s": wall_s,
+                "checksums": checksums(arrays)}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(_own_copy(arrays)),
                                   meta=ocp.args.JsonSave(meta))
         try:
             self.latest.save(step, args=args)
             if history and history[-1]["step"] == step:
-                self.best.save(step, args=args,
-                               metrics={"test_top1_error": history[-1]["top1_error"]})
+                self.best.save(step, args=args, metrics={
+                    "selection_top1_error": history[-1]["selection_top1_error"]})
         except OSError as error:
             raise CheckpointError(
                 f"Could not write the checkpoint of step {step} under {self.directory}: "
@@ -105,15 +165,45 @@ class CheckpointManager:
 
     def restore_or_keep(self, state: Any, plateau: PlateauPolicy
                         ) -> tuple[Any, PlateauPolicy, list[dict], float]:
-        """The latest complete checkpoint (state, plateau policy, eval history, wall time so
-        far), or the given fresh state if there is none."""
-        step = self.latest.latest_step()
-        if step is None:
-            return state, plateau, [], 0.0
-        arrays, meta = read_checkpoint(self.latest, step, state)
-        return (state.replace(**arrays), PlateauPolicy.from_state_dict(meta["plateau"]),
-                list(meta["history"]),
-                float(meta.get("wall_s", 0.0)))
+        """The newest intact checkpoint (state, plateau policy, eval history, wall time so
+        far), or the given fresh state if there is none.  A damaged one (its checksums do
+        not match its arrays) is moved aside, saying so, and the one before it is tried."""
+        damaged = []
+        for step in sorted(self.latest.all_steps(), reverse=True):
+            try:
+                arrays, meta = read_checkpoint(self.latest, step, state)
+            except DamagedError as damage:
+                damaged.append(step)
+                print(f"warning: {damage} It was moved to {self.move_aside(step)}; trying the "
+                      "checkpoint before it.")
+                continue
+            if damaged:
+                print(f"Resuming from step {step}, the newest intact checkpoint.")
+            return (state.replace(**arrays), PlateauPolicy.from_state_dict(meta["plateau"]),
+                    list(meta["history"]), float(meta.get("wall_s", 0.0)))
+        if damaged:
+            raise CheckpointError(
+                f"No intact checkpoint is left in {self.latest.directory}: step(s) "
+                f"{', '.join(map(str, damaged))} were damaged and moved to "
+                f"{os.path.join(self.directory, 'damaged')}. Run the same command again to "
+                "start from scratch, or restore a copy of the checkpoints.")
+        return state, plateau, [], 0.0
+
+    def move_aside(self, step: int) -> str:
+        """Moves a damaged step out of orbax's sight (process 0; every process decides alike)."""
+        aside = os.path.join(self.directory, "damaged", f"{step}-{int(time.time())}")
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            os.replace(os.path.join(self.latest.directory, str(step)), aside)
+        self.latest.reload()
+        return aside
+
+    def remove_unfinished(self) -> list[str]:
+        """The temporary steps of killed saves, removed (process 0); their names."""
+        if jax.process_index() != 0:
+            return []
+        return [name for manager in (self.latest, self.best)
+                for name in remove_unfinished(str(manager.directory))]
 
     def close(self) -> None:
         self.latest.wait_until_finished()
@@ -122,32 +212,43 @@ class CheckpointManager:
         self.best.close()
 
 
+class DamagedError(CheckpointError):
+    """A checkpoint's arrays do not match the checksums it was written with."""
+
+
 def read_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> tuple[dict, dict]:
-    """Reads step ``step`` into the structure of ``state``, or says precisely why not."""
+    """Reads step ``step`` into the structure of ``state`` and verifies its checksums, or
+    says precisely why not."""
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(state))
     where = os.path.join(str(manager.directory), str(step))
     try:
         saved = manager.item_metadata(step)["state"]
     except Exception as error:
-        raise CheckpointError(f"The checkpoint of step {step} at {where} is unreadable "
-                              f"({type(error).__name__}: {error}). It was left in place; move "
-                              "it aside to resume from the one before.") from error
+        raise DamagedError(f"The checkpoint of step {step} at {where} is unreadable "
+                           f"({type(error).__name__}: {str(error)[:300]}).") from error
     # The model-dependent parts; opt_state mirrors params.
     problems = _shape_mismatches({k: saved[k] for k in ("params", "batch_stats") if k in saved},
                                  {k: target[k] for k in ("params", "batch_stats")})
     if problems:
-        raise CheckpointError(
+        raise MismatchError(
             f"The checkpoint of step {step} at {where} does not fit this config "
-            f"(another variant or widths?): " + "; ".join(problems[:5]) +
+            f"(another variant or widths?): " + "; ".join(problems[:3]) +
             ". Use another --workdir, or the config the checkpoint was written with "
             "(its config.json).")
     try:
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except Exception as error:
-        raise CheckpointError(f"The checkpoint of step {step} at {where} is corrupt "
-                              f"({type(error).__name__}: {str(error)[:300]}). It was left in "
-                              "place; move it aside to resume from the one before.") from error
+        raise DamagedError(f"The checkpoint of step {step} at {where} is corrupt "
+                           f"({type(error).__name__}: {str(error)[:300]}).") from error
+    expected = restored["meta"].get("checksums")
+    if expected is not None:  # checkpoints of earlier versions have none
+        found = checksums(restored["state"])
+        wrong = [key for key in expected if found.get(key) != expected[key]]
+        if wrong:
+            raise DamagedError(f"The checkpoint of step {step} at {where} is damaged: "
+                               f"{', '.join(wrong[:3])} do(es) not match the checksum written "
+                               "with it.")
     return restored["state"], restored["meta"]
 
 
@@ -170,3 +271,4 @@ def load_weights(path: str, state: Any) -> dict[str, Any]:
     arrays, _ = read_checkpoint(manager, step, state)
     manager.close()
     return {"params": arrays["params"], "batch_stats": arrays["batch_stats"]}
+

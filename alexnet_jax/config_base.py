@@ -51,12 +51,21 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.cache = True
     config.data.max_train_examples = 0  # >0: use only the first N (tests, smoke runs)
     config.data.max_test_examples = 0
+    # >0: hold out the last N training examples as a validation split, evaluated beside the
+    # test split; the plateau policy, "best" and sweeps' choices then read it, never test.
+    config.data.validation_examples = 0
     config.data.corrupt_images = "skip"  # skip (counted, with a warning) | fail
     # ImageNet-style data (imagenet2012, image_folder): the paper's preprocessing.
     config.data.pca_lighting = True  # the paper's colour augmentation
     config.data.mean = "pixel"  # pixel: the paper's mean image | channel: one value per channel
     config.data.mean_images = 10_000  # training images the mean is computed from, once
     config.data.ten_crop = True  # evaluation: also the paper's 10 patches, softmax averaged
+    # prepared: read the 256x256 store (input_pipeline/store.py), augment on the device;
+    # source: decode the full-size images every epoch, augment on the host.
+    config.data.store = "prepared"
+    config.data.store_format = "jpeg"  # jpeg | raw (uint8, ~196 KB an image)
+    config.data.store_quality = 95  # JPEG quality of the store
+    config.data.service_address = ""  # tf.data service dispatcher (grpc://HOST:PORT): workers
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 0.01
@@ -77,3 +86,135 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint.async_save = True
 
     return config
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what would."""
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
+             process_count: int = 1) -> None:
+    """Checks the whole resolved config before any data is read or file written: every
+    enumerated value, every count and size, the input size against the variant, and the
+    layout against ``num_devices`` devices (JAX's, if None) over ``process_count`` hosts.
+    Raises ``ConfigError`` naming the first problem and its fix."""
+    from alexnet_jax import input_pipeline, kernels, models, optim, parallel
+
+    def choice(key: str, valid: tuple) -> None:
+        if _get(config, key) not in valid:
+            raise ConfigError(f"config.{key}={_get(config, key)!r} is not one of: "
+                              f"{', '.join(map(str, valid))}.")
+
+    def at_least(key: str, low: float, what: str = "") -> None:
+        value = _get(config, key)
+        if not isinstance(value, (int, float)) or value < low:
+            raise ConfigError(f"config.{key}={value!r} must be at least {low}{what}.")
+
+    def within(key: str, low: float, high: float, text: str) -> None:
+        value = _get(config, key)
+        if not low <= value < high:
+            raise ConfigError(f"config.{key}={value!r} must be in {text}.")
+
+    choice("model.variant", tuple(models.VARIANTS))
+    choice("model.norm", models.NORMS)
+    choice("model.norm_position", models.NORM_POSITIONS)
+    choice("model.pool", tuple(models.POOLS))
+    choice("model.activation", tuple(models.ACTIVATIONS))
+    choice("model.dtype", tuple(models.DTYPES))
+    choice("model.implementation", kernels.IMPLEMENTATIONS)
+    if config.model.init is not None:
+        choice("model.init", models.INITS)
+    choice("data.dataset", tuple(input_pipeline.sources.DATASETS))
+    choice("data.corrupt_images", ("skip", "fail"))
+    choice("data.mean", ("pixel", "channel"))
+    choice("data.store", ("prepared", "source"))
+    choice("data.store_format", ("jpeg", "raw"))
+    if not 1 <= config.data.store_quality <= 100:
+        raise ConfigError(f"config.data.store_quality={config.data.store_quality!r} must be a "
+                          "JPEG quality in [1, 100].")
+    choice("optim.schedule", optim.SCHEDULES)
+    choice("parallelism", parallel.LAYOUTS)
+    for key in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
+                "eval_every_epochs", "checkpoint.keep", "data.shuffle_buffer",
+                "data.mean_images", "optim.plateau_patience"):
+        at_least(key, 1)
+    for key in ("num_devices", "checkpoint.every_steps", "data.max_train_examples",
+                "data.max_test_examples", "data.validation_examples", "data.random_crop_padding",
+                "optim.plateau_max_reductions", "optim.weight_decay", "optim.plateau_min_delta",
+                "optim.warmup_epochs"):
+        at_least(key, 0)
+    if config.optim.learning_rate <= 0:
+        raise ConfigError(f"config.optim.learning_rate={config.optim.learning_rate!r} must be "
+                          "positive.")
+    within("optim.momentum", 0.0, 1.0, "[0, 1)")
+    if not 0.0 < config.optim.plateau_factor < 1.0:
+        raise ConfigError(f"config.optim.plateau_factor={config.optim.plateau_factor!r} must "
+                          "be in (0, 1): the learning rate is multiplied by it.")
+    if config.optim.schedule == "cosine" and config.optim.warmup_epochs >= config.num_epochs:
+        raise ConfigError(f"config.optim.warmup_epochs={config.optim.warmup_epochs} leaves no "
+                          f"epoch of the {config.num_epochs} for the cosine decay; lower it.")
+    if config.model.dropout_rate is not None:
+        within("model.dropout_rate", 0.0, 1.0, "[0, 1)")
+    if config.model.towers is not None:
+        at_least("model.towers", 1)
+    if config.model.num_classes is not None:
+        at_least("model.num_classes", 2)
+    _validate_input_size(config, models, input_pipeline)
+    if config.data.dataset == "image_folder" and not config.data.image_folder:
+        raise ConfigError("config.data.dataset=image_folder needs config.data.image_folder: a "
+                          "directory with train/<class>/<image> and val/<class>/<image>.")
+    _validate_layout(config, num_devices, process_count, models, parallel)
+
+
+def _get(config: ml_collections.ConfigDict, key: str):
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def _validate_input_size(config, models, input_pipeline) -> None:
+    """The images (the dataset's, or model.input_shape) against the variant's smallest input."""
+    shape = config.model.input_shape or input_pipeline.info(config.data.dataset).image_shape
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"config.model.input_shape={tuple(shape)!r} must be three positive "
+                          "sizes: (height, width, channels).")
+    model = models.model_config(config.model.variant, input_shape=tuple(shape), num_classes=10,
+                                towers=config.model.towers, pool=config.model.pool)
+    smallest = model.smallest_input()
+    if min(shape[:2]) >= smallest:
+        return
+    fits = [name for name in models.VARIANTS
+            if models.model_config(name, input_shape=tuple(shape)).smallest_input() <= min(shape[:2])]
+    suggestion = (f"use config.model.variant={fits[0]}" if fits else
+                  "resize the images")
+    raise ConfigError(
+        f"config.model.variant={config.model.variant} needs images of at least {smallest}x"
+        f"{smallest} pixels, but {config.data.dataset} gives {shape[0]}x{shape[1]}: "
+        f"{suggestion} (or set config.model.input_shape to images this variant takes).")
+
+
+def _validate_layout(config, num_devices, process_count, models, parallel) -> None:
+    import jax
+    available = jax.device_count() if num_devices is None else num_devices
+    if config.num_devices > available:
+        raise ConfigError(f"config.num_devices={config.num_devices}, but only {available} "
+                          "device(s) are present.")
+    devices = 1 if config.parallelism == "single" else (config.num_devices or available)
+    towers = config.model.towers or models.VARIANTS[config.model.variant]["towers"]
+    try:
+        kind = parallel.choose(config.parallelism, towers, devices)
+    except parallel.LayoutError as error:
+        raise ConfigError(f"config.parallelism: {error}") from None
+    replicas = 1 if kind == "single" else (devices // towers if kind in ("model", "data_model")
+                                           else devices)
+    for key in ("batch_size", "eval_batch_size"):
+        value = config[key]
+        for parts, what in ((replicas, f"data replicas of layout {kind}"),
+                            (process_count, "processes")):
+            if value % parts:
+                raise ConfigError(f"config.{key}={value} is not divisible by the {parts} {what}; "
+                                  f"choose a multiple of {parts}.")
+    if kind != "single" and replicas % process_count:
+        raise ConfigError(f"Layout {kind} has {replicas} data replica(s), which do not divide "
+                          f"among the {process_count} processes: give every process the same "
+                          "number of them.")

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from alexnet_jax import checkpoints, input_pipeline, models, parallel, train
+from alexnet_jax import checkpoints, input_pipeline, models, parallel, train, visualize
 from alexnet_jax.input_pipeline import sources
 from alexnet_jax.metrics import read_metrics
 
@@ -48,34 +48,6 @@ def load_run(workdir: str, step: int | None = None) -> tuple[Any, Any, train.Tra
     arrays, _ = checkpoints.read_checkpoint(manager.latest, step, state)
     manager.close()
     return config, layout.model, state.replace(**arrays), pipeline
-
-
-def tower_colour_statistic(kernels: np.ndarray) -> np.ndarray:
-    """Per tower: the mean over its conv1 kernels of how much the kernel differs between
-    colour channels (std across RGB / overall std); 0 for colour-agnostic kernels.
-    ``kernels``: (towers, h, w, in_channels, out_channels)."""
-    if kernels.shape[3] < 2:
-        return np.full(kernels.shape[0], np.nan)
-    across_colour = kernels.std(axis=3).mean(axis=(1, 2))
-    overall = kernels.std(axis=(1, 2, 3)) + 1e-12
-    return (across_colour / overall).mean(axis=1)
-
-
-def filter_grid(kernels: np.ndarray) -> list[np.ndarray]:
-    """One image per tower: its conv1 kernels tiled in a grid, each scaled to [0, 1]."""
-    blocks = []
-    for tower in kernels:
-        h, w, c, n = tower.shape
-        cols = int(np.ceil(np.sqrt(n)))
-        rows = int(np.ceil(n / cols))
-        grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c))
-        for k in range(n):
-            f = tower[..., k]
-            f = (f - f.min()) / (f.max() - f.min() + 1e-12)
-            r, q = divmod(k, cols)
-            grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = f
-        blocks.append(grid)
-    return blocks
 
 
 def make_feature_extractor(model: Any, state: train.TrainState):
@@ -123,15 +95,7 @@ def make_figures(workdir: str, step: int | None = None, examples: int = 2000) ->
     paths = {}
 
     kernels = np.asarray(state.params["towers"]["conv1"]["kernel"])
-    colour = tower_colour_statistic(kernels)
-    blocks = filter_grid(kernels)
-    fig, axes = plt.subplots(1, len(blocks), figsize=(4 * len(blocks), 4.8), squeeze=False)
-    for t, (ax, block) in enumerate(zip(axes[0], blocks)):
-        ax.imshow(block[..., 0] if block.shape[-1] == 1 else block, cmap="gray")
-        stat = "grayscale input" if np.isnan(colour[t]) else f"colour statistic {colour[t]:.2f}"
-        ax.set_title(f"tower {t + 1}: {kernels.shape[-1]} conv1 kernels at step "
-                     f"{int(state.step)}\n{stat}")
-        ax.axis("off")
+    fig = visualize.conv1_figure(kernels, int(state.step))
     paths["conv1_filters"] = _save(fig, out, "conv1_filters.png")
 
     extract = make_feature_extractor(model, state)
@@ -208,7 +172,7 @@ def _save(fig, out: str, name: str) -> str:
     import matplotlib.pyplot as plt
     path = os.path.join(out, name)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=visualize.DPI)
     plt.close(fig)
     return path
 

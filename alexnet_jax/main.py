@@ -7,8 +7,19 @@ Running it again on the same workdir resumes from the latest checkpoint.  Multi-
 start one process per host with ``--coordinator_address=HOST:PORT --num_processes=N
 --process_id=I`` (or ``--distributed`` where JAX detects the cluster: Cloud TPU,
 SLURM, Open MPI); see README "Multi-device and multi-host".
+
+A bad command ends as one line on stderr, without a traceback (``--verbose`` or
+``ALEXNET_JAX_VERBOSE=1`` shows it), and its exit status says what happened:
+
+* 2: the command was rejected (a bad flag or config value, a checkpoint that does not
+  fit the config); nothing of the workdir was changed;
+* 1: the run failed (missing or corrupt data, a non-finite loss, no intact checkpoint);
+* 143 (SIGTERM) or 130 (SIGINT): the run was interrupted after writing a checkpoint;
+  the same command resumes it.
 """
 import os
+import re
+import sys
 
 if __name__ == "__main__":  # before JAX starts: see kernels/huge_pages.py
     from alexnet_jax.kernels import huge_pages
@@ -18,7 +29,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import checkpoints, input_pipeline, parallel, train
+from alexnet_jax import checkpoints, config_base, input_pipeline, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -29,18 +40,58 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-host: number of
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Multi-host with the cluster detected by jax.distributed.")
-
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of an error.")
 
 COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax", "xla")
+REJECTED, FAILED = 2, 1  # exit statuses; an interrupted run exits with 128 + the signal
+REJECTIONS = (config_base.ConfigError, parallel.LayoutError, checkpoints.MismatchError)
+FAILURES = (input_pipeline.DatasetUnavailableError, checkpoints.CheckpointError,
+            FloatingPointError, PermissionError)
+
+
+def verbose() -> bool:
+    return os.environ.get("ALEXNET_JAX_VERBOSE") == "1" or "--verbose" in sys.argv
+
+
+def fail(message: object, status: int) -> None:
+    """Ends the process with ``message`` as one line on stderr; verbose, an exception's
+    traceback instead."""
+    if verbose() and isinstance(message, BaseException):
+        raise message
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(status)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with an unknown flag or config key as one line (exit status 2)."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, ValueError, KeyError, AttributeError, TypeError) as error:
+        fail(error if verbose() else _flag_message(error, argv), REJECTED)
+
+
+def _flag_message(error: BaseException, argv: list[str]) -> str:
+    """One line for a parsing error: the flag it is about and what is wrong with it; for an
+    unknown config key, the key and the one config_flags suggests."""
+    message = " ".join(str(error).split())
+    suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', str(error))
+    if suggestion:
+        right, wrong = suggestion.groups()
+        culprit = next((arg for arg in argv[1:] if f".{wrong}" in arg.split("=")[0]), wrong)
+        return (f"{culprit}: the config has no key {wrong!r}; did you mean {right!r}? "
+                "(alexnet_jax/config_base.py lists every key.)")
+    return message
 
 
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax narrates every save at INFO
+    if len(argv) > 1:
+        fail(f"Unexpected arguments: {' '.join(argv[1:])}", REJECTED)
+    if _WORKDIR.value is None or _CONFIG.value is None:
+        fail("--config and --workdir are required.", REJECTED)
     if jax.config.jax_compilation_cache_dir is None:
         # Steps are compiled per run; a resumed or repeated run loads them from here.
         jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if (_DISTRIBUTED.value or _COORDINATOR.value or _NUM_PROCESSES.value
             or os.environ.get("JAX_COORDINATOR_ADDRESS")):
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
@@ -48,13 +99,13 @@ def main(argv):
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except train.TrainingInterrupted as stop:
-        print(stop)
-        raise SystemExit(0) from None
-    except (input_pipeline.DatasetUnavailableError, checkpoints.CheckpointError,
-            FloatingPointError, PermissionError, parallel.LayoutError) as error:
-        raise SystemExit(f"error: {error}") from None
+        print(stop, file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    except REJECTIONS as error:
+        fail(error, REJECTED)
+    except FAILURES as error:
+        fail(error, FAILED)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +23,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 class MetricWriter:
-    """Writes ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard events.
+    """Writes ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard events
+    (``DIR/tensorboard/``): the same scalars, pictures, the config as text, and the run's
+    hyperparameters for TensorBoard's HParams view.
 
-    Only the primary process writes; the others get a writer that drops everything.
+    tensorboardX writes the events: it needs no TensorFlow (which only the input pipeline
+    imports), and writes images, text and HParams summaries that TensorBoard reads.  Only
+    the primary process writes; the others get a writer that drops everything.
     """
 
     def __init__(self, workdir: str, enabled: bool = True):
@@ -45,6 +49,35 @@ class MetricWriter:
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(key, value, step)
+        self._tb.flush()
+
+    def image(self, step: int, tag: str, pixels: Any) -> None:
+        """An (height, width, 3) uint8 picture, TensorBoard only."""
+        if self.enabled:
+            self._tb.add_image(tag, pixels, step, dataformats="HWC")
+            self._tb.flush()
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        if self.enabled:
+            self._tb.add_text(tag, text, step)
+
+    def hyperparameters(self, hparams: dict[str, Any], metrics: Sequence[str]) -> None:
+        """Declares the run's hyperparameters, and the scalar tags that are its results, for
+        the HParams view (a session per run directory)."""
+        if not self.enabled:
+            return
+        from tensorboardX.summary import hparams as hparams_summaries
+        experiment, session_start, self._session_end = hparams_summaries(
+            hparams, {tag: 0.0 for tag in metrics})
+        self._tb.file_writer.add_summary(experiment)
+        self._tb.file_writer.add_summary(session_start)
+        self._tb.flush()
+
+    def finished(self) -> None:
+        """Marks the run's HParams session as ended (the results are its scalars)."""
+        if self.enabled and getattr(self, "_session_end", None) is not None:
+            self._tb.file_writer.add_summary(self._session_end)
+            self._tb.flush()
 
     def close(self) -> None:
         if self.enabled:

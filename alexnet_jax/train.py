@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from alexnet_jax import checkpoints, input_pipeline, kernels, models, optim, parallel
+from alexnet_jax import (checkpoints, config_base, input_pipeline, kernels, models, optim,
+                         parallel, visualize)
 from alexnet_jax.metrics import MetricWriter, cross_entropy, topk_correct
 
 TEN_CROP = "10crop_"  # the prefix of the metrics of the paper's 10-patch evaluation
@@ -53,12 +54,15 @@ def _variables(state: TrainState, params: Any) -> dict[str, Any]:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Callable,
-               tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
-    """One SGD step on a batch; returns the new state and the batch's metrics."""
+               tx: optax.GradientTransformation, augmentation: Any = None
+               ) -> tuple[TrainState, dict]:
+    """One SGD step on a batch; returns the new state and the batch's metrics.
+    ``augmentation``: the input pipeline's part that runs here (None: none)."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
+    images = batch["image"] if augmentation is None else augmentation.train(batch)
 
     def loss_fn(params):
-        logits, updates = apply_fn(_variables(state, params), batch["image"], train=True,
+        logits, updates = apply_fn(_variables(state, params), images, train=True,
                                    rngs={"dropout": dropout_key}, mutable=["batch_stats"])
         return cross_entropy(logits, batch["label"]).mean(), (logits, updates)
 
@@ -76,14 +80,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Call
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Callable,
-              center_view: int = 0) -> dict[str, jax.Array]:
+              center_view: int = 0, augmentation: Any = None) -> dict[str, jax.Array]:
     """Sums over the batch's real examples (``mask`` 1), so padded batches count right.
 
     Images of shape (batch, views, H, W, C) are several views of each image (the paper's
     10 patches): the metrics are those of the centre view (``center_view``), and the
     ``TEN_CROP`` ones those of the softmax averaged over the views, as the paper did.
     """
-    images, labels, mask = batch["image"], batch["label"], batch["mask"]
+    images = batch["image"] if augmentation is None else augmentation.eval(batch)
+    labels, mask = batch["label"], batch["mask"]
     views = images.shape[1] if images.ndim == 5 else 1
     flat = images.reshape(-1, *images.shape[-3:])
     logits = apply_fn(_variables(state, state.params), flat, train=False)
@@ -111,14 +116,17 @@ class Steps(NamedTuple):
 
 
 def make_steps(layout: parallel.Layout, tx: optax.GradientTransformation,
-               center_view: int = 0) -> Steps:
-    """``train_step`` and ``eval_step`` for one run: closed over the layout's ``apply`` and
-    the optimiser, jit-compiled with the backend's compiler options (``kernels``)."""
+               center_view: int = 0, augmentation: Any = None) -> Steps:
+    """``train_step`` and ``eval_step`` for one run: closed over the layout's ``apply``, the
+    optimiser and the input's on-device augmentation, jit-compiled with the backend's
+    compiler options (``kernels``)."""
     options = kernels.compiler_options() or None
     return Steps(
-        train=jax.jit(functools.partial(train_step, apply_fn=layout.apply, tx=tx),
+        train=jax.jit(functools.partial(train_step, apply_fn=layout.apply, tx=tx,
+                                        augmentation=augmentation),
                       donate_argnums=0, compiler_options=options),
-        eval=jax.jit(functools.partial(eval_step, apply_fn=layout.apply, center_view=center_view),
+        eval=jax.jit(functools.partial(eval_step, apply_fn=layout.apply, center_view=center_view,
+                                       augmentation=augmentation),
                      compiler_options=options))
 
 
@@ -162,9 +170,14 @@ def state_specs(layout: parallel.Layout, tx: optax.GradientTransformation,
 
 
 def evaluate(eval_step: Callable, state: TrainState, batches: Iterator[dict],
-             layout: parallel.Layout) -> dict[str, float]:
+             layout: parallel.Layout, stop: Callable[[], bool] = lambda: False
+             ) -> dict[str, float]:
+    """Loss and errors over ``batches``; raises ``EvaluationInterrupted`` between batches
+    once ``stop()`` holds."""
     totals: dict[str, float] = {}
     for batch in batches:
+        if stop():
+            raise EvaluationInterrupted
         sums = jax.device_get(eval_step(state, layout.shard_batch(batch)))
         for key, value in sums.items():
             totals[key] = totals.get(key, 0.0) + float(value)
@@ -177,20 +190,25 @@ def evaluate(eval_step: Callable, state: TrainState, batches: Iterator[dict],
     return result
 
 
+
+class EvaluationInterrupted(Exception):
+    """A stop was requested during an evaluation, which was abandoned."""
+
+
+def first_non_finite(window: list[dict]) -> int | None:
+    """The index of the first step of ``window`` (per-step metrics) whose loss is not finite."""
+    losses = np.asarray(jax.device_get([m["loss"] for m in window]), np.float64)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return int(bad[0]) if bad.size else None
+
+
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
     fetched = jax.device_get(history)
     return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
-def _check_finite(step: int, metrics: dict[str, float]) -> None:
-    if not np.isfinite(metrics["loss"]):
-        raise FloatingPointError(
-            f"Training loss became {metrics['loss']} by step {step}; stopping. The state of that "
-            "step was not saved: the last good checkpoint stays. Lower the learning rate, or "
-            "check the data.")
-
-
-def prepare_workdir(workdir: str, config: Any) -> None:
+def check_workdir(workdir: str) -> None:
+    """That the workdir can be written (created if missing), leaving nothing behind."""
     try:
         os.makedirs(workdir, exist_ok=True)
         # A probe of its own per process: the processes of a multi-host run share the workdir.
@@ -199,6 +217,9 @@ def prepare_workdir(workdir: str, config: Any) -> None:
     except OSError as error:
         raise PermissionError(f"Cannot write to workdir {workdir!r} ({error.strerror}); choose "
                               "another --workdir or fix its permissions.") from error
+
+
+def write_config(workdir: str, config: Any) -> None:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -228,11 +249,16 @@ class _Progress:
 
 
 class TrainingInterrupted(Exception):
-    """SIGTERM or SIGINT arrived; a checkpoint was written and the run can be resumed."""
+    """SIGTERM or SIGINT arrived; the latest checkpoint is complete and the run resumes."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
-class _StopSignals:
-    """Turns SIGTERM and SIGINT into a request to stop after the current step."""
+class StopSignals:
+    """Turns SIGTERM and SIGINT into a request to stop at the next safe point: after the
+    current step, between evaluation batches, or between the steps of start-up."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -253,6 +279,12 @@ class _StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def check(self, where: str) -> None:
+        """Raises ``TrainingInterrupted`` if a signal arrived (before any checkpoint)."""
+        if self.received is not None:
+            raise TrainingInterrupted(f"Stopped by {signal.Signals(self.received).name} "
+                                      f"{where}.", self.received)
+
 
 def _truncate_metrics(workdir: str, step: int) -> None:
     """Drops records written after ``step`` by a run that died before its next checkpoint,
@@ -267,6 +299,27 @@ def _truncate_metrics(workdir: str, step: int) -> None:
     os.replace(path + ".tmp", path)
 
 
+# The hyperparameters every run declares for TensorBoard's HParams view, and its results.
+HPARAMS = ("model.variant", "model.norm", "model.norm_position", "model.pool",
+           "model.activation", "model.towers", "model.dropout_rate", "optim.learning_rate",
+           "optim.schedule", "batch_size", "num_epochs", "seed")
+HPARAM_METRICS = ("test_top1_error", "test_top5_error", "test_loss", "validation_top1_error",
+                  "validation_loss", "train_loss", "train_top1_error")
+
+
+def hyperparameters(config: Any, model_config: models.ModelConfig) -> dict[str, Any]:
+    """``HPARAMS`` as plain values, the model's resolved where the config leaves them unset."""
+    values = {}
+    for key in HPARAMS:
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        if value is None:
+            value = getattr(model_config, key.split(".")[-1])
+        values[key] = value
+    return values
+
+
 @dataclasses.dataclass
 class Periodic:
     """An action of the training loop, taken after every step where ``due(step)`` holds."""
@@ -279,16 +332,15 @@ class Periodic:
 class _TrainingRun:
     """One session of training: the state, what has been logged, and the loop's actions."""
 
-    def __init__(self, config: Any, workdir: str, pipeline: Any, layout: parallel.Layout,
-                 steps: Steps, manager: checkpoints.CheckpointManager, state: TrainState,
-                 plateau: optim.PlateauPolicy, history: list[dict], wall_before: float,
-                 start_time: float, stop: _StopSignals):
-        self.config, self.workdir, self.pipeline, self.layout = config, workdir, pipeline, layout
-        self.steps, self.manager, self.stop = steps, manager, stop
+    def __init__(self, config: Any, pipeline: Any, layout: parallel.Layout, steps: Steps,
+                 manager: checkpoints.CheckpointManager, state: TrainState,
+                 plateau: optim.PlateauPolicy, history: list[dict], writer: MetricWriter,
+                 wall_before: float, start_time: float, stop: StopSignals):
+        self.config, self.pipeline, self.layout = config, pipeline, layout
+        self.steps, self.manager, self.stop, self.writer = steps, manager, stop, writer
         self.state, self.plateau, self.history = state, plateau, history
         self.steps_per_epoch = pipeline.steps_per_epoch
         self.start_time, self.wall_before = start_time, wall_before
-        self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
         self.progress = _Progress(config.progress_bar, self.steps_per_epoch * config.num_epochs,
                                   int(state.step))
         self.window: list[dict] = []
@@ -300,6 +352,11 @@ class _TrainingRun:
     def end_of_epoch(self, step: int) -> bool:
         return step % self.steps_per_epoch == 0
 
+    def evaluation_due(self, step: int) -> bool:
+        epoch = step // self.steps_per_epoch
+        return step > 0 and self.end_of_epoch(step) and (
+            epoch % self.config.eval_every_epochs == 0 or epoch == self.config.num_epochs)
+
     def actions(self) -> list[Periodic]:
         """In this order after a step: log the training metrics (also before a checkpoint,
         whose state must have a finite loss), evaluate at the end of evaluation epochs,
@@ -310,15 +367,10 @@ class _TrainingRun:
             return bool(every and step % every == 0) or self.end_of_epoch(step) \
                 or self.stop.received is not None
 
-        def evaluation_due(step: int) -> bool:
-            epoch = step // self.steps_per_epoch
-            return self.end_of_epoch(step) and (epoch % config.eval_every_epochs == 0
-                                                or epoch == config.num_epochs)
-
         return [
             Periodic("log", lambda step: step % config.log_every_steps == 0
                      or checkpoint_due(step), self.log),
-            Periodic("evaluate", evaluation_due, self.evaluate),
+            Periodic("evaluate", self.evaluation_due, self.evaluate),
             Periodic("checkpoint", checkpoint_due, self.checkpoint),
             Periodic("stop", lambda step: self.stop.received is not None, self.interrupt),
         ]
@@ -333,6 +385,9 @@ class _TrainingRun:
         """Trains to the end of the last epoch; returns the step reached."""
         actions = self.actions()
         step = int(self.state.step)
+        if self.evaluation_due(step) and not (self.history and self.history[-1]["step"] == step):
+            self.evaluate(step)  # one a stop cut short: the resumed run evaluates first
+            self.checkpoint(step)
         for batch in self.batches():
             self.state, metrics = self.steps.train(self.state, self.layout.shard_batch(batch))
             self.window.append(metrics)
@@ -345,8 +400,15 @@ class _TrainingRun:
     def log(self, step: int) -> None:
         if not self.window:
             return
+        bad = first_non_finite(self.window)
+        if bad is not None:
+            first = step - len(self.window) + 1 + bad
+            loss = float(jax.device_get(self.window[bad]["loss"]))
+            raise FloatingPointError(
+                f"Training loss became {loss} at step {first}; stopping. Nothing from that "
+                "step on was saved: the run's checkpoints are those before it. Lower the "
+                "learning rate, or check the data.")
         means = _mean_metrics(self.window)
-        _check_finite(step, means)
         elapsed = time.time() - self.window_start
         record = {"epoch": step / self.steps_per_epoch,
                   **{f"train_{k}": v for k, v in means.items() if k != "learning_rate"},
@@ -357,12 +419,30 @@ class _TrainingRun:
         self.window, self.window_start = [], time.time()
 
     def evaluate(self, step: int) -> None:
+        """Every evaluation split (validation where held out, then test); the plateau policy
+        and "best" read the validation error where there is one."""
         epoch = step // self.steps_per_epoch
-        test = evaluate(self.steps.eval, self.state,
-                        self.pipeline.eval_batches(self.config.eval_batch_size), self.layout)
-        self.history.append({"step": step, "epoch": epoch, **test})
-        self.writer.write(step, {"epoch": epoch, **{f"test_{k}": v for k, v in test.items()}})
-        if self.config.optim.schedule == "plateau" and self.plateau.update(test["top1_error"]):
+        stop = lambda: self.stop.received is not None  # noqa: E731
+        results = {}
+        try:
+            for split in self.pipeline.evaluation_splits:
+                results[split] = evaluate(self.steps.eval, self.state, self.pipeline.eval_batches(
+                    self.config.eval_batch_size, split), self.layout, stop)
+        except EvaluationInterrupted:
+            self.checkpoint(step)  # without this evaluation: the resumed run does it first
+            self.interrupt(step)
+        test = results["test"]
+        entry = {"step": step, "epoch": epoch, **test,
+                 **{f"validation_{k}": v for k, v in results.get("validation", {}).items()}}
+        entry["selection_top1_error"] = results.get("validation", test)["top1_error"]
+        self.history.append(entry)
+        self.writer.write(step, {"epoch": epoch, **{f"{split}_{k}": v for split in results
+                                                    for k, v in results[split].items()}})
+        kernels = np.asarray(jax.device_get(self.state.params["towers"]["conv1"]["kernel"]))
+        self.writer.image(step, "conv1_kernels", visualize.figure_pixels(
+            visualize.conv1_figure(kernels, step)))
+        if self.config.optim.schedule == "plateau" and \
+                self.plateau.update(entry["selection_top1_error"]):
             self.state = self.state.replace(opt_state=optim.scale_learning_rate(
                 self.state.opt_state, self.plateau.factor))
         self.window_start = time.time()
@@ -372,35 +452,48 @@ class _TrainingRun:
         self.window_start = time.time()
 
     def interrupt(self, step: int) -> None:
+        name = signal.Signals(self.stop.received).name
         raise TrainingInterrupted(
-            f"Stopped by {signal.Signals(self.stop.received).name} at step {step}; its "
-            f"checkpoint is in {self.manager.directory}. Run the same command again to resume.")
+            f"Stopped by {name} at step {step}; its checkpoint is in {self.manager.directory}. "
+            "Run the same command again to resume.", self.stop.received)
 
     def close(self) -> None:
         self.progress.close()
-        self.writer.close()
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     """Trains ``config``'s experiment in ``workdir`` (resuming what is there), evaluates it,
-    and writes ``summary.json``; returns the summary."""
-    prepare_workdir(workdir, config)
+    and writes ``summary.json``; returns the summary.
+
+    Nothing in the workdir changes before the config has been checked, the data read and
+    the checkpoint being resumed found to fit the config: a rejected command leaves an
+    existing run as it was."""
+    config_base.validate(config, jax.device_count(), jax.process_count())
+    with StopSignals() as stop:
+        return _train_and_evaluate(config, workdir, stop)
+
+
+def _train_and_evaluate(config: Any, workdir: str, stop: StopSignals) -> dict[str, Any]:
     start_time = time.time()
+    check_workdir(workdir)
     pipeline = input_pipeline.create_pipeline(config, jax.process_index(), jax.process_count())
+    stop.check("while reading the data; nothing was changed")
     model_config = models.config_from(config.model, pipeline.image_shape, pipeline.num_classes)
     layout = parallel.create(config.parallelism, model_config, config.num_devices,
                              config.model.implementation, config.model.sync_batch_stats)
-    layout.check_batch(config.batch_size)
-    layout.check_batch(config.eval_batch_size, "eval_batch_size")
     tx = create_optimizer(config, model_config, pipeline.steps_per_epoch)
-    steps = make_steps(layout, tx, pipeline.center_view)
-    state = create_train_state(config.seed, layout, tx)
+    steps = make_steps(layout, tx, pipeline.center_view, pipeline.device)
     manager = checkpoints.CheckpointManager(workdir, config)
-    state, plateau, history, wall_before = manager.restore_or_keep(
-        state, optim.PlateauPolicy.from_config(config.optim))
+    try:
+        state, plateau, history, wall_before = manager.restore_or_keep(
+            create_train_state(config.seed, layout, tx),
+            optim.PlateauPolicy.from_config(config.optim))
+    except checkpoints.CheckpointError:
+        manager.close()
+        raise
     step = int(state.step)
-    if not config.eval_only:
-        _truncate_metrics(workdir, step)  # also a run killed before its first checkpoint
+    for name in manager.remove_unfinished():
+        print(f"Removed {name}, a checkpoint a killed save left unfinished.")
     if step:
         print(f"Resuming from the checkpoint of step {step} in {manager.directory}.")
     elif config.restore_from:
@@ -412,17 +505,25 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             raise checkpoints.CheckpointError(
                 f"eval_only: no checkpoint in {manager.directory} and no restore_from given.")
         return _evaluate_only(steps, state, pipeline, config, workdir, layout)
+    stop.check("during start-up; nothing was changed")
+    write_config(workdir, config)
+    _truncate_metrics(workdir, step)  # also a run killed before its first checkpoint
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    writer.text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```")
+    writer.hyperparameters(hyperparameters(config, model_config), HPARAM_METRICS)
     print(f"{config.model.variant} AlexNet on {config.data.dataset}: {pipeline.num_train} "
           f"training examples, {pipeline.steps_per_epoch} steps/epoch x {config.num_epochs} "
           f"epochs, batch {config.batch_size}; {layout.describe(config.batch_size)}.")
-    with _StopSignals() as stop:
-        run = _TrainingRun(config, workdir, pipeline, layout, steps, manager, state, plateau,
-                           history, wall_before, start_time, stop)
-        try:
-            step = run.train()
-        finally:
-            run.close()
-            manager.close()
+    run = _TrainingRun(config, pipeline, layout, steps, manager, state, plateau, history,
+                       writer, wall_before, start_time, stop)
+    try:
+        step = run.train()
+    finally:
+        run.close()
+        manager.close()
+        if step == pipeline.steps_per_epoch * config.num_epochs:
+            writer.finished()
+        writer.close()
     summary = _summary(run.history, step, run.wall_s(), pipeline, config)
     summary["checkpoint_s"] = manager.seconds_blocked  # this session's, for the overhead
     summary["layout"], summary["devices"] = layout.kind, layout.num_devices
@@ -440,8 +541,11 @@ def _write_json(workdir: str, name: str, record: dict[str, Any]) -> None:
 
 def _evaluate_only(steps: Steps, state: TrainState, pipeline: Any, config: Any, workdir: str,
                    layout: parallel.Layout) -> dict[str, Any]:
-    test = evaluate(steps.eval, state, pipeline.eval_batches(config.eval_batch_size), layout)
-    result = {"step": int(state.step), **{f"test_{k}": v for k, v in test.items()}}
+    result = {"step": int(state.step)}
+    for split in pipeline.evaluation_splits:
+        scores = evaluate(steps.eval, state, pipeline.eval_batches(config.eval_batch_size, split),
+                          layout)
+        result.update({f"{split}_{k}": v for k, v in scores.items()})
     _write_json(workdir, "eval.json", result)
     print(f"Step {result['step']}: test top-1 error {result['test_top1_error']:.4f}, top-5 "
           f"{result['test_top5_error']:.4f}; {workdir}/eval.json")
@@ -450,13 +554,17 @@ def _evaluate_only(steps: Steps, state: TrainState, pipeline: Any, config: Any, 
 
 def _summary(history: list[dict], step: int, wall_s: float, pipeline: Any,
              config: Any) -> dict[str, Any]:
+    """The final evaluation, and the best one by the selection error (validation where
+    there is a validation split; test otherwise)."""
     final = history[-1]
-    best = min(history, key=lambda h: h["top1_error"])
+    best = min(history, key=lambda h: h["selection_top1_error"])
     ten_crop = {f"test_{k}": v for k, v in final.items() if k.startswith(TEN_CROP)}
+    validation = {k: v for k, v in final.items() if k.startswith("validation_")}
     return {"test_top1_error": final["top1_error"], "test_top5_error": final["top5_error"],
-            **ten_crop,
+            **ten_crop, **validation,
             "test_loss": final["loss"], "test_examples": final["examples"],
             "best_test_top1_error": best["top1_error"], "best_test_top5_error": best["top5_error"],
-            "best_epoch": best["epoch"], "steps": step, "epochs": config.num_epochs,
+            "best_epoch": best["epoch"], "best_selection_top1_error":
+            best["selection_top1_error"], "steps": step, "epochs": config.num_epochs,
             "wall_s": wall_s, "train_examples": pipeline.num_train,
             "platform": jax.default_backend()}

@@ -56,7 +56,7 @@ class StopAt:
 
 def test_sigint_and_sigterm_both_request_a_stop():
     before = signal.getsignal(signal.SIGINT)
-    with train._StopSignals() as stop:
+    with train.StopSignals() as stop:
         for sig in (signal.SIGINT, signal.SIGTERM):
             stop.received = None
             os.kill(os.getpid(), sig)
@@ -85,21 +85,25 @@ def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, monkeypatch):
         metrics.read_metrics(str(tmp_path / "cut")))
 
 
-def test_nan_loss_stops_with_the_step_and_saves_nothing_bad(tmp_path, monkeypatch):
+def test_nan_loss_stops_naming_the_first_bad_step_and_saves_nothing_bad(tmp_path, monkeypatch):
+    """The window of 6 logged steps holds the bad one (step 4): the message names step 4,
+    found among the window's per-step losses, not the window's last step."""
     def poisoning(original):
         def poisoned(state, batch):
             state, m = original(state, batch)
-            if int(state.step) >= 3:
+            if int(state.step) >= 4:
                 m = {**m, "loss": m["loss"] * float("nan")}
             return state, m
         return poisoned
 
+    config = tiny_config(every_steps=3)
+    config.data.max_train_examples, config.log_every_steps = 192, 6
     wrap_train_step(monkeypatch, poisoning)
-    with tfds.testing.mock_data(num_examples=96):
-        with pytest.raises(FloatingPointError, match="by step 3"):
-            train.train_and_evaluate(tiny_config(), str(tmp_path))
-    steps = checkpoints.CheckpointManager(str(tmp_path), tiny_config()).latest.all_steps()
-    assert max(steps) == 2
+    with tfds.testing.mock_data(num_examples=192):
+        with pytest.raises(FloatingPointError, match="became nan at step 4;"):
+            train.train_and_evaluate(config, str(tmp_path))
+    steps = checkpoints.CheckpointManager(str(tmp_path), config).latest.all_steps()
+    assert list(steps) == [3]
 
 
 def test_mismatched_checkpoint_names_step_and_shapes_and_is_kept(tmp_path):
@@ -112,21 +116,22 @@ def test_mismatched_checkpoint_names_step_and_shapes_and_is_kept(tmp_path):
     assert 3 in checkpoints.CheckpointManager(str(tmp_path), tiny_config()).latest.all_steps()
 
 
-def test_corrupt_checkpoint_is_a_clear_error_and_is_not_deleted(tmp_path):
+def test_garbage_in_a_checkpoint_is_a_clear_error_and_it_is_kept_aside(tmp_path):
     with tfds.testing.mock_data(num_examples=96):
-        train.train_and_evaluate(tiny_config(epochs=1), str(tmp_path))
+        train.train_and_evaluate(tiny_config(epochs=1, every_steps=0), str(tmp_path))
         step_dir = tmp_path / "checkpoints" / "latest" / "3" / "state"
         for root, _, files in os.walk(step_dir):
             for name in files:
                 if not name.startswith("_"):
                     with open(os.path.join(root, name), "wb") as f:
                         f.write(b"garbage")
-        with pytest.raises(checkpoints.CheckpointError, match="step 3"):
-            train.train_and_evaluate(tiny_config(epochs=2), str(tmp_path))
-    assert (tmp_path / "checkpoints" / "latest" / "3").exists()
+        with pytest.raises(checkpoints.CheckpointError, match=r"step\(s\) 3 were damaged"):
+            train.train_and_evaluate(tiny_config(epochs=2, every_steps=0), str(tmp_path))
+    assert [name.split("-")[0] for name in os.listdir(tmp_path / "checkpoints" / "damaged")] == \
+        ["3"]
 
 
-def test_half_written_step_is_never_loaded(tmp_path):
+def test_half_written_step_is_never_loaded_and_is_removed_at_the_next_start(tmp_path, capsys):
     with tfds.testing.mock_data(num_examples=96):
         train.train_and_evaluate(tiny_config(epochs=1), str(tmp_path))
         latest = tmp_path / "checkpoints" / "latest"
@@ -137,6 +142,66 @@ def test_half_written_step_is_never_loaded(tmp_path):
         manager.close()
         summary = train.train_and_evaluate(tiny_config(epochs=2), str(tmp_path))
     assert summary["steps"] == 6
+    assert "Removed 5.orbax-checkpoint-tmp-1234" in capsys.readouterr().out
+    assert not any("tmp" in name for name in os.listdir(latest))
+
+
+def damage(step_dir):
+    """Flips a few bits in the middle of the largest data file of a step's arrays, its
+    shapes and metadata left as they were."""
+    files = [os.path.join(root, name) for root, _, names in os.walk(step_dir / "state")
+             for name in names]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.seek(os.path.getsize(largest) // 2)
+        chunk = f.read(4)
+        f.seek(-len(chunk), os.SEEK_CUR)
+        f.write(bytes(b ^ 0x01 for b in chunk))
+
+
+def test_a_damaged_checkpoint_is_moved_aside_and_the_run_resumes_from_the_one_before(
+        tmp_path, capsys):
+    """Step 6's bytes changed on disk: the restart names it, moves it aside, resumes from
+    step 3 and ends bitwise where an undisturbed run does."""
+    with tfds.testing.mock_data(num_examples=96):
+        train.train_and_evaluate(tiny_config(epochs=3, every_steps=0), str(tmp_path / "full"))
+        train.train_and_evaluate(tiny_config(epochs=2, every_steps=0), str(tmp_path / "cut"))
+        damage(tmp_path / "cut" / "checkpoints" / "latest" / "6")
+        capsys.readouterr()
+        resumed = train.train_and_evaluate(tiny_config(epochs=3, every_steps=0),
+                                           str(tmp_path / "cut"))
+    out = capsys.readouterr().out
+    assert "The checkpoint of step 6" in out and "Resuming from step 3" in out
+    assert [name.split("-")[0] for name in
+            os.listdir(tmp_path / "cut" / "checkpoints" / "damaged")] == ["6"]
+    assert resumed["steps"] == 9
+    a, _, history_a = final_params(str(tmp_path / "full"))
+    b, _, history_b = final_params(str(tmp_path / "cut"))
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert history_a == history_b
+
+
+def test_checksums_name_the_array_whose_bytes_changed():
+    """Silent damage (a flipped bit that the file format does not catch) is found by the
+    checksums written with the checkpoint, naming the array."""
+    arrays = {"params": {"w": np.arange(12, dtype=np.float32).reshape(3, 4)},
+              "step": np.int32(5)}
+    written = checkpoints.checksums(arrays)
+    flipped = arrays["params"]["w"].copy()
+    flipped.view(np.uint32)[1, 2] ^= 1  # one bit of one weight
+    swapped = arrays["params"]["w"][::-1].copy()  # the same values in another order
+    assert checkpoints.checksums(arrays) == written
+    for changed in (flipped, swapped):
+        found = checkpoints.checksums({**arrays, "params": {"w": changed}})
+        assert [k for k in written if found[k] != written[k]] == ["['params']['w']"]
+
+
+def test_with_no_intact_checkpoint_left_the_run_stops(tmp_path):
+    with tfds.testing.mock_data(num_examples=96):
+        train.train_and_evaluate(tiny_config(epochs=1, every_steps=0), str(tmp_path))
+        damage(tmp_path / "checkpoints" / "latest" / "3")
+        with pytest.raises(checkpoints.CheckpointError, match="No intact checkpoint is left"):
+            train.train_and_evaluate(tiny_config(epochs=2, every_steps=0), str(tmp_path))
 
 
 def test_full_disk_is_a_clear_error(tmp_path, monkeypatch):

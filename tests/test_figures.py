@@ -6,7 +6,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import figures, train  # noqa: E402
+from alexnet_jax import figures, train, visualize  # noqa: E402
 from alexnet_jax.config_base import base_config  # noqa: E402
 
 
@@ -24,7 +24,7 @@ def test_tower_k_filters_land_in_block_k():
     h, w, n = 3, 3, 4
     ramp = np.arange(h * w, dtype=np.float32).reshape(h, w, 1)
     kernels = np.stack([np.repeat(ramp[..., None], n, -1), np.repeat(-ramp[..., None], n, -1)])
-    blocks = figures.filter_grid(kernels)
+    blocks = visualize.filter_grid(kernels)
     assert len(blocks) == 2
     first = blocks[0][1:1 + h, 1:1 + w, 0]
     second = blocks[1][1:1 + h, 1:1 + w, 0]
@@ -36,7 +36,7 @@ def test_colour_statistic_separates_colour_agnostic_from_colour_specific_towers(
     rng = np.random.default_rng(1)
     grey = np.repeat(rng.normal(size=(1, 5, 5, 1, 8)), 3, axis=3)
     colour = rng.normal(size=(1, 5, 5, 3, 8))
-    stat = figures.tower_colour_statistic(np.concatenate([grey, colour]))
+    stat = visualize.tower_colour_statistic(np.concatenate([grey, colour]))
     assert stat[0] == pytest.approx(0.0, abs=1e-6) and stat[1] > 0.5
 
 

@@ -113,6 +113,7 @@ def folder_config(root, tmp_path, **data):
     config.data.data_dir = str(tmp_path / "data")
     config.data.mean_images = 100
     config.data.pca_lighting = False
+    config.data.store = "source"  # the full-size images, augmented on the host
     config.batch_size = 3
     for key, value in data.items():
         config.data[key] = value
@@ -162,21 +163,27 @@ def test_missing_imagenet_says_where_the_tar_files_go(tmp_path):
         input_pipeline.create_pipeline(config)
 
 
-@pytest.mark.parametrize("experiment", ["paper_imagenet", "one_tower_imagenet"])
-def test_imagenet_experiments_run_end_to_end_on_mock_imagenet(experiment, tmp_path):
-    """The experiment's own config through the real pipeline and trainer, on TFDS's mock
-    ImageNet, with a batch of 4 for 2 steps; evaluation reports the 10-patch figures."""
+def shrink(config, data_dir, train=8, test=4, batch=4):
+    config.data.data_dir = str(data_dir)
+    config.data.max_train_examples, config.data.max_test_examples = train, test
+    config.data.mean_images, config.data.shuffle_buffer = 8, 8
+    config.batch_size, config.eval_batch_size, config.num_epochs = batch, batch, 1
+    config.progress_bar, config.checkpoint.async_save = False, False
+    return config
+
+
+def test_paper_experiment_runs_end_to_end_on_mock_imagenet_from_the_full_size_images(tmp_path):
+    """The experiment's own config through the real trainer, the full-size images decoded
+    and augmented on the host (data.store=source), on TFDS's mock ImageNet: a batch of 4
+    for 2 steps; evaluation reports the 10-patch figures."""
     import importlib
     import json
 
     tfds = pytest.importorskip("tensorflow_datasets")
     from alexnet_jax import train
-    config = importlib.import_module(f"experiments.{experiment}").get_config()
-    config.data.data_dir = str(tmp_path / "data")
-    config.data.max_train_examples, config.data.max_test_examples = 8, 4
-    config.data.mean_images, config.data.shuffle_buffer = 8, 8
-    config.batch_size, config.eval_batch_size, config.num_epochs = 4, 4, 1
-    config.progress_bar, config.checkpoint.async_save = False, False
+    config = shrink(importlib.import_module("experiments.paper_imagenet").get_config(),
+                    tmp_path / "data")
+    config.data.store = "source"
     with tfds.testing.mock_data(num_examples=8):
         summary = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert summary["steps"] == 2 and summary["test_examples"] == 4
@@ -184,3 +191,21 @@ def test_imagenet_experiments_run_end_to_end_on_mock_imagenet(experiment, tmp_pa
                 "test_10crop_top5_error"):
         assert 0.0 <= summary[key] <= 1.0
     assert json.load(open(tmp_path / "run" / "summary.json"))["test_10crop_loss"] > 0
+
+
+def test_one_tower_experiment_prepares_its_store_and_trains_from_it(tmp_path):
+    """The default path for ImageNet-style data on an image folder: the first run prepares
+    the 256x256 store, trains with the augmentation in the jitted step, and evaluates the
+    10 patches cut on the device."""
+    import importlib
+
+    from alexnet_jax import train
+    from alexnet_jax.input_pipeline import store
+    write_image_folder(tmp_path / "images", per_class=3)
+    config = importlib.import_module("experiments.one_tower_imagenet").get_config()
+    config = shrink(config, tmp_path / "data", train=9, test=6, batch=3)
+    config.data.dataset, config.data.image_folder = "image_folder", str(tmp_path / "images")
+    summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert store.is_prepared(config.data)
+    assert summary["steps"] == 3 and summary["test_examples"] == 6
+    assert 0.0 <= summary["test_10crop_top1_error"] <= 1.0

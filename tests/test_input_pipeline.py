@@ -155,3 +155,66 @@ def test_a_subset_is_cached_without_tf_data_discarding_a_partial_cache(capfd):
     for epoch in range(2):
         assert sum(1 for _ in pipeline.train_batches(epoch)) == pipeline.steps_per_epoch
     assert "did not fully read the dataset being cached" not in capfd.readouterr().err
+
+
+def copy_fashion_mnist(tmp_path):
+    raw = tmp_path / "data" / "fashion-mnist"
+    raw.mkdir(parents=True)
+    for name in os.listdir(os.path.join(DATA_DIR, "fashion-mnist")):
+        (raw / name).write_bytes(open(os.path.join(DATA_DIR, "fashion-mnist", name), "rb").read())
+    return raw
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("how", ["truncated", "short"])
+def test_a_damaged_idx_file_is_named_with_how_to_fetch_it_and_nothing_is_prepared(tmp_path, how):
+    raw = copy_fashion_mnist(tmp_path)
+    images = raw / "train-images-idx3-ubyte.gz"
+    data = images.read_bytes()
+    if how == "truncated":  # a download cut short: the gzip stream ends early
+        images.write_bytes(data[:len(data) // 2])
+    else:  # a whole gzip file, but of fewer images than its labels
+        import gzip
+        images.write_bytes(gzip.compress(gzip.decompress(data)[:16 + 28 * 28 * 100]))
+    config = small_config(data_dir=str(tmp_path / "data"))
+    with pytest.raises(input_pipeline.DatasetUnavailableError) as error:
+        input_pipeline.load_builder(config.data, allow_download=False)
+    message = str(error.value)
+    assert "\n" not in message and "make data" in message
+    assert (str(images) in message) if how == "truncated" else ("60000" in message)
+    assert not (tmp_path / "data" / "tfds").exists() or not any(
+        (tmp_path / "data" / "tfds").rglob("*.tfrecord*"))
+
+
+def test_what_a_killed_preparation_left_is_removed(tmp_path):
+    from tensorflow_datasets.core import constants
+    version_dir = tmp_path / "tfds" / "fashion_mnist_idx" / "1.0.0"
+    leftover = version_dir.parent / f"{constants.INCOMPLETE_PREFIX}ABC123_1.0.0"
+    (leftover / "sub").mkdir(parents=True)
+    (leftover / "sub" / "shard").write_bytes(b"half")
+
+    class Builder:
+        data_dir = str(version_dir)
+
+    assert sources.remove_half_prepared(Builder()) == [str(leftover)]
+    assert not leftover.exists()
+
+
+@needs_fashion_mnist
+def test_a_damaged_record_file_is_named_with_how_to_prepare_it_again(tmp_path):
+    """Bits flipped in a prepared TFRecord file: its CRC fails, and the error says which
+    file and that deleting the prepared directory makes the next run prepare it anew."""
+    import shutil
+    tfds_dir = tmp_path / "data" / "tfds"
+    shutil.copytree(os.path.join(DATA_DIR, "tfds"), tfds_dir)
+    records = sorted(tfds_dir.rglob("*test.tfrecord*"))
+    with open(records[0], "r+b") as f:
+        f.seek(os.path.getsize(records[0]) // 2)
+        f.write(b"\xff\xff\xff\xff")
+    pipeline = input_pipeline.create_pipeline(small_config(data_dir=str(tmp_path / "data"),
+                                                           test=0))
+    with pytest.raises(input_pipeline.DatasetUnavailableError) as error:
+        list(pipeline.eval_batches(1000))
+    message = str(error.value)
+    assert "damaged or missing" in message and "Delete" in message
+    assert os.path.basename(records[0]) in message

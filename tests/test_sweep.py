@@ -32,12 +32,15 @@ def test_grid_expands_to_every_combination_with_readable_names():
     assert flags[flags.index("--workdir") + 1] == "/w/norm=lrn_pool=non_overlapping-seed1"
 
 
-@pytest.mark.parametrize("name", ["lrn_vs_bn", "paper_claims"])
-def test_sweep_files_load_and_name_their_variants(name):
+@pytest.mark.parametrize("name,variants", [("lrn_vs_bn", 4), ("paper_claims", 5)])
+def test_the_studies_tune_each_variant_then_run_three_seeds(name, variants):
     definition = sweep.load_sweep(os.path.join(REPO, "experiments", "sweeps", f"{name}.py"))
-    runs = sweep.plan(definition)
-    assert len({r.variant for r in runs}) >= 4 and len({r.seed for r in runs}) >= 3
-    assert definition["baseline"] == runs[0].variant
+    grid = sweep.plan(definition)
+    assert len(grid) == 3 * variants and {r.seed for r in grid} == {0}
+    choices = {r.variant: r.setting for r in grid}
+    assert len(sweep.plan_seeds(definition, choices)) == 3 * variants
+    assert definition["baseline"] == grid[0].variant
+    assert dict(grid[0].overrides)["data.validation_examples"] == 5000
 
 
 def test_bad_sweep_files_say_what_is_wrong(tmp_path):
@@ -58,10 +61,11 @@ def test_paired_difference_and_interval_by_hand():
     assert sweep.mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, math.sqrt(5 / 3))
 
 
-def fake_run(workdir, run, top1, curve, train_errors):
+def fake_run(workdir, run, top1, curve, train_errors, validation=None):
     path = os.path.join(workdir, run.name)
     os.makedirs(path)
     json.dump({"test_top1_error": top1, "test_top5_error": top1 / 10,
+               "validation_top1_error": validation,
                "best_test_top1_error": top1, "best_test_top5_error": top1 / 10,
                "wall_s": 100.0, "steps": 40}, open(os.path.join(path, "summary.json"), "w"))
     config = base_config()
@@ -85,7 +89,7 @@ def test_report_aggregates_finished_runs_and_skips_them(tmp_path):
         fake_run(workdir, run, errors[run.name], [(1, 0.3), (2, errors[run.name])],
                  [(10, 0.5), (20, 0.24 if run.variant == "base" else 0.3), (30, 0.2)])
     assert all(sweep.is_finished(workdir, r) for r in runs)
-    assert sweep.execute(definition, runs, workdir) == []  # nothing left to run
+    assert sweep.launch(definition, runs, workdir) == []  # nothing left to run
     diverged = sweep.Run("other", 2, ())
     os.makedirs(os.path.join(workdir, diverged.name))
     with open(os.path.join(workdir, diverged.name, "console.log"), "w") as f:
@@ -113,12 +117,65 @@ def test_report_aggregates_finished_runs_and_skips_them(tmp_path):
     assert os.path.getsize(tmp_path / "curves.png") > 0 and os.path.getsize(tmp_path / "bars.png") > 0
 
 
+TUNED = {"base": "experiments/fashion_mnist.py", "seeds": [0, 1, 2],
+         "variants": [("lrn", {}), ("none", {"model.norm": "none"})], "baseline": "lrn",
+         "overrides": {"data.validation_examples": 5000},
+         "tune": {"optim.learning_rate": [0.01, 0.03, 0.1]}}
+
+
+def test_a_tuned_sweep_runs_the_grid_with_the_first_seed_then_every_seed_at_the_choice(
+        tmp_path):
+    grid = sweep.plan(TUNED)
+    assert [r.name for r in grid] == [f"{v}-lr={lr}-seed0" for v in ("lrn", "none")
+                                      for lr in (0.01, 0.03, 0.1)]
+    assert dict(grid[1].overrides) == {"data.validation_examples": 5000, "seed": 0,
+                                       "optim.learning_rate": 0.03}
+    seeds = sweep.plan_seeds(TUNED, {"lrn": (("optim.learning_rate", 0.03),),
+                                     "none": (("optim.learning_rate", 0.01),)})
+    assert [r.name for r in seeds] == ["lrn-lr=0.03-seed0", "lrn-lr=0.03-seed1",
+                                       "lrn-lr=0.03-seed2", "none-lr=0.01-seed0",
+                                       "none-lr=0.01-seed1", "none-lr=0.01-seed2"]
+    assert seeds[0] == grid[1]  # the chosen tuning run is the first seed's run
+
+
+def test_the_choice_reads_validation_error_only_and_never_a_diverged_run(tmp_path):
+    """Planted: for lrn the test error favours lr 0.1 and the validation error lr 0.03;
+    for none, lr 0.1 diverged (its loss became NaN: no summary) and would have won."""
+    workdir = str(tmp_path)
+    planted = {"lrn-lr=0.01-seed0": (0.12, 0.13), "lrn-lr=0.03-seed0": (0.11, 0.10),
+               "lrn-lr=0.1-seed0": (0.09, 0.12), "none-lr=0.01-seed0": (0.20, 0.21),
+               "none-lr=0.03-seed0": (0.15, 0.16)}
+    grid = sweep.plan(TUNED)
+    for run in grid:
+        if run.name in planted:
+            test, validation = planted[run.name]
+            fake_run(workdir, run, test, [(1, test)], [(10, 0.3)], validation=validation)
+    os.makedirs(os.path.join(workdir, "none-lr=0.1-seed0"))
+    with open(os.path.join(workdir, "none-lr=0.1-seed0", "console.log"), "w") as f:
+        f.write("error: Training loss became nan at step 12; stopping.\n")
+    choices, outcomes = sweep.choose(TUNED, grid, workdir)
+    assert choices == {"lrn": (("optim.learning_rate", 0.03),),
+                       "none": (("optim.learning_rate", 0.03),)}
+    table = sweep.tuning_table(TUNED, choices, outcomes, workdir)
+    assert "| lrn | 10.00 | **9.09**" not in table  # test error is never what is shown
+    assert "| lrn | 13.00 | **10.00** | 12.00 | lr=0.03 |" in table
+    assert "| none | 21.00 | **16.00** | diverged | lr=0.03 |" in table
+
+
+def test_tuning_needs_a_validation_split(tmp_path):
+    path = tmp_path / "tuned.py"
+    path.write_text("def get_sweep():\n    return {'base': 'x', 'variants': [('a', {})], "
+                    "'tune': {'optim.learning_rate': [0.1]}}\n")
+    with pytest.raises(ValueError, match="set 'data.validation_examples' in 'overrides'"):
+        sweep.load_sweep(str(path))
+
+
 @pytest.mark.skipif(not os.path.exists(os.path.join(REPO, "data", "fashion-mnist")),
                     reason="Fashion-MNIST absent: run `make data`")
-def test_quick_sweep_runs_through_the_trainer_and_resumes(tmp_path):
-    """Two real (tiny) runs through alexnet_jax.main at once; a second call runs nothing.
-    (An unfinished run is started again with the same command, which resumes it: the
-    trainer's resume is tested in test_checkpoints.py.)"""
+def test_submitit_runs_a_sweep_as_the_local_launcher_does_and_a_rerun_runs_nothing(tmp_path):
+    """The same two tiny runs through local processes and through submitit's local executor
+    (the SLURM launcher's code path without SLURM): the same results table; started again,
+    neither runs anything."""
     path = tmp_path / "tiny.py"
     path.write_text(
         "def get_sweep():\n    return {'base': 'experiments/fashion_mnist.py', 'seeds': [0],\n"
@@ -127,12 +184,16 @@ def test_quick_sweep_runs_through_the_trainer_and_resumes(tmp_path):
         "            'quick': {'data.max_train_examples': 256, 'data.max_test_examples': 128,\n"
         f"                      'data.data_dir': '{os.path.join(REPO, 'data')}',\n"
         "                      'checkpoint.async_save': False}}\n")
-    workdir = str(tmp_path / "sweep")
-    assert sweep.run_sweep(str(path), workdir, parallel=2, quick=True) == 0
-    first = open(os.path.join(workdir, "results.csv")).read()
-    assert "lrn-seed0" in first and "none-seed0" in first
-    summary = json.load(open(os.path.join(workdir, "none-seed0", "summary.json")))
-    assert summary["steps"] == 4
-    mtime = os.path.getmtime(os.path.join(workdir, "lrn-seed0", "summary.json"))
-    assert sweep.run_sweep(str(path), workdir, quick=True) == 0
-    assert os.path.getmtime(os.path.join(workdir, "lrn-seed0", "summary.json")) == mtime
+    tables = {}
+    for launcher in ("local", "submitit_local"):
+        workdir = str(tmp_path / launcher)
+        assert sweep.run_sweep(str(path), workdir, parallel=2, quick=True,
+                               launcher=launcher) == 0
+        with open(os.path.join(workdir, "results.csv")) as f:
+            tables[launcher] = [{k: v for k, v in row.items() if k != "wall_s"}
+                                for row in csv.DictReader(f)]
+        mtime = os.path.getmtime(os.path.join(workdir, "lrn-seed0", "summary.json"))
+        assert sweep.run_sweep(str(path), workdir, quick=True, launcher=launcher) == 0
+        assert os.path.getmtime(os.path.join(workdir, "lrn-seed0", "summary.json")) == mtime
+    assert [r["run"] for r in tables["local"]] == ["lrn-seed0", "none-seed0"]
+    assert tables["local"] == tables["submitit_local"]

@@ -4,6 +4,7 @@
   TFDS builder (Fashion-MNIST from IDX files, CIFAR-10, ImageNet, image folders);
 * ``preprocess/``: what happens to each image, per dataset family (small images, the
   paper's ImageNet preprocessing), including which evaluation view is the centre one;
+* ``store.py``: the paper's 256x256 store of ImageNet-style data, prepared once;
 * ``pipeline.py``: the ``Pipeline`` (shuffling, per-process rows, padded evaluation,
   corrupt images), the same for every dataset.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexnet_jax.input_pipeline import preprocess, sources
+from alexnet_jax.input_pipeline import preprocess, sources, store
 from alexnet_jax.input_pipeline.pipeline import Pipeline, pad_batch
 from alexnet_jax.input_pipeline.sources import DatasetUnavailableError, info, load_builder
 
@@ -23,7 +24,15 @@ __all__ = ["DatasetUnavailableError", "Pipeline", "create_pipeline", "info", "lo
 
 
 def create_pipeline(config: Any, process_index: int = 0, process_count: int = 1) -> Pipeline:
-    """The pipeline of ``config.data.dataset`` for this process."""
-    builder = load_builder(config.data)
-    return Pipeline(config, preprocess.for_dataset(config, builder), builder,
-                    sources.info(config.data.dataset), process_index, process_count)
+    """The pipeline of ``config.data.dataset`` for this process: for ImageNet-style data, by
+    default from the prepared 256x256 store (``store.py``; prepared first if missing)."""
+    data = config.data
+    if sources.info(data.dataset).family == "imagenet" and data.store == "prepared":
+        from alexnet_jax.input_pipeline.preprocess.imagenet import StorePreprocessing
+        builder = store.open_store(data)
+        preprocessing = StorePreprocessing(config, builder, store.store_dir(data))
+    else:
+        builder = load_builder(data)
+        preprocessing = preprocess.for_dataset(config, builder)
+    return Pipeline(config, preprocessing, builder, sources.info(data.dataset), process_index,
+                    process_count)

@@ -10,10 +10,12 @@ exactly the batches the uninterrupted run saw.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
 import numpy as np
 
+from alexnet_jax.config_base import ConfigError
 from alexnet_jax.input_pipeline.preprocess import Preprocessing
 from alexnet_jax.input_pipeline.sources import DatasetInfo, DatasetUnavailableError
 from alexnet_jax.input_pipeline.tf_runtime import plain_graph, tf as _tf
@@ -34,21 +36,32 @@ class Pipeline:
         self.preprocessing = preprocessing
         self.builder = builder
         self.process_index, self.process_count = process_index, process_count
-        if config.batch_size % process_count:
-            raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                             f"{process_count} processes.")
         self.batch_size = config.batch_size // process_count
         label = builder.info.features["label"]
         self.num_classes = label.num_classes
-        self._train = self._split(info.train_split, self.data.max_train_examples)
-        self._test = self._split(info.test_split, self.data.max_test_examples)
-        self.num_train = _count(self._train)
-        self.num_test = _count(self._test)
+        held_out = self.data.validation_examples
+        total = builder.info.splits[info.train_split].num_examples if held_out else 0
+        if held_out and held_out >= total:
+            raise ConfigError(f"config.data.validation_examples={held_out} leaves none of the "
+                              f"{total} training examples to train on; hold out fewer.")
+        # The validation split: the last ``held_out`` examples of the training split, in
+        # TFDS's (fixed) order; training reads the others.
+        train_split = f"{info.train_split}[:-{held_out}]" if held_out else info.train_split
+        self._train_split_name = train_split
+        self._splits = {"train": self._split(train_split, self.data.max_train_examples),
+                        "test": self._split(info.test_split, self.data.max_test_examples)}
+        if held_out:
+            self._splits["validation"] = self._split(f"{info.train_split}[-{held_out}:]", 0)
+        self.evaluation_splits = tuple(k for k in ("validation", "test") if k in self._splits)
+        self.sizes = {name: _count(ds) for name, ds in self._splits.items()}
+        self.num_train, self.num_test = self.sizes["train"], self.sizes["test"]
         self.steps_per_epoch = self.num_train // config.batch_size
         self.center_view = preprocessing.center_view
+        # The part of the preprocessing that runs in the jitted steps (None: all on the host).
+        self.device = getattr(preprocessing, "device", None)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"batch_size {config.batch_size} exceeds the {self.num_train} "
-                             "training examples.")
+            raise ConfigError(f"config.batch_size={config.batch_size} exceeds the "
+                              f"{self.num_train} training examples; lower it.")
 
     def _split(self, split: str, limit: int):
         tf = _tf()
@@ -74,15 +87,19 @@ class Pipeline:
             return indexed_ds
         return indexed_ds.filter(lambda i, _: (i % global_batch) // local == index)
 
-    def _handle_corrupt(self, ds):
-        """Skips examples whose preprocessing fails (a corrupt image), with a warning, or
-        lets the error through: ``data.corrupt_images`` = skip | fail."""
-        if self.data.corrupt_images == "skip":
-            return ds.ignore_errors(log_warning=True)
-        if self.data.corrupt_images != "fail":
-            raise ValueError(f"data.corrupt_images must be 'skip' or 'fail'; got "
-                             f"{self.data.corrupt_images!r}.")
-        return ds
+    def _map_examples(self, ds, fn):
+        """``ds.map(fn)``; where images are decoded here (``preprocessing.decoders``) and
+        ``data.corrupt_images=skip``, an example ``fn`` fails on (a corrupt image) is
+        skipped with a warning.  Only ``fn``'s errors are skipped: each example is mapped in
+        a dataset of its own, so that an error in reading ``ds`` (a damaged record file)
+        comes through instead of being skipped over and over at the same place."""
+        tf = _tf()
+        if self.preprocessing.decoders is None or self.data.corrupt_images == "fail":
+            return ds.map(plain_graph(fn), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.interleave(
+            lambda *example: tf.data.Dataset.from_tensors(example).map(plain_graph(fn))
+            .ignore_errors(log_warning=True),
+            cycle_length=16, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Epoch ``epoch``'s batches for this process, from step ``start_step`` of the epoch.
@@ -91,52 +108,92 @@ class Pipeline:
         permutation is read again from its start to fill the last batches.  (Only for
         images this pipeline decodes: TFDS has checked the others when preparing them.)"""
         tf = _tf()
-        ds = self._train.shuffle(self.data.shuffle_buffer, seed=self.config.seed * 100_003 + epoch,
-                                 reshuffle_each_iteration=False)
+        if self.data.service_address:
+            return self._service_batches(epoch, start_step)
+        ds = self._splits["train"].shuffle(self.data.shuffle_buffer,
+                                           seed=self.config.seed * 100_003 + epoch,
+                                           reshuffle_each_iteration=False)
         # After the global shuffle, so that the processes' rows make up one global batch.
         ds = self._own_rows(ds.enumerate(), self.config.batch_size)
-        ds = ds.map(plain_graph(lambda index, example: {
-            "image": self.preprocessing.train(example[0], epoch, index), "label": example[1]}),
-            num_parallel_calls=tf.data.AUTOTUNE)
-        if self.preprocessing.decoders is not None:  # images decoded here may be corrupt
-            ds = self._handle_corrupt(ds).repeat()
+        ds = self._map_examples(ds, lambda index, example: self._train_example(
+            example, epoch, tf.cast(epoch, tf.int64) * self.num_train + index))
+        if self.preprocessing.decoders is not None:  # images decoded here may be skipped
+            ds = ds.repeat()
         ds = ds.batch(self.batch_size, drop_remainder=True).take(self.steps_per_epoch)
         ds = ds.skip(start_step).prefetch(tf.data.AUTOTUNE)
-        return _explained(ds.as_numpy_iterator())
+        return _explained(ds.as_numpy_iterator(), self.builder)
 
-    def eval_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """This process's rows of every test batch of global size ``batch_size``: together
-        the processes see every test example exactly once.  Short batches are padded with
-        ``mask`` 0; every process yields the same number of batches."""
+    def _train_example(self, example, epoch, index) -> dict[str, Any]:
+        """The preprocessing's training example; where its augmentation runs on the device,
+        with ``index``: the example's global index (epoch x training examples + position),
+        on which every random draw depends."""
+        image, label = example[0], example[1]
+        features = self.preprocessing.train(image, epoch, index)
+        features = dict(features) if isinstance(features, dict) else {"image": features}
+        if self.device is not None:
+            features["index"] = _tf().cast(index % (2 ** 31 - 1), _tf().int32)
+        return {**features, "label": label}
+
+    def _service_batches(self, epoch: int, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+        """Epoch ``epoch``'s batches with the per-example work on tf.data service workers
+        (``data.service_address``).  Each example's draws depend on its TFDS id and the
+        epoch, not on its position, which the service does not keep: the epoch's examples
+        come in the workers' order, so a resumed run does not see the same batches."""
         tf = _tf()
-        if batch_size % self.process_count:
-            raise ValueError(f"eval_batch_size {batch_size} is not divisible by the "
-                             f"{self.process_count} processes.")
-        local = batch_size // self.process_count
-        ds = self._own_rows(self._test.enumerate(), batch_size)
-        ds = ds.map(plain_graph(lambda i, example: {"image": self.preprocessing.eval(example[0]),
-                                                     "label": example[1]}),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-        ds = self._handle_corrupt(ds)
+        ds = self._service_source().shuffle(self.data.shuffle_buffer,
+                                            seed=self.config.seed * 100_003 + epoch)
+        ds = self._map_examples(ds, lambda image, label, key: self._train_example(
+            (image, label), epoch, tf.strings.to_hash_bucket_fast(
+                tf.strings.join([key, tf.strings.as_string(epoch)], "/"), 2 ** 31 - 1)))
+        ds = distributed(ds, self.data.service_address,
+                         f"alexnet_jax-{self.config.seed}-{epoch}-{start_step}")
+        ds = ds.repeat().batch(self.batch_size, drop_remainder=True)
+        ds = ds.take(self.steps_per_epoch - start_step).prefetch(tf.data.AUTOTUNE)
+        return _explained(ds.as_numpy_iterator(), self.builder)
+
+    def _service_source(self):
+        """The training split as (image, label, TFDS id) triples."""
+        import tensorflow_datasets as tfds
+        read_config = tfds.ReadConfig(shuffle_seed=0, add_tfds_id=True, try_autocache=False)
+        split = self._train_split_name
+        ds = self.builder.as_dataset(split=split, shuffle_files=False, read_config=read_config,
+                                     decoders=self.preprocessing.decoders)
+        if self.data.max_train_examples:
+            ds = ds.take(self.data.max_train_examples)
+        return ds.map(lambda ex: (ex["image"], ex["label"], ex["tfds_id"]))
+
+    def eval_batches(self, batch_size: int, split: str = "test"
+                     ) -> Iterator[dict[str, np.ndarray]]:
+        """This process's rows of every batch of global size ``batch_size`` of an evaluation
+        split (``evaluation_splits``): together the processes see every example exactly
+        once.  Short batches are padded with ``mask`` 0; every process yields the same
+        number of batches."""
+        tf = _tf()
+        local, size = batch_size // self.process_count, self.sizes[split]
+        ds = self._own_rows(self._splits[split].enumerate(), batch_size)
+        ds = self._map_examples(ds, lambda i, example: {
+            "image": self.preprocessing.eval(example[0]), "label": example[1]})
         yielded, seen, template = 0, 0, None
-        for batch in _explained(ds.batch(local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()):
+        for batch in _explained(ds.batch(local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator(),
+                                self.builder):
             yielded, seen = yielded + 1, seen + len(batch["label"])
             template = {k: v[:0] for k, v in batch.items()}
             yield pad_batch(batch, local)
-        expected = sum(min(local, max(0, self.num_test - start - self.process_index * local))
-                       for start in range(0, self.num_test, batch_size))
+        expected = sum(min(local, max(0, size - start - self.process_index * local))
+                       for start in range(0, size, batch_size))
         if seen < expected:
-            print(f"warning: {expected - seen} of this process's {expected} test images could "
+            print(f"warning: {expected - seen} of this process's {expected} {split} images could "
                   "not be read and were skipped (data.corrupt_images=skip).")
         if template is None:
             template = {"image": np.zeros((0, *self.image_shape), np.float32),
                         "label": np.zeros((0,), np.int64)}
-        for _ in range(yielded, -(-self.num_test // batch_size)):  # others still have rows
+        for _ in range(yielded, -(-size // batch_size)):  # others still have rows
             yield pad_batch(template, local)
 
 
-def _explained(iterator):
-    """Re-raises a corrupt image's decoding error with what to do about it."""
+def _explained(iterator, builder: Any = None):
+    """Re-raises a corrupt image's decoding error, or a damaged file of the prepared
+    dataset, as what to do about it."""
     tf = _tf()
     try:
         yield from iterator
@@ -145,6 +202,27 @@ def _explained(iterator):
             f"An image could not be decoded ({error.message.splitlines()[0][:200]}). Replace "
             "the file, or set data.corrupt_images=skip to skip such images with a warning."
         ) from None
+    except (tf.errors.DataLossError, tf.errors.NotFoundError) as error:
+        where = getattr(builder, "data_dir", "the prepared dataset's directory")
+        files = ", ".join(damaged_files(builder)) or error.message.splitlines()[0][:300]
+        raise DatasetUnavailableError(
+            f"A file of the prepared dataset is damaged or missing ({files}). Delete {where} "
+            "and run again: it is prepared anew from its source.") from None
+
+
+def damaged_files(builder: Any) -> list[str]:
+    """The prepared dataset's record files that are missing or fail their checksums (each
+    read through once: only after a read failed)."""
+    tf = _tf()
+    damaged = []
+    for split in getattr(getattr(builder, "info", None), "splits", {}).values():
+        for name in split.filenames:
+            path = os.path.join(builder.data_dir, name)
+            try:
+                tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+            except (tf.errors.DataLossError, tf.errors.NotFoundError):
+                damaged.append(path)
+    return damaged
 
 
 def _count(ds) -> int:
@@ -163,3 +241,13 @@ def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     padded = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
               for k, v in batch.items()}
     return {**padded, "mask": mask}
+
+
+def distributed(ds, address: str, job_name: str):
+    """``ds`` with its work done by the tf.data service at ``address`` (a dispatcher and its
+    workers: ``python -m alexnet_jax.data_service``): every element once, split among the
+    workers as they ask for work, in no fixed order."""
+    tf = _tf()
+    return ds.apply(tf.data.experimental.service.distribute(
+        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=address,
+        job_name=job_name))

@@ -15,6 +15,8 @@ import dataclasses
 import functools
 import gzip
 import os
+import shutil
+import zlib
 from typing import Any
 
 import numpy as np
@@ -77,9 +79,10 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 FETCH_FASHION_MNIST = (
-    "make data    (or by hand: apt-get download dataset-fashion-mnist && "
+    "`make data` (or by hand: apt-get download dataset-fashion-mnist && "
     "dpkg-deb -x dataset-fashion-mnist_*.deb /tmp/fm && mkdir -p {raw} && "
     "cp /tmp/fm/usr/share/datasets/fashion-mnist/*.gz {raw}/)")
+FASHION_MNIST_SIZES = {"train": 60_000, "test": 10_000}
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -89,6 +92,40 @@ def read_idx(path: str) -> np.ndarray:
     ndim = data[3]
     dims = np.frombuffer(data, ">u4", count=ndim, offset=4)
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def check_fashion_mnist_files(raw: str) -> None:
+    """Reads the four IDX files through, before anything is prepared from them: a truncated
+    or damaged one is named, with how to fetch it again."""
+    for split, names in FASHION_MNIST_FILES.items():
+        counts = []
+        for name in names:
+            path = os.path.join(raw, name)
+            try:
+                counts.append(len(read_idx(path)))
+            except (OSError, EOFError, ValueError, IndexError, zlib.error) as error:
+                raise DatasetUnavailableError(
+                    f"{path} is truncated or damaged ({type(error).__name__}: {error}). Fetch "
+                    f"it again: delete {raw} and run " + FETCH_FASHION_MNIST.format(raw=raw) +
+                    ".") from None
+        if counts != [FASHION_MNIST_SIZES[split]] * 2:
+            raise DatasetUnavailableError(
+                f"{raw}: the {split} images and labels hold {counts[0]} and {counts[1]} "
+                f"examples, not {FASHION_MNIST_SIZES[split]}. Fetch them again: delete {raw} "
+                "and run " + FETCH_FASHION_MNIST.format(raw=raw) + ".")
+
+
+def remove_half_prepared(builder: Any) -> list[str]:
+    """Removes what a killed preparation left (TFDS prepares into a temporary directory
+    beside the dataset's and renames it when complete); returns the names removed."""
+    from tensorflow_datasets.core import constants
+    parent = os.path.dirname(os.path.normpath(builder.data_dir))
+    removed = []
+    for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+        if name.startswith(constants.INCOMPLETE_PREFIX):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(os.path.join(parent, name))
+    return removed
 
 
 @functools.lru_cache(maxsize=None)  # TFDS registers a builder class by name, once
@@ -160,11 +197,14 @@ def _fashion_mnist_builder(data_dir: str, tfds_dir: str, allow_download: bool):
         return builder
     if all(os.path.exists(os.path.join(raw, f))
            for pair in FASHION_MNIST_FILES.values() for f in pair):
+        check_fashion_mnist_files(raw)
+        for path in remove_half_prepared(builder):
+            print(f"Removed {path}, left by a preparation that was stopped.")
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=raw))
         return builder
     return _download_or_explain("fashion_mnist", tfds_dir, allow_download,
-                                "Fashion-MNIST files not found in " + raw + ". Fetch them "
-                                "with:\n  " + FETCH_FASHION_MNIST.format(raw=raw))
+                                f"Fashion-MNIST files not found in {raw}. Fetch them with "
+                                + FETCH_FASHION_MNIST.format(raw=raw) + ".")
 
 
 def _image_folder_builder(root: str):
@@ -206,7 +246,7 @@ def _download_or_explain(name: str, tfds_dir: str, allow_download: bool, explana
         builder.download_and_prepare()
     except Exception as error:  # offline, or the download failed: say how to get the data
         raise DatasetUnavailableError(
-            f"{explanation}\nTFDS's own download of {name!r} failed too ({type(error).__name__}: "
+            f"{explanation} TFDS's own download of {name!r} failed too ({type(error).__name__}: "
             f"{str(error)[:200]}). Prepare it on a machine with internet access "
             f"(python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
             f"data_dir='{tfds_dir}').download_and_prepare()\") and copy {tfds_dir} here.") from error

@@ -27,17 +27,14 @@ from alexnet_jax.input_pipeline import sources
 from alexnet_jax.input_pipeline.preprocess.augment import example_seeds, random_flip
 from alexnet_jax.input_pipeline.tf_runtime import tf as _tf
 
-RESIZE = 256  # the shorter side, then the central square (the paper's 256x256 images)
-CROP = 224
+from alexnet_jax.input_pipeline.preprocess.paper import (  # noqa: F401 (re-exported)
+    CENTER_VIEW, CROP, PCA_ALPHA_STD, PCA_EIGENVALUES, PCA_EIGENVECTORS, RESIZE, TEN_CROP_NAMES,
+    corners)
 
-# ImageNet's RGB covariance for pixels in [0, 1]: eigenvalues and eigenvectors (columns),
-# as published with fb.resnet.torch (datasets/imagenet.lua), computed on ImageNet's
-# training set; the paper does not list its numbers.
-PCA_EIGENVALUES = np.array([0.2175, 0.0188, 0.0045], np.float32)
-PCA_EIGENVECTORS = np.array([[-0.5675, 0.7192, 0.4009],
-                             [-0.5808, -0.0045, -0.8140],
-                             [-0.5836, -0.6948, 0.4203]], np.float32)
-PCA_ALPHA_STD = 0.1
+
+# libjpeg's exact inverse DCT: TensorFlow's default, the fast one, is off by ~1.5/255 on
+# average, more than the store's JPEG encoding at quality 95 loses.
+ACCURATE_IDCT = "INTEGER_ACCURATE"
 
 
 def central_square(height, width):
@@ -60,7 +57,8 @@ def decode_and_center_crop(image_bytes, size: int = RESIZE):
         shape = tf.image.extract_jpeg_shape(image_bytes)
         offset_y, offset_x, side = central_square(shape[0], shape[1])
         window = tf.stack([offset_y, offset_x, side, side])
-        return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+        return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3,
+                                             dct_method=ACCURATE_IDCT)
 
     def other():
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
@@ -79,14 +77,17 @@ def random_crop(image, size: int, seed):
     return tf.image.stateless_random_crop(image, [size, size, image.shape[-1]], seed=seed)
 
 
-def pca_lighting(image, seed, alpha_std: float = PCA_ALPHA_STD,
-                 eigenvalues: Any = PCA_EIGENVALUES, eigenvectors: Any = PCA_EIGENVECTORS):
+def pca_lighting(image, seed, alpha_std: float = PCA_ALPHA_STD):
     """The paper's colour augmentation: one RGB offset per image, along ImageNet's
     principal components, scaled by their eigenvalues and a N(0, alpha_std) draw each."""
+    return lighting(image, _tf().random.stateless_normal([3], seed=seed, stddev=alpha_std))
+
+
+def lighting(image, alpha):
+    """``image`` plus sum_i alpha_i lambda_i p_i (ImageNet's eigenvalues and eigenvectors)."""
     tf = _tf()
-    alpha = tf.random.stateless_normal([3], seed=seed, stddev=alpha_std)
-    offset = tf.linalg.matvec(tf.constant(eigenvectors), alpha * tf.constant(eigenvalues))
-    return image + offset
+    return image + tf.linalg.matvec(tf.constant(PCA_EIGENVECTORS),
+                                    alpha * tf.constant(PCA_EIGENVALUES))
 
 
 def subtract_mean(image, mean: np.ndarray):
@@ -100,19 +101,10 @@ def center_crop(image, size: int = CROP):
     return image[top:top + size, left:left + size]
 
 
-TEN_CROP_NAMES = ("top_left", "top_right", "bottom_left", "bottom_right", "center",
-                  "top_left_flipped", "top_right_flipped", "bottom_left_flipped",
-                  "bottom_right_flipped", "center_flipped")
-CENTER_VIEW = TEN_CROP_NAMES.index("center")
-
-
 def ten_crops(image, size: int = CROP):
     """(10, size, size, C): the patches named in ``TEN_CROP_NAMES``, in that order."""
     tf = _tf()
-    height, width = image.shape[0], image.shape[1]
-    corners = [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size),
-               ((height - size) // 2, (width - size) // 2)]
-    patches = [image[y:y + size, x:x + size] for y, x in corners]
+    patches = [image[y:y + size, x:x + size] for y, x in corners(image.shape[0], size)]
     return tf.stack(patches + [tf.image.flip_left_right(p) for p in patches])
 
 
@@ -124,13 +116,16 @@ def mean_path(data: Any, builder: Any) -> str:
     return os.path.join(data.data_dir, f"{name}_mean_{RESIZE}_{data.mean_images}.npy")
 
 
-def compute_mean_image(builder: Any, split: str, count: int) -> np.ndarray:
-    """The mean 256x256 RGB image of the first ``count`` training images, in [0, 1]."""
+def compute_mean_image(builder: Any, split: str, count: int,
+                       decode: Any = decode_and_center_crop, decoders: Any = "skip") -> np.ndarray:
+    """The mean 256x256 RGB image of the first ``count`` training images, in [0, 1];
+    ``decode`` makes each one's 256x256 square from what TFDS reads (``decoders``)."""
     import tensorflow_datasets as tfds
     tf = _tf()
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={"image": tfds.decode.SkipDecoding()})
-    ds = ds.take(count).map(lambda ex: decode_and_center_crop(ex["image"]),
+    if decoders == "skip":
+        decoders = {"image": tfds.decode.SkipDecoding()}
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+    ds = ds.take(count).map(lambda ex: decode(ex["image"]),
                             num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     total, seen = np.zeros((RESIZE, RESIZE, 3), np.float64), 0
     for batch in ds.batch(256).as_numpy_iterator():
@@ -139,16 +134,17 @@ def compute_mean_image(builder: Any, split: str, count: int) -> np.ndarray:
     return (total / max(seen, 1)).astype(np.float32)
 
 
-def load_mean(data: Any, builder: Any, split: str) -> np.ndarray:
-    """The per-pixel mean image (computed once, then read from the data directory), or its
-    per-channel mean (``data.mean=channel``)."""
-    path = mean_path(data, builder)
+def load_mean(data: Any, builder: Any, split: str, path: str | None = None,
+              **compute: Any) -> np.ndarray:
+    """The per-pixel mean image (computed once, then read from ``path``, by default in the
+    data directory), or its per-channel mean (``data.mean=channel``)."""
+    path = path or mean_path(data, builder)
     if os.path.exists(path):
         mean = np.load(path)
     else:
         print(f"Computing the mean image of {data.mean_images} training images into {path} "
               "(once).")
-        mean = compute_mean_image(builder, split, data.mean_images)
+        mean = compute_mean_image(builder, split, data.mean_images, **compute)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         np.save(path + ".tmp.npy", mean)
         os.replace(path + ".tmp.npy", path)
@@ -184,3 +180,63 @@ class PaperPreprocessing:
     def eval(self, image_bytes):
         image = subtract_mean(decode_and_center_crop(image_bytes), self.mean)
         return ten_crops(image) if self.data.ten_crop else center_crop(image)
+
+
+# --- the prepared 256x256 store: the host's part -------------------------------------
+
+def decode_store_image(image):
+    """A stored 256x256 image (JPEG bytes, or raw uint8) as uint8."""
+    tf = _tf()
+    if image.dtype == tf.string:
+        return tf.reshape(tf.io.decode_jpeg(image, channels=3, dct_method=ACCURATE_IDCT),
+                          [RESIZE, RESIZE, 3])
+    return image
+
+
+def crop_store_image(image, offset):
+    """The 224x224 patch at ``offset`` (y, x) of a stored image, as uint8; from JPEG bytes
+    only that patch is decoded (``decode_and_crop_jpeg``)."""
+    tf = _tf()
+    if image.dtype == tf.string:
+        window = tf.stack([offset[0], offset[1], CROP, CROP])
+        return tf.reshape(tf.image.decode_and_crop_jpeg(image, window, channels=3,
+                                                        dct_method=ACCURATE_IDCT),
+                          [CROP, CROP, 3])
+    return image[offset[0]:offset[0] + CROP, offset[1]:offset[1] + CROP]
+
+
+def random_offset(seed):
+    """A uniform random (y, x) corner of a 224 patch in a 256 image."""
+    tf = _tf()
+    return tf.random.stateless_uniform([2], seed=seed, maxval=RESIZE - CROP + 1, dtype=tf.int32)
+
+
+class StorePreprocessing:
+    """The paper's preprocessing of the prepared 256x256 store, split between the host and
+    the device.  The host decodes (fused with the random 224 crop for training) and sends
+    uint8; the jitted step subtracts the mean, flips and adds the colour noise
+    (``on_device.PaperAugmentation``), its draws a function of each example's index."""
+
+    center_view = CENTER_VIEW
+
+    def __init__(self, config: Any, builder: Any, store_directory: str):
+        import tensorflow_datasets as tfds
+        from alexnet_jax.input_pipeline.preprocess.on_device import PaperAugmentation
+        self.data, self.seed = config.data, config.seed
+        jpeg = config.data.store_format != "raw"
+        self.decoders = {"image": tfds.decode.SkipDecoding()} if jpeg else None
+        mean = load_mean(config.data, builder, sources.info(config.data.dataset).train_split,
+                         path=os.path.join(store_directory, f"mean_{config.data.mean_images}.npy"),
+                         decode=lambda image: _tf().cast(decode_store_image(image),
+                                                         _tf().float32) / 255.0,
+                         decoders=self.decoders)
+        self.device = PaperAugmentation(mean=mean, pca_lighting=config.data.pca_lighting,
+                                        ten_crop=config.data.ten_crop, seed=config.seed)
+
+    def train(self, image, epoch, index):
+        (crop_seed,) = example_seeds(self.seed, epoch, index, 1)
+        offset = random_offset(crop_seed)
+        return {"image": crop_store_image(image, offset), "offset": offset}
+
+    def eval(self, image):
+        return decode_store_image(image)

@@ -1,0 +1,211 @@
+"""The paper's 256x256 store: every image down-sampled once, as the paper did.
+
+"We down-sampled the images to a fixed resolution of 256 x 256 ... we first rescaled the
+image such that the shorter side was of length 256, and then cropped out the central
+256 x 256 patch" (Section 2).  Training then only decodes these small images and cuts
+its 224 crops from them; the crops, flips and colour noise are cheap.
+
+The store is a TFDS dataset (``tfds.builder_from_directory``) in
+``DATA_DIR/prepared/<source>_<format>/1.0.0/``: ``image`` (256x256x3, JPEG at
+``data.store_quality``, or raw uint8 with ``data.store_format=raw``) and ``label``, with
+the source's splits.  ``prepare`` writes it shard by shard, decoding, resizing and
+encoding on every core (tf.data), each shard renamed into place once complete, so a
+preparation killed at any moment restarts at the first missing shard.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from alexnet_jax.input_pipeline import sources
+from alexnet_jax.input_pipeline.preprocess.paper import RESIZE as SIDE
+from alexnet_jax.input_pipeline.sources import DatasetUnavailableError
+from alexnet_jax.input_pipeline.tf_runtime import tf
+
+SHARD_EXAMPLES = 1024
+FORMATS = ("jpeg", "raw")
+VERSION = "1.0.0"
+
+
+def source_name(data: Any) -> str:
+    if data.dataset == "image_folder":
+        return "image_folder_" + os.path.basename(os.path.normpath(data.image_folder))
+    return data.dataset
+
+
+def store_dir(data: Any) -> str:
+    """Where ``config.data``'s store lives (the directory TFDS reads)."""
+    form = "raw" if data.store_format == "raw" else f"jpeg{data.store_quality}"
+    return os.path.join(data.data_dir, "prepared", f"{source_name(data)}_{SIDE}_{form}", VERSION)
+
+
+def _features(data: Any, label_names: list[str]):
+    import tensorflow_datasets as tfds
+    image = (tfds.features.Tensor(shape=(SIDE, SIDE, 3), dtype=np.uint8)
+             if data.store_format == "raw" else
+             tfds.features.Image(shape=(SIDE, SIDE, 3), encoding_format="jpeg"))
+    return tfds.features.FeaturesDict({"image": image,
+                                       "label": tfds.features.ClassLabel(names=label_names)})
+
+
+def central_square(image_bytes, side: int = SIDE):
+    """Encoded image -> the shorter side resized to ``side`` and the central square, as
+    uint8 (``preprocess.imagenet.decode_and_center_crop``, rounded to bytes)."""
+    from alexnet_jax.input_pipeline.preprocess.imagenet import decode_and_center_crop
+    return tf().cast(tf().round(decode_and_center_crop(image_bytes, side) * 255.0), tf().uint8)
+
+
+def _encoder(data: Any):
+    def encode(example):
+        square = central_square(example["image"])
+        image = square if data.store_format == "raw" else tf().io.encode_jpeg(
+            square, quality=data.store_quality, chroma_downsampling=False)
+        return {"image": image, "label": example["label"]}
+    return encode
+
+
+def is_prepared(data: Any) -> bool:
+    return os.path.exists(os.path.join(store_dir(data), "dataset_info.json"))
+
+
+def open_store(data: Any, source: Any | None = None, announce: bool = True):
+    """The store's TFDS builder, preparing it first where it is missing or half-written."""
+    import tensorflow_datasets as tfds
+    if not is_prepared(data):
+        if announce:
+            print(f"Preparing the {SIDE}x{SIDE} store of {source_name(data)} in "
+                  f"{store_dir(data)} (once, on every core; a stopped preparation resumes): "
+                  f"python -m alexnet_jax.prepare does the same beforehand.", flush=True)
+        prepare(data, source)
+    builder = tfds.builder_from_directory(store_dir(data))
+    shape = tuple(builder.info.features["image"].shape)
+    if shape != (SIDE, SIDE, 3):
+        raise DatasetUnavailableError(
+            f"The store {store_dir(data)} holds images of {shape}, not the paper's "
+            f"({SIDE}, {SIDE}, 3). Delete it and run again to prepare it anew.")
+    return builder
+
+
+def prepare(data: Any, source: Any | None = None, progress: bool = True) -> dict[str, Any]:
+    """Writes the missing shards of every split, then the TFDS metadata; returns the
+    images written per second."""
+    import tensorflow_datasets as tfds
+    if data.store_format not in FORMATS:
+        raise ValueError(f"data.store_format must be one of {FORMATS}; got {data.store_format!r}.")
+    source = source or sources.load_builder(data)
+    directory = store_dir(data)
+    os.makedirs(directory, exist_ok=True)
+    lengths_path = os.path.join(directory, "shard_lengths.json")
+    lengths: dict[str, list[int]] = {}
+    if os.path.exists(lengths_path):
+        with open(lengths_path) as f:
+            lengths = json.load(f)
+    written, started = 0, time.perf_counter()
+    split_infos = []
+    finished = lengths.setdefault("finished_splits", [])
+    info = sources.info(data.dataset)
+    for split in (info.train_split, info.test_split):
+        done = lengths.setdefault(split, [])
+        if split not in finished:
+            known = source.info.splits[split].num_examples if split in source.info.splits else 0
+            written += _write_split(data, source, split, known, done, directory, lengths,
+                                    lengths_path, progress)
+            finished.append(split)
+            _save_json(lengths, lengths_path)
+        split_infos.append(tfds.core.SplitInfo(
+            name=split, shard_lengths=list(done), num_bytes=sum(
+                os.path.getsize(_shard_path(directory, split, i)) for i in range(len(done))),
+            filename_template=_template(directory, split)))
+    names = source.info.features["label"].names
+    tfds.folder_dataset.write_metadata(
+        data_dir=directory, features=_features(data, names), split_infos=split_infos,
+        filename_template=_template(directory), check_data=False,
+        description=f"The {SIDE}x{SIDE} central squares of {source_name(data)} (alexnet_jax).")
+    seconds = time.perf_counter() - started
+    return {"images": written, "seconds": seconds,
+            "images_per_s": written / seconds if written else 0.0}
+
+
+def _template(directory: str, split: str | None = None):
+    """Shard files named by their index alone: how many a split has is known at its end."""
+    from tensorflow_datasets.core import naming
+    return naming.ShardedFileTemplate(
+        data_dir=directory, dataset_name="store", split=split, filetype_suffix="tfrecord",
+        template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_INDEX}")
+
+
+def _shard_path(directory: str, split: str, index: int) -> str:
+    return os.fspath(_template(directory, split).sharded_filepath(shard_index=index,
+                                                                  num_shards=index + 1))
+
+
+def _save_json(value: Any, path: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
+
+
+def _from_position(source: Any, split: str, start: int):
+    """``split`` of ``source`` (images still encoded) from example ``start`` on: by TFDS's
+    sub-split where the builder has one (no reading of what is skipped), else by skipping."""
+    import tensorflow_datasets as tfds
+    options = dict(shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()},
+                   read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False))
+    if not start:
+        return source.as_dataset(split=split, **options)
+    try:
+        return source.as_dataset(split=f"{split}[{start}:]", **options)
+    except ValueError:  # ImageFolder has no sub-splits
+        return source.as_dataset(split=split, **options).skip(start)
+
+
+def _write_split(data, source, split, total, done, directory, lengths, lengths_path,
+                 progress) -> int:
+    """Writes shards ``len(done)`` onwards of ``split``: shard k holds the source's examples
+    k * SHARD_EXAMPLES to (k + 1) * SHARD_EXAMPLES - 1, less any that cannot be decoded
+    (skipped with a warning), so that a restart at shard k reads from exactly there."""
+    import tensorflow_datasets as tfds
+    first = len(done)
+    features = _features(data, source.info.features["label"].names)
+    ds = _from_position(source, split, first * SHARD_EXAMPLES)
+    encode = _encoder(data)
+    ds = ds.enumerate(start=first * SHARD_EXAMPLES).map(
+        lambda position, example: (position, encode(example)),
+        num_parallel_calls=tf().data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors(log_warning=True).prefetch(tf().data.AUTOTUNE)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total or None, initial=first * SHARD_EXAMPLES, unit="img",
+                   desc=f"{source_name(data)} {split}", dynamic_ncols=True)
+    shard, writer, count, written = first, None, 0, 0
+
+    def finish(shard: int, count: int) -> None:
+        path = _shard_path(directory, split, shard)
+        os.replace(path + ".incomplete", path)
+        done.append(count)
+        _save_json(lengths, lengths_path)
+        if bar is not None:
+            bar.update(SHARD_EXAMPLES)
+
+    for position, example in ds.as_numpy_iterator():
+        while position >= (shard + 1) * SHARD_EXAMPLES or writer is None:
+            if writer is not None:
+                writer.close()
+                finish(shard, count)
+                shard, count = shard + 1, 0
+            writer = tf().io.TFRecordWriter(_shard_path(directory, split, shard) + ".incomplete")
+        writer.write(features.serialize_example({"image": example["image"],
+                                                 "label": int(example["label"])}))
+        count += 1
+        written += 1
+    if writer is not None:
+        writer.close()
+        finish(shard, count)
+    if bar is not None:
+        bar.close()
+    return written

@@ -1,0 +1,34 @@
+"""python -m alexnet_jax.sweep --sweep FILE --workdir DIR [...]: see alexnet_jax/sweep/."""
+from absl import app, flags
+
+from alexnet_jax.sweep import LAUNCHERS, ClusterOptions, run_sweep
+
+flags.DEFINE_string("sweep", None, "A sweep file, e.g. experiments/sweeps/lrn_vs_bn.py.")
+flags.DEFINE_string("workdir", None, "The sweep's directory: one folder per run, results.")
+flags.DEFINE_integer("parallel", 1, "Runs at once (local processes, or SLURM array tasks).")
+flags.DEFINE_bool("quick", False, "Shrink every run (smoke test).")
+flags.DEFINE_bool("report", False, "Only aggregate the finished runs.")
+flags.DEFINE_enum("launcher", "local", list(LAUNCHERS), "Where the runs go.")
+flags.DEFINE_string("partition", "", "SLURM: the partition.")
+flags.DEFINE_integer("time_min", 24 * 60, "SLURM: each run's time limit in minutes.")
+flags.DEFINE_integer("gpus_per_run", 0, "SLURM: GPUs per run.")
+flags.DEFINE_integer("cpus_per_run", 8, "SLURM: CPU cores per run.")
+flags.DEFINE_integer("mem_gb", 32, "SLURM: memory per run.")
+flags.mark_flags_as_required(["sweep", "workdir"])
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    args = flags.FLAGS
+    cluster = ClusterOptions(args.partition, args.time_min, args.gpus_per_run,
+                             args.cpus_per_run, args.mem_gb)
+    try:
+        return run_sweep(args.sweep, args.workdir, args.parallel, args.quick, args.report,
+                         args.launcher, cluster)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,189 @@
+"""What a sweep runs: its file, its runs stage by stage, each run's command, the choice.
+
+A sweep file defines ``get_sweep()`` returning a dict:
+
+* ``base``: the experiment file every run starts from (relative to the repository);
+* ``variants``: a list of ``(name, {config key: value})``, or ``grid``: a dict
+  ``{config key: [values]}`` expanded into every combination;
+* ``seeds``: the seeds each variant runs with;
+* ``baseline``: the variant the others are compared with (default: the first);
+* ``overrides``: applied to every run (for example a validation split);
+* ``tune``: optional, ``{config key: [values]}``: each variant's small grid, run with the
+  first seed; each variant's setting is chosen on ``select`` (a key of the runs'
+  ``summary.json``, lowest wins; default ``validation_top1_error``: the validation
+  split's error at the end, never test), then the other seeds run at that setting;
+* ``quick``: further overrides under ``--quick`` (smoke tests).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import json
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KEYS = {"base", "variants", "grid", "seeds", "baseline", "overrides", "tune", "select", "quick"}
+DEFAULT_SELECT = "validation_top1_error"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run: a variant, with a setting of the tuned keys, and a seed."""
+
+    variant: str
+    seed: int
+    overrides: tuple[tuple[str, Any], ...]  # every config change, the seed's too
+    setting: tuple[tuple[str, Any], ...] = ()  # the tuned keys' values
+
+    @property
+    def name(self) -> str:
+        return "-".join([self.variant, *([setting_name(self.setting)] if self.setting else []),
+                         f"seed{self.seed}"])
+
+
+def setting_name(setting: Sequence[tuple[str, Any]]) -> str:
+    """``lr=0.03`` style: each key's last part and its value."""
+    short = {"learning_rate": "lr"}
+    return "_".join(f"{short.get(k.split('.')[-1], k.split('.')[-1])}={_value_name(v)}"
+                    for k, v in setting)
+
+
+def load_sweep(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Sweep file {path} does not exist; see experiments/sweeps/.")
+    spec = importlib.util.spec_from_file_location("sweep_definition", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sweep = module.get_sweep()
+    unknown = set(sweep) - KEYS
+    if unknown:
+        raise ValueError(f"Unknown sweep key(s) {sorted(unknown)} in {path}.")
+    if ("variants" in sweep) == ("grid" in sweep):
+        raise ValueError(f"{path}: give exactly one of 'variants' and 'grid'.")
+    if "tune" in sweep and not sweep.get("overrides", {}).get("data.validation_examples"):
+        raise ValueError(f"{path}: tuning chooses on a validation split; set "
+                         "'data.validation_examples' in 'overrides'.")
+    return sweep
+
+
+def _value_name(value: Any) -> str:
+    return str(value).replace(" ", "").replace("/", "_")
+
+
+def expand(sweep: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(variant name, overrides) pairs, in order; grid names read ``key=value_key=value``."""
+    if "variants" in sweep:
+        variants = [(name, dict(overrides)) for name, overrides in sweep["variants"]]
+    else:
+        keys = list(sweep["grid"])
+        variants = []
+        for values in itertools.product(*(sweep["grid"][k] for k in keys)):
+            name = "_".join(f"{k.split('.')[-1]}={_value_name(v)}" for k, v in zip(keys, values))
+            variants.append((name, dict(zip(keys, values))))
+    names = [name for name, _ in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Variant names must be unique; got {names}.")
+    return variants
+
+
+def tuning_settings(sweep: dict[str, Any]) -> list[tuple[tuple[str, Any], ...]]:
+    """Every point of the ``tune`` grid (one empty setting without one)."""
+    grid = sweep.get("tune", {})
+    return [tuple(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def _run(sweep: dict[str, Any], variant: str, overrides: dict[str, Any], seed: int,
+         setting: tuple[tuple[str, Any], ...], quick: bool) -> Run:
+    shared = dict(sweep.get("overrides", {}))
+    if quick:
+        shared.update(sweep.get("quick", {}))
+    merged = {**shared, **overrides, **dict(setting), "seed": seed}
+    return Run(variant, seed, tuple(sorted(merged.items())), setting)
+
+
+def plan(sweep: dict[str, Any], quick: bool = False) -> list[Run]:
+    """The first stage: every variant x seed, or with ``tune`` every variant x grid point
+    with the first seed."""
+    seeds = sweep.get("seeds", [0])
+    if "tune" in sweep:
+        return [_run(sweep, variant, overrides, seeds[0], setting, quick)
+                for variant, overrides in expand(sweep) for setting in tuning_settings(sweep)]
+    return [_run(sweep, variant, overrides, seed, (), quick)
+            for variant, overrides in expand(sweep) for seed in seeds]
+
+
+def plan_seeds(sweep: dict[str, Any], choices: dict[str, tuple], quick: bool = False
+               ) -> list[Run]:
+    """The second stage of a tuned sweep: each variant's every seed at its chosen setting
+    (the first seed's run is the tuning run of that setting)."""
+    return [_run(sweep, variant, overrides, seed, choices[variant], quick)
+            for variant, overrides in expand(sweep) if variant in choices
+            for seed in sweep.get("seeds", [0])]
+
+
+def read_summary(workdir: str, run: Run) -> dict[str, Any] | None:
+    path = os.path.join(workdir, run.name, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def choose(sweep: dict[str, Any], runs: Sequence[Run], workdir: str
+           ) -> tuple[dict[str, tuple], list[dict[str, Any]]]:
+    """Each variant's setting with the lowest ``select`` among its finished tuning runs
+    (a diverged or unfinished run cannot be chosen), and every tuning run's outcome."""
+    key = sweep.get("select", DEFAULT_SELECT)
+    outcomes, choices = [], {}
+    for run in runs:
+        summary = read_summary(workdir, run)
+        score = None if summary is None else summary.get(key)
+        if summary is not None and score is None:
+            raise ValueError(f"{run.name}/summary.json has no {key!r} to choose on; is "
+                             "data.validation_examples set?")
+        usable = score is not None and math.isfinite(score)
+        outcomes.append({"run": run, "score": score if usable else None,
+                         "test_top1_error": summary.get("test_top1_error") if summary else None})
+    for variant, _ in expand(sweep):
+        candidates = [o for o in outcomes if o["run"].variant == variant and o["score"] is not None]
+        if candidates:
+            best = min(candidates, key=lambda o: o["score"])
+            choices[variant] = best["run"].setting
+    return choices, outcomes
+
+
+def command(sweep: dict[str, Any], run: Run, workdir: str) -> list[str]:
+    """The run's command line: the one trainer, ``python -m alexnet_jax.main``."""
+    base = os.path.join(REPO, sweep["base"])
+    flags = [f"--config.{key}={_flag_value(value)}" for key, value in run.overrides]
+    return [sys.executable, "-m", "alexnet_jax.main", "--config", base,
+            "--workdir", os.path.join(workdir, run.name), "--config.progress_bar=False", *flags]
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "(" + ",".join(map(str, value)) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+def is_finished(workdir: str, run: Run) -> bool:
+    return os.path.exists(os.path.join(workdir, run.name, "summary.json"))
+
+
+def why_unfinished(workdir: str, run: Run) -> str:
+    """The run's own last word: its ``error:`` line (a NaN loss, say), or that it has not run."""
+    path = os.path.join(workdir, run.name, "console.log")
+    if not os.path.exists(path):
+        return "not run yet"
+    with open(path) as f:
+        errors = [line.strip() for line in f if line.startswith("error:")]
+    return errors[-1] if errors else "stopped before its summary (run the sweep again to resume)"
+
+
+def diverged(workdir: str, run: Run) -> bool:
+    return "became nan" in why_unfinished(workdir, run) or "became inf" in why_unfinished(
+        workdir, run)

@@ -1,0 +1,95 @@
+"""The command line: bad input as one line on stderr with an exit status that says what
+happened, and an existing run left byte for byte as it was by a rejected command."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from alexnet_jax import train  # noqa: E402
+from support import tiny_config  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The default experiment shrunk to the mock data's size: what `existing_run` trained.
+SMALL = ["--config", os.path.join(REPO, "experiments", "fashion_mnist.py"),
+         "--config.data.data_dir=/nonexistent", "--config.data.max_train_examples=96",
+         "--config.data.max_test_examples=40", "--config.batch_size=32",
+         "--config.eval_batch_size=40", "--config.progress_bar=False"]
+
+
+def run_main(*args, mock=False, env=None):
+    """``python -m alexnet_jax.main`` (under TFDS's mock data with ``mock``)."""
+    entry = [os.path.join(REPO, "tests", "mock_data_main.py")] if mock else ["-m",
+                                                                           "alexnet_jax.main"]
+    return subprocess.run([sys.executable, *entry, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": REPO,
+                                                       **(env or {})})
+
+
+def snapshot(directory):
+    """Every file under ``directory`` and its bytes."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, directory)] = f.read()
+    return files
+
+
+def one_line(stderr):
+    """The one line of an error, among the log lines of libraries (absl's "W1128 ...")."""
+    lines = [line for line in stderr.splitlines()
+             if line.strip() and not re.match(r"[IWE]\d{4} ", line) and "WARNING" not in line]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def existing_run(tmp_path_factory):
+    """A finished run of the small model (1 epoch of mock data), as `SMALL` describes it."""
+    workdir = str(tmp_path_factory.mktemp("existing") / "run")
+    config = tiny_config(epochs=1, every_steps=0)
+    config.optim.schedule, config.optim.learning_rate = "cosine", 0.03
+    with tfds.testing.mock_data(num_examples=96):
+        train.train_and_evaluate(config, workdir)
+    return workdir
+
+
+def test_unknown_config_key_is_one_line_naming_it_and_the_right_one(tmp_path):
+    result = run_main(*SMALL, "--workdir", str(tmp_path / "w"), "--config.model.nrom=batchnorm")
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert line.startswith("error: --config.model.nrom=batchnorm:") and "did you mean 'norm'" in line
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("flag,named", [("--config.batch_size=0", "config.batch_size=0"),
+                                        ("--config.batch_size=-1", "config.batch_size=-1"),
+                                        ("--config.model.variant=paper", "needs images of at "
+                                         "least 64x64 pixels")])
+def test_a_bad_value_changes_nothing_of_an_existing_run(existing_run, flag, named):
+    before = snapshot(existing_run)
+    result = run_main(*SMALL, "--workdir", existing_run, flag, mock=True)
+    assert result.returncode == 2
+    assert named in one_line(result.stderr)
+    assert snapshot(existing_run) == before
+
+
+def test_another_width_is_rejected_and_the_run_keeps_its_config(existing_run):
+    before = snapshot(existing_run)
+    result = run_main(*SMALL, "--workdir", existing_run, "--config.model.towers=1", mock=True)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert "does not fit this config" in line and "config.json" in line
+    assert snapshot(existing_run) == before
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    result = run_main(*SMALL, "--workdir", str(tmp_path / "w"), "--config.batch_size=0",
+                      env={"ALEXNET_JAX_VERBOSE": "1"})
+    assert result.returncode != 0 and "Traceback" in result.stderr
+    assert "ConfigError: config.batch_size=0" in result.stderr
