@@ -24,8 +24,10 @@ every figure with the ratio project / peer; with torch, PyTorch's training step 
 present (``parallel.py``), relative to ``single``; on CPU, start it with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` for 8 devices.
 
-``--input`` measures the paper's ImageNet training input (``input_pipeline``) on JPEGs
-of ImageNet's typical 500x375 that it writes to a temporary folder, per core.
+``--input`` measures the ImageNet training input on the host (``input_pipeline``) on
+JPEGs of ImageNet's typical 500x375 that it writes to a temporary folder: from the
+full-size images and from the prepared 256x256 store (JPEG and raw), per core, and the
+cores one H100 would need.
 """
 from __future__ import annotations
 
@@ -195,37 +197,68 @@ def write_jpegs(root: str, count: int, classes: int = 10, size: tuple[int, int] 
             Image.fromarray(image).save(os.path.join(folder, f"{i}.jpg"), quality=90)
 
 
-def run_input_benchmark(batch: int, steps: int, images: int = 512) -> dict[str, Any]:
-    """Training batches/s of the paper's pipeline on generated JPEGs, per core."""
-    from alexnet_jax import input_pipeline, parallel
-    from alexnet_jax.config_base import base_config
-    from alexnet_jax.models import model_config
+# Training steps measured on one H100 (docs/performance.md, float32 at batch 128 for the
+# paper's network; bfloat16 at batch 256 for the one-tower benchmark network).
+H100_TRAIN_IMAGES_PER_S = {"paper float32 b128": 13_424, "tf_benchmark bfloat16 b256": 32_279}
 
+
+def _host_rate(config: Any, batch: int, steps: int) -> float:
+    """Training batches of ``config``'s pipeline, images/s, after a first batch."""
+    from alexnet_jax import input_pipeline
+    pipeline = input_pipeline.create_pipeline(config)
+    iterator = (b for epoch in range(10**6) for b in pipeline.train_batches(epoch))
+    next(iterator)  # start-up: the mean image, tf.data's threads
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def run_input_benchmark(batch: int, steps: int, images: int = 2048) -> dict[str, Any]:
+    """The host's training input, images/s per core, from JPEGs of ImageNet's typical
+    500x375: decoded whole every epoch (``data.store=source``: the paper's augmentation on
+    the host), and from the prepared 256x256 store as JPEG and raw (decoding and the crop on
+    the host; the rest runs on the accelerator); the store's preparation rate; and the
+    cores one H100 would need at its measured training rates."""
+    from alexnet_jax.config_base import base_config
+    from alexnet_jax.input_pipeline import store
+
+    cores = os.cpu_count() or 1
+    if (steps + 1) * batch > images:
+        raise ValueError(f"--input times {steps} batches of {batch} within one epoch of "
+                         f"{images} images: lower --steps or --batch.")
+    result: dict[str, Any] = {"cores": cores, "batch": batch, "steps": steps, "images": images,
+                              "per_core": {}}
     with tempfile.TemporaryDirectory() as root:
         write_jpegs(root, images)
-        config = base_config()
-        config.data.dataset, config.data.image_folder = "image_folder", root
-        config.data.data_dir, config.data.mean_images = root, 256
-        config.data.cache = False  # decode every epoch, as a real run does
-        config.batch_size = batch
-        pipeline = input_pipeline.create_pipeline(config)
-        iterator = (b for epoch in range(10**6) for b in pipeline.train_batches(epoch))
-        next(iterator)  # start-up: the mean image, tf.data's threads
-        start = time.perf_counter()
-        for _ in range(steps):
-            next(iterator)
-        seconds = time.perf_counter() - start
-    cores = os.cpu_count() or 1
-    rate = steps * batch / seconds
-    print(f"Input pipeline (decode 500x375 JPEG, 256 centre, crop, flip, PCA lighting, mean): "
-          f"{rate:.1f} images/s on {cores} cores, {rate / cores:.1f} per core", flush=True)
-    consumption = time_train_step(parallel.create("single", model_config("paper")), batch,
-                                  steps=max(2, steps // 10), burn_in=1,
-                                  name="Paper model train step")["images_per_s"]
-    print(f"The paper model's train step consumes {consumption:.1f} images/s here: the input "
-          f"pipeline supplies {rate / consumption:.1f}x that.", flush=True)
-    return {"input_images_per_s": rate, "cores": cores, "input_images_per_s_per_core":
-            rate / cores, "train_step_images_per_s": consumption, "batch": batch, "steps": steps}
+        for name, changes in (("source", {"store": "source"}),
+                              ("store_jpeg", {"store": "prepared", "store_format": "jpeg"}),
+                              ("store_raw", {"store": "prepared", "store_format": "raw"})):
+            config = base_config()
+            config.data.dataset, config.data.image_folder = "image_folder", root
+            config.data.data_dir, config.data.mean_images = root, 256
+            config.data.cache = False  # decode every epoch, as a real run does
+            # Within one epoch of this small set, as most of a real epoch runs: a buffer
+            # the size of ImageNet's default would refill from scratch at every epoch here.
+            config.data.shuffle_buffer = 256
+            config.data.update(changes)
+            config.batch_size = batch
+            if name != "source":
+                preparation = store.prepare(config.data, progress=False)
+                result[f"prepare_{name}_images_per_s"] = preparation["images_per_s"]
+                print(f"Preparing the {name.split('_')[1]} store: "
+                      f"{preparation['images_per_s']:.0f} images/s on {cores} cores", flush=True)
+            rate = _host_rate(config, batch, steps)
+            result["per_core"][name] = rate / cores
+            print(f"Training input from {name}: {rate:.0f} images/s on {cores} cores, "
+                  f"{rate / cores:.0f} per core", flush=True)
+    result["cores_per_h100"] = {
+        f"{name} for {setting}": images_per_s / per_core
+        for name, per_core in result["per_core"].items()
+        for setting, images_per_s in H100_TRAIN_IMAGES_PER_S.items()}
+    for key, cores_needed in result["cores_per_h100"].items():
+        print(f"  cores to feed one H100, {key}: {cores_needed:.1f}")
+    return result
 
 
 # --- side by side ------------------------------------------------------------------------

@@ -59,6 +59,9 @@ class Pipeline:
         self.center_view = preprocessing.center_view
         # The part of the preprocessing that runs in the jitted steps (None: all on the host).
         self.device = getattr(preprocessing, "device", None)
+        # Source images decoded here may be corrupt: skipped (counted) or an error.
+        self.skips_undecodable = (getattr(preprocessing, "decodes_source_images", False)
+                                  and self.data.corrupt_images == "skip")
         if self.steps_per_epoch == 0:
             raise ConfigError(f"config.batch_size={config.batch_size} exceeds the "
                               f"{self.num_train} training examples; lower it.")
@@ -88,13 +91,13 @@ class Pipeline:
         return indexed_ds.filter(lambda i, _: (i % global_batch) // local == index)
 
     def _map_examples(self, ds, fn):
-        """``ds.map(fn)``; where images are decoded here (``preprocessing.decoders``) and
+        """``ds.map(fn)``; where source images are decoded here and
         ``data.corrupt_images=skip``, an example ``fn`` fails on (a corrupt image) is
         skipped with a warning.  Only ``fn``'s errors are skipped: each example is mapped in
         a dataset of its own, so that an error in reading ``ds`` (a damaged record file)
         comes through instead of being skipped over and over at the same place."""
         tf = _tf()
-        if self.preprocessing.decoders is None or self.data.corrupt_images == "fail":
+        if not self.skips_undecodable:
             return ds.map(plain_graph(fn), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.interleave(
             lambda *example: tf.data.Dataset.from_tensors(example).map(plain_graph(fn))
@@ -117,11 +120,11 @@ class Pipeline:
         ds = self._own_rows(ds.enumerate(), self.config.batch_size)
         ds = self._map_examples(ds, lambda index, example: self._train_example(
             example, epoch, tf.cast(epoch, tf.int64) * self.num_train + index))
-        if self.preprocessing.decoders is not None:  # images decoded here may be skipped
+        if self.skips_undecodable:  # refill the epoch's last batches
             ds = ds.repeat()
         ds = ds.batch(self.batch_size, drop_remainder=True).take(self.steps_per_epoch)
         ds = ds.skip(start_step).prefetch(tf.data.AUTOTUNE)
-        return _explained(ds.as_numpy_iterator(), self.builder)
+        return _explained(without_autotune_thread(ds).as_numpy_iterator(), self.builder)
 
     def _train_example(self, example, epoch, index) -> dict[str, Any]:
         """The preprocessing's training example; where its augmentation runs on the device,
@@ -149,7 +152,7 @@ class Pipeline:
                          f"alexnet_jax-{self.config.seed}-{epoch}-{start_step}")
         ds = ds.repeat().batch(self.batch_size, drop_remainder=True)
         ds = ds.take(self.steps_per_epoch - start_step).prefetch(tf.data.AUTOTUNE)
-        return _explained(ds.as_numpy_iterator(), self.builder)
+        return _explained(without_autotune_thread(ds).as_numpy_iterator(), self.builder)
 
     def _service_source(self):
         """The training split as (image, label, TFDS id) triples."""
@@ -174,8 +177,8 @@ class Pipeline:
         ds = self._map_examples(ds, lambda i, example: {
             "image": self.preprocessing.eval(example[0]), "label": example[1]})
         yielded, seen, template = 0, 0, None
-        for batch in _explained(ds.batch(local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator(),
-                                self.builder):
+        ds = without_autotune_thread(ds.batch(local).prefetch(tf.data.AUTOTUNE))
+        for batch in _explained(ds.as_numpy_iterator(), self.builder):
             yielded, seen = yielded + 1, seen + len(batch["label"])
             template = {k: v[:0] for k, v in batch.items()}
             yield pad_batch(batch, local)
@@ -251,3 +254,14 @@ def distributed(ds, address: str, job_name: str):
     return ds.apply(tf.data.experimental.service.distribute(
         processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=address,
         job_name=job_name))
+
+
+def without_autotune_thread(ds):
+    """``ds`` without tf.data's autotuning thread, AUTOTUNE meaning one call per core.
+
+    That thread sleeps between optimisations for a period that doubles as the epoch goes
+    on (up to a minute), and an iterator's destruction waits for it to wake: a run stopped
+    late in an epoch took that long to exit.  With it off, a stop takes seconds."""
+    options = _tf().data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)

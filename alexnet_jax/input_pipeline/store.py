@@ -45,7 +45,8 @@ def store_dir(data: Any) -> str:
 
 def _features(data: Any, label_names: list[str]):
     import tensorflow_datasets as tfds
-    image = (tfds.features.Tensor(shape=(SIDE, SIDE, 3), dtype=np.uint8)
+    image = (tfds.features.Tensor(shape=(SIDE, SIDE, 3), dtype=np.uint8,
+                                  encoding=tfds.features.Encoding.BYTES)
              if data.store_format == "raw" else
              tfds.features.Image(shape=(SIDE, SIDE, 3), encoding_format="jpeg"))
     return tfds.features.FeaturesDict({"image": image,

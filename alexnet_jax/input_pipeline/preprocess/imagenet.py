@@ -161,6 +161,7 @@ class PaperPreprocessing:
     with the centre one at ``CENTER_VIEW``."""
 
     center_view = CENTER_VIEW
+    decodes_source_images = True  # any of them may be corrupt
 
     def __init__(self, config: Any, builder: Any):
         import tensorflow_datasets as tfds
