@@ -20,6 +20,10 @@ torch) one after another for ``--rounds`` rounds, each in its own process, and p
 every figure with the ratio project / peer; with torch, PyTorch's training step too
 (``benchmarks/torch_train_step.py``).
 
+Each figure comes with its GFLOP/s and their fraction of a float32 matrix product's rate
+measured in the same process (the machine's own ceiling); ``--profile`` adds the
+forward-backward's time per layer, forward and backward (``profile.py``).
+
 ``--layouts`` times the training step under every device layout that fits the devices
 present (``parallel.py``), relative to ``single``; on CPU, start it with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` for 8 devices.
@@ -106,9 +110,45 @@ def _params_shapes(config: Any) -> Any:
     return jax.eval_shape(AlexNet(config).init, jax.random.key(0), dummy)["params"]
 
 
+def flops_per_image(config: Any) -> dict[str, float]:
+    """Floating-point operations (2 per multiply-add) of the convolutions and dense layers
+    for one image: forward, and forward-backward (the weights' gradients of every layer,
+    the inputs' of every layer but the first)."""
+    from alexnet_jax import summary
+    macs = [row["macs"] for row in summary.layer_table(config) if row["macs"]]
+    forward = 2.0 * sum(macs)
+    return {"forward": forward, "forward_backward": forward + forward + 2.0 * sum(macs[1:])}
+
+
+def matmul_ceiling(size: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a float32 size x size matrix product on the default device, compiled as
+    the steps are: this machine's own ceiling, measured in the same process."""
+    import jax
+    import jax.numpy as jnp
+
+    from alexnet_jax import kernels
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    product = jax.jit(lambda a, b: a @ b, compiler_options=kernels.compiler_options() or None)
+    jax.block_until_ready(product(a, a))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(product(a, a))
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 / best / 1e9
+
+
+def with_rates(timing: dict[str, float], flops: float, ceiling: float) -> dict[str, float]:
+    gflops = flops / timing["mean_s"] / 1e9
+    return {**timing, "gflops_per_s": gflops, "fraction_of_matmul": gflops / ceiling}
+
+
 def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
-                  burn_in: int = 10, implementation: str = "auto") -> dict[str, Any]:
-    """Forward, forward-backward (the seed's protocol) and the training step, one device."""
+                  burn_in: int = 10, implementation: str = "auto",
+                  profile_layers: bool = False) -> dict[str, Any]:
+    """Forward, forward-backward (the seed's protocol) and the training step, one device,
+    each with its GFLOP/s and their fraction of a matrix product's rate measured here;
+    ``profile_layers``: the forward-backward's time per layer too."""
     import flax
     import jax
     import jax.numpy as jnp
@@ -139,11 +179,26 @@ def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
         "device": device.device_kind, "platform": device.platform,
         "versions": {"jax": jax.__version__, "flax": flax.__version__,
                      "optax": optax.__version__, "python": platform.python_version()}}
-    result["forward"] = time_run(lambda: forward(params, images), "Forward", steps, burn_in)
-    result["forward_backward"] = time_run(lambda: forward_backward(params, images),
-                                          "Forward-backward", steps, burn_in)
-    result["train_step"] = time_train_step(layout, batch, steps, burn_in)
+    ceiling = matmul_ceiling()
+    flops = {k: v * batch for k, v in flops_per_image(config).items()}
+    result["matmul_gflops_per_s"], result["flops"] = ceiling, flops
+    result["forward"] = with_rates(time_run(lambda: forward(params, images), "Forward", steps,
+                                            burn_in), flops["forward"], ceiling)
+    result["forward_backward"] = with_rates(
+        time_run(lambda: forward_backward(params, images), "Forward-backward", steps, burn_in),
+        flops["forward_backward"], ceiling)
+    result["train_step"] = with_rates(time_train_step(layout, batch, steps, burn_in),
+                                      flops["forward_backward"], ceiling)
+    for key in ("forward", "forward_backward", "train_step"):
+        print(f"{key}: {result[key]['gflops_per_s']:.0f} GFLOP/s, "
+              f"{result[key]['fraction_of_matmul']:.2f} of the {ceiling:.0f} GFLOP/s of a "
+              "float32 matrix product here", flush=True)
     print(f"Train step: {result['train_step']['images_per_s']:.1f} images/s", flush=True)
+    if profile_layers:
+        from alexnet_jax import profile
+        result["profile"] = profile.layer_times(forward_backward, params, images)
+        print("Forward-backward per layer:\n" + profile.format_table(result["profile"]),
+              flush=True)
     return result
 
 
@@ -320,7 +375,21 @@ def compare(reference_dir: str, torch_python: str, variant: str, dtype: str, bat
         return sum(values) / len(values) if values else None
 
     summary: dict[str, Any] = {"variant": variant, "batch": batch, "rounds": rounds,
-                               "runs": results, "ratios": {}}
+                               "runs": results, "ratios": {}, "rates": {}}
+    project = results["project"][0] if results["project"] else {}
+    ceiling = project.get("matmul_gflops_per_s")
+    for name in runners:
+        for key in ("forward", "forward_backward", "train_step"):
+            seconds = mean_of(name, key)
+            if seconds and ceiling:
+                flops = project["flops"]["forward" if key == "forward" else "forward_backward"]
+                summary["rates"][f"{name}/{key}"] = {
+                    "gflops_per_s": flops / seconds / 1e9,
+                    "fraction_of_matmul": flops / seconds / 1e9 / ceiling}
+    if ceiling:
+        summary["matmul_gflops_per_s"] = ceiling
+        print(f"Fractions of the {ceiling:.0f} GFLOP/s of a float32 matrix product here: " +
+              ", ".join(f"{k} {v['fraction_of_matmul']:.2f}" for k, v in summary["rates"].items()))
     peers = [p for p in ("tensorflow", "pytorch", "torch_compile") if p in runners]
     print(f"\n{'seconds per batch':>18} {'project':>10} "
           + " ".join(f"{p:>14} {'ratio':>6}" for p in peers))
@@ -360,7 +429,7 @@ def main(argv: list[str]) -> None:
         result = run_layouts(args.variant, args.batch, args.steps, args.dtype, args.burn_in)
     else:
         result = run_benchmark(args.variant, args.batch, args.steps, args.dtype, args.burn_in,
-                               args.implementation)
+                               args.implementation, args.profile)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
@@ -383,6 +452,7 @@ def define_flags() -> None:
     flags.DEFINE_string("torch-python", sys.executable, "--compare: a Python that imports torch.")
     flags.DEFINE_bool("input", False, "The ImageNet input pipeline on generated JPEGs.")
     flags.DEFINE_bool("layouts", False, "The training step under every layout that fits.")
+    flags.DEFINE_bool("profile", False, "Also the forward-backward's time per layer.")
 
 
 if __name__ == "__main__":

@@ -323,7 +323,8 @@ class Tower(nn.Module):
             if normalised and config.norm_position == "after_relu":
                 x = self._record(f"norm{i}", self._normalise(x, layer, train))
             if layer in POOLED_LAYERS:
-                x = self._record(f"pool{i}", layers.max_pool(x, window, stride))
+                with jax.named_scope(f"pool{i}"):  # names its ops for profiles
+                    x = self._record(f"pool{i}", layers.max_pool(x, window, stride))
         for i, units in enumerate(config.hidden_units, start=6):
             layer = f"fc{i}"
             # Gathering pool5's maps before flattening keeps fc6's rows in the (h, w, c)

@@ -1,28 +1,30 @@
 """The paper's network and training recipe on ImageNet (ILSVRC-2012).
 
     python -m alexnet_jax.summary --config experiments/paper_imagenet.py
+    python -m alexnet_jax.prepare --config experiments/paper_imagenet.py  # once: the 256x256 store
     python -m alexnet_jax.main --config experiments/paper_imagenet.py --workdir runs/paper
 
 Model: two towers, 60,965,224 parameters, 724,406,816 multiply-adds per 224x224
 image (``alexnet_jax.summary``).  Training: SGD batch 128, momentum 0.9, weight
 decay 0.0005 coupled to the learning rate, lr 0.01 divided by 10 when the
-validation error stops improving (3 times), ~90 epochs.  Input: the paper's
-preprocessing (input_pipeline/imagenet.py); evaluation on the centre crop and on
-the 10 patches (summary.json: test_top1_error, test_10crop_top1_error).
+validation error stops improving (3 times), ~90 epochs.  Input: the paper's 256x256
+store, random 224 crops decoded on the host, mean, flips and PCA colour noise on the
+device; evaluation on the centre crop and on the 10 patches (summary.json:
+test_top1_error, test_10crop_top1_error).
 
 Expected result: the paper reports 40.7% / 18.2% top-1 / top-5 error on ILSVRC-2012
 val with 10 patches (one network).  Not measured here (no ImageNet on this machine);
 ``tests/test_imagenet.py`` runs this config end to end on TFDS's mock ImageNet.
 
 Estimated wall time on 8 GPUs: the training step alone runs at 13,424 images/s on
-one H100 (paper, float32, batch 128; README "Performance"), so 90 epochs of 1.28 M
-images are ~2.4 GPU-hours of arithmetic: ~18 minutes on 8 H100 if they scaled
-perfectly.  The input pipeline then sets the pace: ``python -m alexnet_jax.benchmark
---input --batch 32 --steps 20`` measured 178 images/s per core here (decode of a
-500x375 JPEG's centre square, crop, flip, PCA lighting, mean; 355 images/s on 2 cores,
-2026-11-27), so feeding 8 H100 would take ~600 cores; a 64-core host supplies ~11,400
-images/s: ~2.8 hours for 90 epochs; a 16-core host ~11 hours.  (The paper: five to six
-days on two GTX 580s.)
+one H100 (float32, batch 128; docs/performance.md), so 90 epochs of 1.28 M images are
+~2.4 GPU-hours of arithmetic: ~18 minutes on 8 H100 if they scaled perfectly.  The
+host must then supply 107,000 images/s: ``python -m alexnet_jax.benchmark --input``
+measured 1,205-1,467 images/s per core from the JPEG store and 3,193-3,577 from the raw
+store (2026-11-28), so 8 H100 need ~75-90 cores from the JPEG store, ~30-34 from the raw
+one (before: 188-197 images/s per core decoding the full-size images, ~550 cores).  A
+64-core host with the JPEG store supplies ~85,000 images/s: ~23 minutes for 90 epochs.
+(The paper: five to six days on two GTX 580s.)
 """
 from alexnet_jax.config_base import base_config
 
@@ -33,7 +35,7 @@ def get_config():
     config.data.dataset = "imagenet2012"
     config.num_epochs = 90
     config.batch_size = 128
-    config.data.cache = False  # 1.28 M JPEGs do not fit in memory; read them each epoch
+    config.data.cache = False  # 1.28 M images do not fit in memory; read them each epoch
     config.eval_batch_size = 100  # x 10 patches: 1,000 images of 224x224 per evaluation batch
     config.optim.schedule = "plateau"
     return config

@@ -1,7 +1,10 @@
-"""The benchmark's smoke run: the seed protocol's JSON keys, and no TensorFlow on its path."""
+"""The benchmark: the seed protocol's JSON keys, no TensorFlow on its path, its work
+counted by hand, and its per-layer profile."""
 import json
 import subprocess
 import sys
+
+from alexnet_jax import benchmark, models
 
 
 def test_benchmark_smoke_run_writes_the_reference_keys_and_imports_no_tensorflow(tmp_path):
@@ -9,7 +12,7 @@ def test_benchmark_smoke_run_writes_the_reference_keys_and_imports_no_tensorflow
     code = ("import sys; from absl import flags; from alexnet_jax import benchmark; "
             "benchmark.define_flags(); "
             "flags.FLAGS(['benchmark', '--variant', 'small', '--batch', '4', '--steps', '2', "
-            f"'--burn_in', '1', '--json', {str(out)!r}]); benchmark.main(['benchmark']); "
+            f"'--burn_in', '1', '--profile', '--json', {str(out)!r}]); benchmark.main(['benchmark']); "
             "print('tensorflow' in sys.modules)")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                timeout=300)
@@ -21,3 +24,24 @@ def test_benchmark_smoke_run_writes_the_reference_keys_and_imports_no_tensorflow
         assert result[key]["steps"] == 2
     assert result["train_step"]["images_per_s"] > 0
     assert result["versions"]["jax"] and result["device"]
+    assert result["matmul_gflops_per_s"] > 0
+    for key in ("forward", "forward_backward", "train_step"):
+        rate = result[key]
+        assert 0 < rate["fraction_of_matmul"] < 10
+        assert abs(rate["gflops_per_s"] - rate["fraction_of_matmul"]
+                   * result["matmul_gflops_per_s"]) < 1e-6 * rate["gflops_per_s"]
+    profile = result["profile"]  # (pooling may fuse into its neighbours' instructions)
+    assert {"conv1", "conv2", "conv5", "fc6"} <= set(profile)
+    assert set(profile) <= {f"conv{i}" for i in range(1, 6)} | {"lrn1", "lrn2", "pool1", "pool2",
+                                                              "pool5", "fc6", "fc7", "output",
+                                                              "other"}
+    assert profile["conv2"]["backward_ms"] > 0 and profile["conv2"]["forward_ms"] > 0
+
+
+def test_work_is_counted_by_hand():
+    """The small network: 13,535,232 multiply-adds per 28x28 image (README); its backward
+    computes every layer's weight gradient and every input gradient but conv1's (5x5x1 ->
+    24 maps per tower, 28x28, two towers: 940,800 multiply-adds)."""
+    flops = benchmark.flops_per_image(models.model_config("small"))
+    assert flops["forward"] == 2 * 13_535_232
+    assert flops["forward_backward"] == 3 * 2 * 13_535_232 - 2 * 940_800

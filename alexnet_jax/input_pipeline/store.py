@@ -169,7 +169,6 @@ def _write_split(data, source, split, total, done, directory, lengths, lengths_p
     """Writes shards ``len(done)`` onwards of ``split``: shard k holds the source's examples
     k * SHARD_EXAMPLES to (k + 1) * SHARD_EXAMPLES - 1, less any that cannot be decoded
     (skipped with a warning), so that a restart at shard k reads from exactly there."""
-    import tensorflow_datasets as tfds
     first = len(done)
     features = _features(data, source.info.features["label"].names)
     ds = _from_position(source, split, first * SHARD_EXAMPLES)
