@@ -39,15 +39,17 @@ train: venv data
 	PYTHONUNBUFFERED=1 $(PY) -m alexnet_jax.main --config experiments/fashion_mnist.py --workdir $(WORKDIR)
 	@echo "Results: $(WORKDIR)/summary.json, metrics: $(WORKDIR)/metrics.jsonl"
 
-# Two pytest workers share the cores (most tests wait on XLA's single-threaded compiler);
-# Fashion-MNIST's TFDS files are prepared first, so that the workers only read them.
-# The layout tests need 8 devices: XLA gives 8 CPU devices to a process started with the
-# flag below, so they run apart (the flag slows single-device code by ~25% on CPU).  Each
-# device computes on its own thread (multi_thread_eigen=false), so that none starves
-# another while waiting at a collective; the long timeout covers a busy machine.
+# Three pytest workers share the two cores: most tests wait on XLA's single-threaded
+# compiler, whose results the test processes share through a persistent compilation cache
+# (tests/conftest.py).  Fashion-MNIST's TFDS files are prepared first, so that the workers
+# only read them.  The layout tests need 8 devices: XLA gives 8 CPU devices to a process
+# started with the flag below, so they run apart, on two workers (the flag slows
+# single-device code by ~25% on CPU).  Each device computes on its own thread
+# (multi_thread_eigen=false), so that none starves another while waiting at a collective;
+# the long timeout covers a busy machine.
 MULTI_DEVICE_FLAGS := --xla_force_host_platform_device_count=8 --xla_cpu_multi_thread_eigen=false \
 	--xla_cpu_collective_call_terminate_timeout_seconds=600
 test: venv data
 	$(PY) -c "from alexnet_jax import config_base, input_pipeline as p; p.load_builder(config_base.base_config().data)"
-	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests --ignore=tests/test_parallel.py
-	XLA_FLAGS="$(MULTI_DEVICE_FLAGS)" $(PY) -m pytest -q $(PYTEST_ARGS) tests/test_parallel.py
+	$(PY) -m pytest -q -n 3 --dist loadfile $(PYTEST_ARGS) tests --ignore=tests/test_parallel.py
+	XLA_FLAGS="$(MULTI_DEVICE_FLAGS)" $(PY) -m pytest -q -n 2 --dist load $(PYTEST_ARGS) tests/test_parallel.py

@@ -2,8 +2,10 @@
 happened, and an existing run left byte for byte as it was by a rejected command."""
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -68,7 +70,6 @@ def test_unknown_config_key_is_one_line_naming_it_and_the_right_one(tmp_path):
 
 
 @pytest.mark.parametrize("flag,named", [("--config.batch_size=0", "config.batch_size=0"),
-                                        ("--config.batch_size=-1", "config.batch_size=-1"),
                                         ("--config.model.variant=paper", "needs images of at "
                                          "least 64x64 pixels")])
 def test_a_bad_value_changes_nothing_of_an_existing_run(existing_run, flag, named):
@@ -93,3 +94,26 @@ def test_verbose_shows_the_traceback(tmp_path):
                       env={"ALEXNET_JAX_VERBOSE": "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr
     assert "ConfigError: config.batch_size=0" in result.stderr
+
+
+def test_sigterm_ends_the_run_with_its_checkpoint_and_status_143(tmp_path):
+    """What a preemptible VM or Kubernetes sends: the run stops at the next step, writes
+    that step's checkpoint, says how to resume and exits with 128 + SIGTERM."""
+    workdir = tmp_path / "w"
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "tests", "mock_data_main.py"), *SMALL,
+         "--workdir", str(workdir), "--config.num_epochs=200", "--config.log_every_steps=1"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": REPO})
+    records, deadline = workdir / "metrics.jsonl", time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if records.exists() and len(records.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    stopped = re.search(r"Stopped by SIGTERM at step (\d+); its checkpoint is in .*Run the same "
+                        r"command again to resume", stderr)
+    assert stopped, stderr[-2000:]
+    assert (workdir / "checkpoints" / "latest" / stopped.group(1)).is_dir()

@@ -299,3 +299,28 @@ def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
     params_two, _ = saved_params(str(tmp_path / "two"))
     params_one, _ = saved_params(str(tmp_path / "one"))
     assert_trees_close(params_two, params_one)
+
+
+def test_on_device_augmentation_is_the_same_in_every_layout():
+    """The paper's augmentation in the jitted step, on a batch split over 8 devices: the same
+    draws as on one device (each example's depend on its index alone), and the same pixels
+    to float32 rounding (XLA may contract the arithmetic differently for another
+    per-device shape)."""
+    from alexnet_jax.input_pipeline.preprocess.on_device import PaperAugmentation
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (16, 224, 224, 3), np.uint8),
+             "offset": rng.integers(0, 33, (16, 2)).astype(np.int32),
+             "index": rng.integers(0, 2**31 - 1, 16).astype(np.int32)}
+    augmentation = PaperAugmentation(mean=rng.uniform(0, 1, (256, 256, 3)).astype(np.float32),
+                                     seed=3)
+    one_device = np.asarray(jax.jit(augmentation.train)(batch))
+    flips, alphas = jax.jit(jax.vmap(augmentation.draws))(batch["index"])
+    for kind in ("data_model", "data"):
+        layout = parallel.create(kind, models.model_config("small"), 8)
+        sharded = layout.shard_batch(batch)
+        spread = jax.jit(augmentation.train)(sharded)
+        assert len(spread.sharding.device_set) == 8
+        np.testing.assert_allclose(np.asarray(spread), one_device, rtol=1e-6, atol=1e-7)
+        spread_flips, spread_alphas = jax.jit(jax.vmap(augmentation.draws))(sharded["index"])
+        np.testing.assert_array_equal(spread_flips, flips)
+        np.testing.assert_allclose(spread_alphas, alphas, rtol=1e-6)

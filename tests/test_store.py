@@ -196,3 +196,15 @@ def test_a_dispatcher_and_two_workers_deliver_each_example_of_an_epoch_once():
     finally:
         for server in workers + [dispatcher]:
             server.stop()
+
+
+def test_a_corrupt_source_image_is_left_out_of_the_store_and_counted(tmp_path, capsys):
+    root = tmp_path / "images"
+    write_folder(root, per_class=2)
+    broken = root / "train" / "class1" / "broken.jpg"
+    data = (root / "train" / "class1" / "2.jpg").read_bytes()
+    broken.write_bytes(data[:len(data) // 3])
+    config = folder_config(root, tmp_path / "data")
+    store.prepare(config.data, progress=False)
+    assert "1 of the 7 train images read could not be decoded" in capsys.readouterr().out
+    assert len(stored_images(config)) == 6

@@ -182,7 +182,7 @@ def _write_split(data, source, split, total, done, directory, lengths, lengths_p
         from tqdm import tqdm
         bar = tqdm(total=total or None, initial=first * SHARD_EXAMPLES, unit="img",
                    desc=f"{source_name(data)} {split}", dynamic_ncols=True)
-    shard, writer, count, written = first, None, 0, 0
+    shard, writer, count, written, position = first, None, 0, 0, -1
 
     def finish(shard: int, count: int) -> None:
         path = _shard_path(directory, split, shard)
@@ -208,4 +208,9 @@ def _write_split(data, source, split, total, done, directory, lengths, lengths_p
         finish(shard, count)
     if bar is not None:
         bar.close()
+    # The source's size where its builder knows it, else up to the last example decoded.
+    read = (total or int(position) + 1) - first * SHARD_EXAMPLES
+    if read > written:
+        print(f"warning: {read - written} of the {read} {split} images read could not be decoded "
+              "and were left out of the store (data.corrupt_images does not apply here).")
     return written

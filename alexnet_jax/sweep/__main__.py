@@ -28,6 +28,9 @@ def main(argv: list[str]) -> int:
                          args.launcher, cluster)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
+    except KeyboardInterrupt:
+        print("Stopped: the runs wrote their checkpoints; the same command resumes the sweep.")
+        return 130
 
 
 if __name__ == "__main__":

@@ -57,12 +57,19 @@ def _console(workdir: str, run: Run) -> str:
     return os.path.join(workdir, run.name, "console.log")
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # the same as Ctrl-C: the runs checkpoint, the sweep stops
+
+
 def _run_locally(sweep: dict[str, Any], pending: list[Run], workdir: str, parallel: int
                  ) -> list[str]:
+    """Up to ``parallel`` runs at once; SIGTERM or Ctrl-C stops them all (each writes a
+    checkpoint: the same command resumes them) and the sweep."""
     active: dict[str, tuple[subprocess.Popen, float, Any]] = {}
     failed: list[str] = []
     start, done, total = time.time(), 0, len(pending)
     pending = list(pending)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         while pending or active:
             while pending and len(active) < parallel:
@@ -91,6 +98,8 @@ def _run_locally(sweep: dict[str, Any], pending: list[Run], workdir: str, parall
         for process, _, _ in active.values():
             process.wait()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return failed
 
 

@@ -234,19 +234,20 @@ def report(sweep: dict[str, Any], runs: Sequence[Run], workdir: str, title: str,
         if record:
             params[run.variant] = record["params"]
             records.append({**record, "stage": "seeds" if tuning else "runs"})
-    if not records:
-        raise RuntimeError(f"No finished runs under {workdir}: nothing to report.")
     final_names = {r["run"] for r in records}
     tuning_records = []
     for outcome in (tuning[1] if tuning else []):
         record = run_record(workdir, outcome["run"], params)
         if record and record["run"] not in final_names:
             tuning_records.append({**record, "stage": "tuning"})
+    if not records and not tuning_records:
+        raise RuntimeError(f"No finished runs under {workdir}: nothing to report.")
     write_csv(os.path.join(workdir, "results.csv"), tuning_records + records)
     baseline = sweep.get("baseline") or expand(sweep)[0][0]
     rows = aggregate(records, baseline)
     with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(markdown_table(rows, baseline, title))
+        f.write(markdown_table(rows, baseline, title) if rows else
+                f"### {title}\n\nNo run of the final stage has finished yet.\n")
         finished = {r["run"] for r in records}
         unfinished = [r for r in runs if r.name not in finished]
         if unfinished:
@@ -254,5 +255,6 @@ def report(sweep: dict[str, Any], runs: Sequence[Run], workdir: str, title: str,
             f.writelines(f"- `{r.name}`: {why_unfinished(workdir, r)}\n" for r in unfinished)
         if tuning:
             f.write("\n" + tuning_table(sweep, *tuning, workdir))
-    plot(records, rows, workdir)
+    if rows:
+        plot(records, rows, workdir)
     return rows
