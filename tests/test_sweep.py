@@ -95,6 +95,8 @@ def test_report_aggregates_finished_runs_and_skips_them(tmp_path):
     with open(os.path.join(workdir, diverged.name, "console.log"), "w") as f:
         f.write("training...\nerror: Training loss became nan by step 50; stopping.\n")
     runs = runs + [diverged]
+    assert sweep.is_finished(workdir, diverged)  # a result: launching again would not change it
+    assert sweep.launch(definition, runs, workdir) == []
     rows = {r["variant"]: r for r in sweep.report(definition, runs, workdir, "test")}
     small = base_config()
     small.model.variant = "small"

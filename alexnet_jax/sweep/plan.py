@@ -171,7 +171,10 @@ def _flag_value(value: Any) -> str:
 
 
 def is_finished(workdir: str, run: Run) -> bool:
-    return os.path.exists(os.path.join(workdir, run.name, "summary.json"))
+    """Its summary is written, or it diverged (a result too: running it again would not
+    change it)."""
+    return os.path.exists(os.path.join(workdir, run.name, "summary.json")) or diverged(workdir,
+                                                                                      run)
 
 
 def why_unfinished(workdir: str, run: Run) -> str:
@@ -185,5 +188,7 @@ def why_unfinished(workdir: str, run: Run) -> str:
 
 
 def diverged(workdir: str, run: Run) -> bool:
-    return "became nan" in why_unfinished(workdir, run) or "became inf" in why_unfinished(
-        workdir, run)
+    """Its loss became NaN or infinite (its console's last ``error:`` line says so)."""
+    last_word = why_unfinished(workdir, run)
+    return last_word.startswith("error:") and ("became nan" in last_word
+                                               or "became inf" in last_word)
