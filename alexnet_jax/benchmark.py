@@ -330,10 +330,10 @@ def _run_json(command: list[str]) -> dict[str, Any] | None:
 
 
 def peer_commands(reference_dir: str, torch_python: str, variant: str, dtype: str, batch: int,
-                  steps: int) -> dict[str, list[str]]:
+                  steps: int, burn_in: int = 10) -> dict[str, list[str]]:
     """The command of each runner of ``--compare``: the project, TensorFlow, and (where
     ``torch_python`` imports torch) PyTorch eager and compiled, and their training steps."""
-    common = ["--batch", str(batch), "--steps", str(steps)]
+    common = ["--batch", str(batch), "--steps", str(steps), "--burn_in", str(burn_in)]
     runners = {
         "project": [sys.executable, "-m", "alexnet_jax.benchmark", "--variant", variant,
                     "--dtype", dtype] + common,
@@ -355,13 +355,13 @@ def peer_commands(reference_dir: str, torch_python: str, variant: str, dtype: st
 
 
 def compare(reference_dir: str, torch_python: str, variant: str, dtype: str, batch: int,
-            steps: int, rounds: int) -> dict[str, Any]:
+            steps: int, rounds: int, burn_in: int = 10) -> dict[str, Any]:
     """Project and peers in alternation, each in a fresh process; ratios of the means."""
     for name in ("seed_tf_benchmark.py", "torch_seed_benchmark.py"):
         if not os.path.exists(os.path.join(reference_dir, name)):
             raise SystemExit(f"error: --reference-dir {reference_dir!r} has no {name}; give the "
                              "folder holding the seed's reference benchmarks.")
-    runners = peer_commands(reference_dir, torch_python, variant, dtype, batch, steps)
+    runners = peer_commands(reference_dir, torch_python, variant, dtype, batch, steps, burn_in)
     results: dict[str, list[dict]] = {name: [] for name in runners}
     for round_index in range(rounds):
         for name, command in runners.items():
@@ -422,7 +422,7 @@ def main(argv: list[str]) -> None:
             raise app.UsageError("--compare needs --reference-dir (the folder holding "
                                  "seed_tf_benchmark.py and torch_seed_benchmark.py).")
         result = compare(args["reference-dir"].value, args["torch-python"].value, args.variant,
-                         args.dtype, args.batch, args.steps, args.rounds)
+                         args.dtype, args.batch, args.steps, args.rounds, args.burn_in)
     elif args.input:
         result = run_input_benchmark(args.batch, args.steps)
     elif args.layouts:

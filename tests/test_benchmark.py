@@ -45,3 +45,13 @@ def test_work_is_counted_by_hand():
     flops = benchmark.flops_per_image(models.model_config("small"))
     assert flops["forward"] == 2 * 13_535_232
     assert flops["forward_backward"] == 3 * 2 * 13_535_232 - 2 * 940_800
+
+
+def test_compare_gives_every_runner_the_same_protocol(tmp_path):
+    """The peers are timed as the project is: same batch, steps and untimed burn-in."""
+    runners = benchmark.peer_commands(str(tmp_path), sys.executable, "tf_benchmark", "float32",
+                                      batch=128, steps=5, burn_in=2)
+    assert {"project", "tensorflow"} <= set(runners)
+    for command in runners.values():
+        for flag, value in (("--batch", "128"), ("--steps", "5"), ("--burn_in", "2")):
+            assert command[command.index(flag) + 1] == value
