@@ -1,0 +1,78 @@
+"""The towers' grouped convolution on XLA:CPU in three forms, forward and gradient.
+
+    python -m benchmarks.grouped_conv_forms
+
+Two towers side by side (``vmap`` over the tower axis), per tower the shapes of the small
+network's conv2 and conv4 and of the paper network's conv2.  Forms: XLA's own grouped
+convolution (what ``vmap`` makes of ``lax.conv``: ``model.implementation=plain``), im2col
+(``kernels.xla_cpu``, today's CPU form), and one ungrouped convolution of the towers' maps
+side by side with a block-diagonal kernel.  Prints the median of 15 calls, in ms, of the
+forward and of the forward with both gradients (autodiff); ``docs/performance.md`` has a run.
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax.kernels import xla_cpu
+
+TOWERS = 2
+SHAPES = {  # per tower: batch, side, input maps, output maps, kernel
+    "small conv2": (64, 13, 24, 48, 3),
+    "small conv4": (64, 6, 64, 64, 3),
+    "paper conv2": (32, 27, 48, 128, 5),
+}
+
+
+def xla_conv(x, kernel, pads):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def xla_grouped(xs, kernels, pads):
+    return jax.vmap(lambda x, k: xla_conv(x, k, pads))(xs, kernels)
+
+
+def im2col(xs, kernels, pads):
+    return jax.vmap(lambda x, k: xla_cpu.conv2d(x, k, 1, pads, True))(xs, kernels)
+
+
+def block_diagonal(xs, kernels, pads):
+    towers, n, h, w, c = xs.shape
+    kh, kw, _, o = kernels.shape[1:]
+    side_by_side = xs.transpose(1, 2, 3, 0, 4).reshape(n, h, w, towers * c)
+    blocks = jnp.einsum("tabco,ts->abtcso", kernels, jnp.eye(towers, dtype=kernels.dtype))
+    y = xla_conv(side_by_side, blocks.reshape(kh, kw, towers * c, towers * o), pads)
+    return y.reshape(n, h, w, towers, o).transpose(3, 0, 1, 2, 4)
+
+
+def median_ms(fn, *args, calls=15):
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1000
+
+
+def main():
+    options = xla_cpu.compiler_options()
+    for name, (n, side, c, o, k) in SHAPES.items():
+        xs = jax.random.normal(jax.random.PRNGKey(0), (TOWERS, n, side, side, c))
+        kernels = jax.random.normal(jax.random.PRNGKey(1), (TOWERS, k, k, c, o)) * 0.1
+        pads = ((k // 2, k // 2),) * 2
+        reference = im2col(xs, kernels, pads)
+        for form_name, form in (("xla grouped", xla_grouped), ("im2col", im2col),
+                                ("block-diagonal", block_diagonal)):
+            np.testing.assert_allclose(form(xs, kernels, pads), reference, rtol=1e-3, atol=1e-3)
+            forward = jax.jit(lambda xs, ks, f=form: f(xs, ks, pads), compiler_options=options)
+            gradient = jax.jit(jax.grad(lambda xs, ks, f=form: jnp.sum(f(xs, ks, pads) ** 2),
+                                        argnums=(0, 1)), compiler_options=options)
+            print(f"{name:12} {form_name:15} forward {median_ms(forward, xs, kernels):8.2f} ms"
+                  f"   with gradients {median_ms(gradient, xs, kernels):8.2f} ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()
