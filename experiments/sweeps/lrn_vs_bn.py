@@ -8,8 +8,10 @@ and conv2 changed.  The last 5,000 training images are held out for validation: 
 variant's learning rate is chosen from the grid on validation error with seed 0, then
 seeds 1 and 2 run at that rate; the test error is reported for the chosen rates only.
 
-Budget: 4 variants x 3 rates + 4 x 2 seeds = 20 runs of the default experiment; see
-docs/results.md for the wall time measured.  Interrupted, the same command resumes
+Budget: 4 variants x 3 rates + 4 x 2 seeds = 20 runs of the default experiment.  On a 2-core
+CPU with --parallel 2 a run takes 12-14 min (two share the cores: ~7 min of the machine each),
+so the study needs ~2.5 h of an otherwise idle machine; scripts/keep_study.sh keeps
+its finished runs in the repo for a later session.  Interrupted, the same command resumes
 (finished runs are skipped, unfinished ones continue from their checkpoints).
 """
 

@@ -14,8 +14,10 @@
 
 As in lrn_vs_bn.py: the last 5,000 training images are the validation split, each
 variant's learning rate is chosen from the grid on it with seed 0, seeds 1 and 2 follow.
-Budget: 5 variants x 3 rates + 5 x 2 seeds = 25 runs of the default experiment; see
-docs/results.md for the wall time measured.  Interrupted, the same command resumes.
+Budget: 5 variants x 3 rates + 5 x 2 seeds = 25 runs of the default experiment.  On a 2-core
+CPU with --parallel 2 a run takes 12-14 min (two share the cores: ~7 min of the machine each),
+so the study needs ~3 h of an otherwise idle machine; scripts/keep_study.sh keeps
+its finished runs in the repo for a later session.  Interrupted, the same command resumes.
 """
 
 
