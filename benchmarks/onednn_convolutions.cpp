@@ -12,6 +12,11 @@ using namespace dnnl;
 using tag = memory::format_tag;
 using dt = memory::data_type;
 
+void fill(memory& m, float value) {
+  float* data = static_cast<float*>(m.get_data_handle());
+  std::fill(data, data + m.get_desc().get_size() / sizeof(float), value);
+}
+
 double time_ms(stream& s, primitive& p, std::unordered_map<int, memory>& args, int reps) {
   p.execute(s, args); s.wait();
   std::vector<double> t;
@@ -44,21 +49,24 @@ int main() {
                                           smd, wmd, dmd, strides, pl, pr);
       auto fpd = convolution_forward::primitive_desc(fd, eng);
       memory sm(fpd.src_desc(), eng), wm(fpd.weights_desc(), eng), dm(fpd.dst_desc(), eng);
-      std::fill((float*)sm.get_data_handle(), (float*)sm.get_data_handle() + fpd.src_desc().get_size() / 4, 0.5f);
-      std::fill((float*)wm.get_data_handle(), (float*)wm.get_data_handle() + fpd.weights_desc().get_size() / 4, 0.01f);
+      fill(sm, 0.5f);
+      fill(wm, 0.01f);
       auto fwd = convolution_forward(fpd);
       std::unordered_map<int, memory> fa{{DNNL_ARG_SRC, sm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dm}};
       double f = time_ms(s, fwd, fa, 15);
       auto bdd = convolution_backward_data::desc(algorithm::convolution_direct, smd, wmd, dmd, strides, pl, pr);
       auto bdpd = convolution_backward_data::primitive_desc(bdd, eng, fpd);
       memory dsm(bdpd.diff_src_desc(), eng), ddm(bdpd.diff_dst_desc(), eng), wm2(bdpd.weights_desc(), eng);
-      std::fill((float*)ddm.get_data_handle(), (float*)ddm.get_data_handle() + bdpd.diff_dst_desc().get_size() / 4, 0.1f);
+      fill(ddm, 0.1f);
+      fill(wm2, 0.01f);
       auto bd = convolution_backward_data(bdpd);
       std::unordered_map<int, memory> ba{{DNNL_ARG_DIFF_SRC, dsm}, {DNNL_ARG_WEIGHTS, wm2}, {DNNL_ARG_DIFF_DST, ddm}};
       double b = time_ms(s, bd, ba, 15);
       auto bwd_w = convolution_backward_weights::desc(algorithm::convolution_direct, smd, wmd, dmd, strides, pl, pr);
       auto bwpd = convolution_backward_weights::primitive_desc(bwd_w, eng, fpd);
       memory sm3(bwpd.src_desc(), eng), dwm(bwpd.diff_weights_desc(), eng), ddm3(bwpd.diff_dst_desc(), eng);
+      fill(sm3, 0.5f);
+      fill(ddm3, 0.1f);
       auto bw = convolution_backward_weights(bwpd);
       std::unordered_map<int, memory> wa{{DNNL_ARG_SRC, sm3}, {DNNL_ARG_DIFF_WEIGHTS, dwm}, {DNNL_ARG_DIFF_DST, ddm3}};
       double w = time_ms(s, bw, wa, 15);
