@@ -199,3 +199,18 @@ def test_submitit_runs_a_sweep_as_the_local_launcher_does_and_a_rerun_runs_nothi
         assert os.path.getmtime(os.path.join(workdir, "lrn-seed0", "summary.json")) == mtime
     assert [r["run"] for r in tables["local"]] == ["lrn-seed0", "none-seed0"]
     assert tables["local"] == tables["submitit_local"]
+
+
+def test_a_run_that_diverged_ends_as_a_result_not_a_failure(tmp_path):
+    from alexnet_jax.sweep.launch import outcome
+    workdir = str(tmp_path)
+    endings = {"done": (0, "training...\nTest top-1 error 0.0913\n"),
+               "diverged": (1, "error: Training loss became nan at step 52; stopping.\n"),
+               "FAILED (1)": (1, "error: config.batch_size=0 must be at least 1.\n"),
+               "FAILED (137)": (137, "training...\n")}
+    for seed, (expected, (status, console)) in enumerate(endings.items()):
+        run = sweep.Run("variant", seed, ())
+        os.makedirs(os.path.join(workdir, run.name), exist_ok=True)
+        with open(os.path.join(workdir, run.name, "console.log"), "w") as f:
+            f.write(console)
+        assert outcome(workdir, run, status) == expected

@@ -19,7 +19,7 @@ import subprocess
 import time
 from typing import Any, Sequence
 
-from alexnet_jax.sweep.plan import REPO, Run, command, is_finished
+from alexnet_jax.sweep.plan import REPO, Run, command, diverged, is_finished
 
 LAUNCHERS = ("local", "slurm", "submitit_local")
 
@@ -57,6 +57,14 @@ def _console(workdir: str, run: Run) -> str:
     return os.path.join(workdir, run.name, "console.log")
 
 
+def outcome(workdir: str, run: Run, returncode: int) -> str:
+    """How a run ended: "done", "diverged" (its loss became NaN or infinite: a result of the
+    sweep, not a failure) or "FAILED (status)"."""
+    if returncode == 0:
+        return "done"
+    return "diverged" if diverged(workdir, run) else f"FAILED ({returncode})"
+
+
 def _stop_on_sigterm(signum, frame):
     raise KeyboardInterrupt  # the same as Ctrl-C: the runs checkpoint, the sweep stops
 
@@ -65,7 +73,7 @@ def _run_locally(sweep: dict[str, Any], pending: list[Run], workdir: str, parall
                  ) -> list[str]:
     """Up to ``parallel`` runs at once; SIGTERM or Ctrl-C stops them all (each writes a
     checkpoint: the same command resumes them) and the sweep."""
-    active: dict[str, tuple[subprocess.Popen, float, Any]] = {}
+    active: dict[str, tuple[Run, subprocess.Popen, float, Any]] = {}
     failed: list[str] = []
     start, done, total = time.time(), 0, len(pending)
     pending = list(pending)
@@ -79,23 +87,23 @@ def _run_locally(sweep: dict[str, Any], pending: list[Run], workdir: str, parall
                 print(f"  start  {run.name}{' (resuming)' if resumed else ''}", flush=True)
                 process = subprocess.Popen(command(sweep, run, workdir), cwd=REPO, stdout=log,
                                            stderr=subprocess.STDOUT)
-                active[run.name] = (process, time.time(), log)
+                active[run.name] = (run, process, time.time(), log)
             time.sleep(0.5)
-            for name, (process, started, log) in list(active.items()):
+            for name, (run, process, started, log) in list(active.items()):
                 if process.poll() is None:
                     continue
                 log.close()
                 del active[name]
                 done += 1
-                status = "done" if process.returncode == 0 else f"FAILED ({process.returncode})"
-                if process.returncode != 0:
+                status = outcome(workdir, run, process.returncode)
+                if status.startswith("FAILED"):
                     failed.append(name)
                 print(f"  {status:<6} {name} in {time.time() - started:.0f} s   "
                       f"[{done}/{total} runs, {(time.time() - start) / 60:.1f} min]", flush=True)
     except KeyboardInterrupt:
-        for process, _, _ in active.values():
+        for _, process, _, _ in active.values():
             process.terminate()  # each run checkpoints on SIGTERM and resumes next time
-        for process, _, _ in active.values():
+        for _, process, _, _ in active.values():
             process.wait()
         raise
     finally:
@@ -150,7 +158,8 @@ def _run_with_submitit(sweep: dict[str, Any], pending: list[Run], workdir: str, 
             print(f"  FAILED {run.name}: {str(error).splitlines()[0]}", flush=True)
             failed.append(run.name)
             continue
-        print(f"  {'done' if status == 0 else f'FAILED ({status})':<6} {run.name}", flush=True)
-        if status != 0:
+        ended = outcome(workdir, run, status)
+        print(f"  {ended:<6} {run.name}", flush=True)
+        if ended.startswith("FAILED"):
             failed.append(run.name)
     return failed
