@@ -13,7 +13,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from alexnet_jax import input_pipeline  # noqa: E402
 from alexnet_jax.config_base import base_config  # noqa: E402
-from alexnet_jax.input_pipeline import pipeline as pipeline_lib, store  # noqa: E402
+from alexnet_jax.input_pipeline import pipeline as pipeline_lib, sources, store  # noqa: E402
 from alexnet_jax.input_pipeline.preprocess import imagenet as host  # noqa: E402
 from alexnet_jax.input_pipeline.preprocess.on_device import PaperAugmentation  # noqa: E402
 
@@ -179,6 +179,37 @@ def test_the_pipeline_sends_uint8_crops_with_their_corners_and_global_indexes(fo
     y, x = batch["offset"][0]
     assert any(np.array_equal(batch["image"][0], image[y:y + 224, x:x + 224])
                for image, _ in stored_images(config))
+
+
+@pytest.mark.parametrize("store_format, data", [
+    ("jpeg", {}), ("raw", {"validation_examples": 4, "max_train_examples": 9})])
+def test_the_store_read_a_batch_at_a_time_gives_the_batches_of_tfds_per_example_path(
+        folder, tmp_path, store_format, data):
+    """Training reads the store's records itself and parses a batch per call: the same
+    batches (examples, crops, corners, indexes, labels) as TFDS's per-example reading with
+    the per-example preprocessing, also for a validation hold-out and a subset."""
+    config = folder_config(folder, tmp_path, store_format=store_format, shuffle_buffer=4, **data)
+    batched = input_pipeline.create_pipeline(config)
+
+    class OneAtATime:
+        """The same preprocessing without its batched reading."""
+
+        def __getattr__(self, name):
+            if name in ("records", "train_batch"):
+                raise AttributeError(name)
+            return getattr(batched.preprocessing, name)
+
+    per_example = pipeline_lib.Pipeline(config, OneAtATime(), batched.builder,
+                                        sources.info(config.data.dataset))
+    assert batched._parses_batches and not per_example._parses_batches
+    assert batched.num_train == per_example.num_train
+    for epoch in (0, 1):
+        ours, reference = list(batched.train_batches(epoch)), list(per_example.train_batches(epoch))
+        assert len(ours) == len(reference) == batched.steps_per_epoch > 0
+        for a, b in zip(ours, reference):
+            assert set(a) == set(b) == {"image", "offset", "index", "label"}
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_a_dispatcher_and_two_workers_deliver_each_example_of_an_epoch_once():

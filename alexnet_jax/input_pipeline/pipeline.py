@@ -48,7 +48,10 @@ class Pipeline:
         # TFDS's (fixed) order; training reads the others.
         train_split = f"{info.train_split}[:-{held_out}]" if held_out else info.train_split
         self._train_split_name = train_split
-        self._splits = {"train": self._split(train_split, self.data.max_train_examples),
+        # Preprocessing that parses a batch of serialized records per call trains on them.
+        self._parses_batches = hasattr(preprocessing, "train_batch")
+        self._splits = {"train": self._split(train_split, self.data.max_train_examples,
+                                             records=self._parses_batches),
                         "test": self._split(info.test_split, self.data.max_test_examples)}
         if held_out:
             self._splits["validation"] = self._split(f"{info.train_split}[-{held_out}:]", 0)
@@ -66,9 +69,15 @@ class Pipeline:
             raise ConfigError(f"config.batch_size={config.batch_size} exceeds the "
                               f"{self.num_train} training examples; lower it.")
 
-    def _split(self, split: str, limit: int):
+    def _split(self, split: str, limit: int, records: bool = False):
+        """``split`` (up to ``limit`` examples) as (image, label) pairs, or with ``records``
+        as the preprocessing's serialized examples."""
         tf = _tf()
         import tensorflow_datasets as tfds
+        if records:
+            ds = self.preprocessing.records(split)
+            ds = ds.take(limit) if limit else ds
+            return ds.cache() if self.data.cache else ds
         # try_autocache off: TFDS would cache small datasets whole, under our take(limit)
         # (which then leaves its cache unfinished: tf.data warns and throws it away) and
         # beside our own cache of the decoded examples.
@@ -113,29 +122,51 @@ class Pipeline:
         tf = _tf()
         if self.data.service_address:
             return self._service_batches(epoch, start_step)
-        ds = self._splits["train"].shuffle(self.data.shuffle_buffer,
-                                           seed=self.config.seed * 100_003 + epoch,
-                                           reshuffle_each_iteration=False)
-        # After the global shuffle, so that the processes' rows make up one global batch.
-        ds = self._own_rows(ds.enumerate(), self.config.batch_size)
-        ds = self._map_examples(ds, lambda index, example: self._train_example(
-            example, epoch, tf.cast(epoch, tf.int64) * self.num_train + index))
-        if self.skips_undecodable:  # refill the epoch's last batches
-            ds = ds.repeat()
-        ds = ds.batch(self.batch_size, drop_remainder=True).take(self.steps_per_epoch)
-        ds = ds.skip(start_step).prefetch(tf.data.AUTOTUNE)
+        if self._parses_batches:
+            ds = self._shuffled(self._splits["train"], epoch).batch(self.batch_size,
+                                                                    drop_remainder=True)
+            ds = ds.map(plain_graph(lambda positions, records: self._train_batch(
+                records, epoch, positions)), num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            ds = self._map_examples(self._shuffled(self._splits["train"], epoch),
+                                    lambda position, example: self._train_example(
+                                        example, epoch, self._global_index(epoch, position)))
+            if self.skips_undecodable:  # refill the epoch's last batches
+                ds = ds.repeat()
+            ds = ds.batch(self.batch_size, drop_remainder=True)
+        ds = ds.take(self.steps_per_epoch).skip(start_step).prefetch(tf.data.AUTOTUNE)
         return _explained(without_autotune_thread(ds).as_numpy_iterator(), self.builder)
+
+    def _shuffled(self, ds, epoch: int):
+        """Epoch ``epoch``'s permutation of ``ds`` as (position, element), this process's rows.
+        The permutation depends only on the seed, the epoch and the number of elements."""
+        ds = ds.shuffle(self.data.shuffle_buffer, seed=self.config.seed * 100_003 + epoch,
+                        reshuffle_each_iteration=False)
+        # After the global shuffle, so that the processes' rows make up one global batch.
+        return self._own_rows(ds.enumerate(), self.config.batch_size)
+
+    def _global_index(self, epoch: int, position):
+        """An example's index over the whole run: epoch x training examples + position."""
+        tf = _tf()
+        return tf.cast(epoch, tf.int64) * self.num_train + position
 
     def _train_example(self, example, epoch, index) -> dict[str, Any]:
         """The preprocessing's training example; where its augmentation runs on the device,
-        with ``index``: the example's global index (epoch x training examples + position),
-        on which every random draw depends."""
+        with ``index`` (``_global_index``), on which every random draw depends."""
         image, label = example[0], example[1]
         features = self.preprocessing.train(image, epoch, index)
         features = dict(features) if isinstance(features, dict) else {"image": features}
+        return {**self._with_index(features, index), "label": label}
+
+    def _train_batch(self, records, epoch, positions) -> dict[str, Any]:
+        """``_train_example`` for a batch of serialized records, parsed in one call."""
+        index = self._global_index(epoch, positions)
+        return self._with_index(dict(self.preprocessing.train_batch(records, epoch, index)), index)
+
+    def _with_index(self, features: dict[str, Any], index) -> dict[str, Any]:
         if self.device is not None:
             features["index"] = _tf().cast(index % (2 ** 31 - 1), _tf().int32)
-        return {**features, "label": label}
+        return features
 
     def _service_batches(self, epoch: int, start_step: int) -> Iterator[dict[str, np.ndarray]]:
         """Epoch ``epoch``'s batches with the per-example work on tf.data service workers

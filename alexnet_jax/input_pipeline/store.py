@@ -69,6 +69,34 @@ def _encoder(data: Any):
     return encode
 
 
+def split_records(builder: Any, split: str):
+    """The serialized examples of ``split`` (a TFDS split string, slices included) in TFDS's
+    order, read straight from the store's record files, so that a batch of them is parsed
+    in one call (``parse_batch``) instead of by TFDS one example at a time."""
+    datasets = []
+    for instruction in builder.info.splits[split].file_instructions:
+        records = tf().data.TFRecordDataset(instruction.filename).skip(instruction.skip)
+        if instruction.take is not None and instruction.take >= 0:
+            records = records.take(instruction.take)
+        datasets.append(records)
+    first, *rest = datasets
+    for records in rest:
+        first = first.concatenate(records)
+    return first
+
+
+def parse_batch(records, store_format: str):
+    """A batch of serialized store examples as (images, labels): JPEG bytes, or for the raw
+    store (N, SIDE, SIDE, 3) uint8, as TFDS would decode them."""
+    features = {"image": tf().io.FixedLenFeature([], tf().string),
+                "label": tf().io.FixedLenFeature([], tf().int64)}
+    parsed = tf().io.parse_example(records, features)
+    images = parsed["image"]
+    if store_format == "raw":
+        images = tf().reshape(tf().io.decode_raw(images, tf().uint8), [-1, SIDE, SIDE, 3])
+    return images, parsed["label"]
+
+
 def is_prepared(data: Any) -> bool:
     return os.path.exists(os.path.join(store_dir(data), "dataset_info.json"))
 

@@ -223,7 +223,7 @@ class StorePreprocessing:
     def __init__(self, config: Any, builder: Any, store_directory: str):
         import tensorflow_datasets as tfds
         from alexnet_jax.input_pipeline.preprocess.on_device import PaperAugmentation
-        self.data, self.seed = config.data, config.seed
+        self.data, self.seed, self.builder = config.data, config.seed, builder
         jpeg = config.data.store_format != "raw"
         self.decoders = {"image": tfds.decode.SkipDecoding()} if jpeg else None
         mean = load_mean(config.data, builder, sources.info(config.data.dataset).train_split,
@@ -238,6 +238,26 @@ class StorePreprocessing:
         (crop_seed,) = example_seeds(self.seed, epoch, index, 1)
         offset = random_offset(crop_seed)
         return {"image": crop_store_image(image, offset), "offset": offset}
+
+    # Training reads the store's records itself and parses a batch per call: TFDS's
+    # per-example reading cost more host time than the decoding (docs/performance.md).
+
+    def records(self, split: str):
+        """``split``'s serialized examples, in TFDS's order."""
+        from alexnet_jax.input_pipeline import store
+        return store.split_records(self.builder, split)
+
+    def train_batch(self, records, epoch, index):
+        """``train`` over a batch of serialized examples, with their labels; ``index``: the
+        examples' global indices."""
+        from alexnet_jax.input_pipeline import store
+        tf = _tf()
+        images, labels = store.parse_batch(records, self.data.store_format)
+        crops = tf.map_fn(lambda example: self.train(example[0], epoch, example[1]),
+                          (images, index), parallel_iterations=16, fn_output_signature={
+                              "image": tf.TensorSpec([CROP, CROP, 3], tf.uint8),
+                              "offset": tf.TensorSpec([2], tf.int32)})
+        return {**crops, "label": labels}
 
     def eval(self, image):
         return decode_store_image(image)
