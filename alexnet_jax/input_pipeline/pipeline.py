@@ -24,7 +24,8 @@ from alexnet_jax.input_pipeline.tf_runtime import plain_graph, tf as _tf
 class Pipeline:
     """A TFDS dataset as NumPy batches: seeded shuffling, per-process rows, padded evaluation.
 
-    What happens to each image is the ``preprocessing`` object's (``train``/``eval``);
+    What happens to each image is the ``preprocessing`` object's (``train``/``eval``, or
+    ``train_batch`` over serialized records where it has one: see ``Preprocessing``);
     this class does the rest, the same for every dataset.
     """
 

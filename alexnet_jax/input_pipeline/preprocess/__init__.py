@@ -16,6 +16,12 @@ from alexnet_jax.input_pipeline import sources
 
 
 class Preprocessing(Protocol):
+    """What a dataset family does to each image; ``Pipeline`` does the rest.
+
+    One that also has ``records(split)`` (the split's serialized examples) and
+    ``train_batch(records, epoch, index)`` (``train`` over a batch of them, labels
+    included) is given its training examples that way, a batch per call."""
+
     decoders: dict[str, Any] | None
     center_view: int
 
