@@ -6,7 +6,10 @@ A preprocessing object has:
 * ``train(image, epoch, index)``: one training example, its randomness a function of
   (run seed, epoch, position in the epoch);
 * ``eval(image)``: one test image, or several views of it stacked on a leading axis;
-* ``center_view``: the index of the centre view among those views (0 for one view).
+* ``center_view``: the index of the centre view among those views (0 for one view);
+* optionally ``records(split)`` (the split's serialized examples) and
+  ``train_batch(records, epoch, index)`` (``train`` over a batch of them, labels included):
+  then training examples come that way, a batch per call (the prepared ImageNet store).
 """
 from __future__ import annotations
 
@@ -16,11 +19,7 @@ from alexnet_jax.input_pipeline import sources
 
 
 class Preprocessing(Protocol):
-    """What a dataset family does to each image; ``Pipeline`` does the rest.
-
-    One that also has ``records(split)`` (the split's serialized examples) and
-    ``train_batch(records, epoch, index)`` (``train`` over a batch of them, labels
-    included) is given its training examples that way, a batch per call."""
+    """The module docstring lists what each attribute does."""
 
     decoders: dict[str, Any] | None
     center_view: int
