@@ -9,13 +9,12 @@ convolution (what ``vmap`` makes of ``lax.conv``: ``model.implementation=plain``
 side by side with a block-diagonal kernel.  Prints the median of 15 calls, in ms, of the
 forward and of the forward with both gradients (autodiff); ``docs/performance.md`` has a run.
 """
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax.kernels import xla_cpu
+from benchmarks.timing import median_ms
 
 TOWERS = 2
 SHAPES = {  # per tower: batch, side, input maps, output maps, kernel
@@ -45,16 +44,6 @@ def block_diagonal(xs, kernels, pads):
     blocks = jnp.einsum("tabco,ts->abtcso", kernels, jnp.eye(towers, dtype=kernels.dtype))
     y = xla_conv(side_by_side, blocks.reshape(kh, kw, towers * c, towers * o), pads)
     return y.reshape(n, h, w, towers, o).transpose(3, 0, 1, 2, 4)
-
-
-def median_ms(fn, *args, calls=15):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1000
 
 
 def main():

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <vector>
 #include <algorithm>
+#include <tuple>
 #include <unordered_map>
 using namespace dnnl;
 using tag = memory::format_tag;
@@ -17,12 +18,21 @@ void fill(memory& m, float value) {
   std::fill(data, data + m.get_desc().get_size() / sizeof(float), value);
 }
 
-double time_ms(stream& s, primitive& p, std::unordered_map<int, memory>& args, int reps) {
-  p.execute(s, args); s.wait();
+// Median milliseconds of `reps` runs of `p` after one, each argument a fresh buffer of its
+// descriptor filled with its value.
+double time_ms(engine& eng, stream& s, primitive p,
+               const std::vector<std::tuple<int, memory::desc, float>>& args, int reps = 15) {
+  std::unordered_map<int, memory> buffers;
+  for (const auto& [arg, desc, value] : args) {
+    memory buffer(desc, eng);
+    fill(buffer, value);
+    buffers.emplace(arg, buffer);
+  }
+  p.execute(s, buffers); s.wait();
   std::vector<double> t;
   for (int i = 0; i < reps; ++i) {
     auto a = std::chrono::steady_clock::now();
-    p.execute(s, args); s.wait();
+    p.execute(s, buffers); s.wait();
     t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
   }
   std::sort(t.begin(), t.end());
@@ -48,28 +58,20 @@ int main() {
       auto fd = convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct,
                                           smd, wmd, dmd, strides, pl, pr);
       auto fpd = convolution_forward::primitive_desc(fd, eng);
-      memory sm(fpd.src_desc(), eng), wm(fpd.weights_desc(), eng), dm(fpd.dst_desc(), eng);
-      fill(sm, 0.5f);
-      fill(wm, 0.01f);
-      auto fwd = convolution_forward(fpd);
-      std::unordered_map<int, memory> fa{{DNNL_ARG_SRC, sm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dm}};
-      double f = time_ms(s, fwd, fa, 15);
+      double f = time_ms(eng, s, convolution_forward(fpd),
+                         {{DNNL_ARG_SRC, fpd.src_desc(), 0.5f}, {DNNL_ARG_WEIGHTS, fpd.weights_desc(), 0.01f},
+                          {DNNL_ARG_DST, fpd.dst_desc(), 0.0f}});
       auto bdd = convolution_backward_data::desc(algorithm::convolution_direct, smd, wmd, dmd, strides, pl, pr);
       auto bdpd = convolution_backward_data::primitive_desc(bdd, eng, fpd);
-      memory dsm(bdpd.diff_src_desc(), eng), ddm(bdpd.diff_dst_desc(), eng), wm2(bdpd.weights_desc(), eng);
-      fill(ddm, 0.1f);
-      fill(wm2, 0.01f);
-      auto bd = convolution_backward_data(bdpd);
-      std::unordered_map<int, memory> ba{{DNNL_ARG_DIFF_SRC, dsm}, {DNNL_ARG_WEIGHTS, wm2}, {DNNL_ARG_DIFF_DST, ddm}};
-      double b = time_ms(s, bd, ba, 15);
-      auto bwd_w = convolution_backward_weights::desc(algorithm::convolution_direct, smd, wmd, dmd, strides, pl, pr);
-      auto bwpd = convolution_backward_weights::primitive_desc(bwd_w, eng, fpd);
-      memory sm3(bwpd.src_desc(), eng), dwm(bwpd.diff_weights_desc(), eng), ddm3(bwpd.diff_dst_desc(), eng);
-      fill(sm3, 0.5f);
-      fill(ddm3, 0.1f);
-      auto bw = convolution_backward_weights(bwpd);
-      std::unordered_map<int, memory> wa{{DNNL_ARG_SRC, sm3}, {DNNL_ARG_DIFF_WEIGHTS, dwm}, {DNNL_ARG_DIFF_DST, ddm3}};
-      double w = time_ms(s, bw, wa, 15);
+      double b = time_ms(eng, s, convolution_backward_data(bdpd),
+                         {{DNNL_ARG_DIFF_DST, bdpd.diff_dst_desc(), 0.1f},
+                          {DNNL_ARG_WEIGHTS, bdpd.weights_desc(), 0.01f},
+                          {DNNL_ARG_DIFF_SRC, bdpd.diff_src_desc(), 0.0f}});
+      auto bwd = convolution_backward_weights::desc(algorithm::convolution_direct, smd, wmd, dmd, strides, pl, pr);
+      auto bwpd = convolution_backward_weights::primitive_desc(bwd, eng, fpd);
+      double w = time_ms(eng, s, convolution_backward_weights(bwpd),
+                         {{DNNL_ARG_SRC, bwpd.src_desc(), 0.5f}, {DNNL_ARG_DIFF_DST, bwpd.diff_dst_desc(), 0.1f},
+                          {DNNL_ARG_DIFF_WEIGHTS, bwpd.diff_weights_desc(), 0.0f}});
       printf("%s %-6s fwd %8.2f ms  bwd_data %8.2f ms  bwd_weights %8.2f ms  (%s)\n", c.name,
              any ? "any" : "nhwc", f, b, w, fpd.impl_info_str());
     }

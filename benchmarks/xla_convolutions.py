@@ -6,28 +6,17 @@ compiler options: forward, backward-data and backward-weights, median of 15 call
 The counterpart of ``benchmarks/onednn_convolutions.cpp`` (``scripts/onednn_probe.sh``
 runs both); ``docs/performance.md`` has a run.
 """
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax.kernels import xla_cpu
+from benchmarks.timing import median_ms
 
 # name, batch, side, input maps, output maps, kernel, stride (SAME padding throughout)
 CONVOLUTIONS = [("conv1", 32, 224, 3, 64, 11, 4), ("conv2", 32, 27, 64, 192, 5, 1),
                 ("conv3", 32, 13, 192, 384, 3, 1), ("conv4", 32, 13, 384, 256, 3, 1),
                 ("conv5", 32, 13, 256, 256, 3, 1)]
-
-
-def median_ms(fn, *args, calls=15):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1000
 
 
 def main():
