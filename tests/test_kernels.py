@@ -22,16 +22,17 @@ def test_select_gives_plain_layers_off_cpu_and_when_asked():
     assert kernels.compiler_options("gpu") == {}
 
 
-@pytest.mark.parametrize("implementation,grouped,im2col,wide_bias", [
-    ("auto", True, True, False),    # the towers side by side: im2col, bias added plainly
-    ("auto", False, False, True),   # one tower here: XLA's convolution, wide-row bias
-    ("im2col", False, True, True),  # forced: im2col whether grouped or not
+@pytest.mark.parametrize("implementation,grouped,form,wide_bias", [
+    ("auto", True, "per_tower", False),  # the towers side by side: one convolution per tower
+    ("auto", False, "xla", True),        # one tower here: XLA's convolution, wide-row bias
+    ("im2col", False, "im2col", True),   # forced: im2col whether grouped or not
+    ("im2col", True, "im2col", False),
 ])
-def test_select_on_cpu_picks_the_convolution_by_grouping(implementation, grouped, im2col,
+def test_select_on_cpu_picks_the_convolution_by_grouping(implementation, grouped, form,
                                                         wide_bias):
     layers = kernels.select(implementation, grouped=grouped, backend="cpu")
     conv = layers.conv(8, (3, 3))
-    assert (conv.im2col, conv.wide_bias) == (im2col, wide_bias)
+    assert (conv.form, conv.wide_bias) == (form, wide_bias)
     assert layers.max_pool is xla_cpu.max_pool
     assert layers.dense(4).dot_general is xla_cpu.dense_dot_general
 
@@ -41,14 +42,15 @@ def test_select_rejects_an_unknown_implementation_listing_the_valid_ones():
         kernels.select("cudnn")
 
 
-@pytest.mark.parametrize("im2col,wide_bias", [(True, False), (False, True), (True, True)])
-def test_cpu_conv_has_nn_conv_parameters_and_values(im2col, wide_bias):
+@pytest.mark.parametrize("form,wide_bias", [("im2col", False), ("xla", True), ("im2col", True),
+                                            ("per_tower", False)])
+def test_cpu_conv_has_nn_conv_parameters_and_values(form, wide_bias):
     """Same parameter tree, same initial values, same outputs as ``nn.Conv``: checkpoints
     do not depend on the kernels chosen."""
     x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
     args = dict(features=5, kernel_size=(3, 3), strides=(2, 2), padding=((0, 1), (0, 1)),
                 bias_init=nn.initializers.normal(1.0))
-    ours = xla_cpu.Conv(**args, im2col=im2col, wide_bias=wide_bias)
+    ours = xla_cpu.Conv(**args, form=form, wide_bias=wide_bias)
     reference = nn.Conv(**args)
     variables = ours.init(jax.random.key(1), x)
     assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
@@ -66,13 +68,51 @@ def test_im2col_convolution_and_its_gradients_equal_xla(stride, padding, size):
     x = jax.random.normal(jax.random.key(7), (2, 19, 19, 3))
     w = jax.random.normal(jax.random.key(8), (size, size, 3, 4))
 
-    def loss(use_im2col):
-        return lambda x, w: jnp.sum(jnp.sin(xla_cpu.conv2d(x, w, stride, padding, use_im2col)))
+    def loss(form):
+        return lambda x, w: jnp.sum(jnp.sin(xla_cpu.conv2d(x, w, stride, padding, form)))
 
-    np.testing.assert_allclose(xla_cpu.conv2d(x, w, stride, padding, True),
-                               xla_cpu.conv2d(x, w, stride, padding, False), rtol=1e-4, atol=1e-4)
-    for a, b in zip(jax.grad(loss(True), (0, 1))(x, w), jax.grad(loss(False), (0, 1))(x, w)):
+    np.testing.assert_allclose(xla_cpu.conv2d(x, w, stride, padding, "im2col"),
+                               xla_cpu.conv2d(x, w, stride, padding, "xla"), rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.grad(loss("im2col"), (0, 1))(x, w), jax.grad(loss("xla"), (0, 1))(x, w)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+
+
+@pytest.mark.parametrize("in_axes", [(0, 0), (None, 0), (0, None)])
+@pytest.mark.parametrize("stride,padding,size", [(1, "SAME", 3), (4, ((0, 3), (0, 3)), 11)])
+def test_per_tower_convolution_under_vmap_equals_xlas_grouped_one(in_axes, stride, padding,
+                                                                   size):
+    """Two towers side by side, each with its own input and kernel, a shared input (conv1)
+    or a shared kernel: the values and both gradients of one XLA convolution per tower
+    equal those of XLA's own batched (grouped) convolution, the shared argument's
+    gradient summed over the towers."""
+    towers, key_x, key_w, key_g = 2, *jax.random.split(jax.random.key(9), 3)
+    x = jax.random.normal(key_x, (towers, 2, 19, 19, 3) if in_axes[0] == 0 else (2, 19, 19, 3))
+    w = jax.random.normal(key_w, (towers, size, size, 3, 4) if in_axes[1] == 0
+                          else (size, size, 3, 4))
+
+    def mapped(form):
+        return jax.vmap(lambda x, w: xla_cpu.conv2d(x, w, stride, padding, form),
+                        in_axes=in_axes, axis_size=towers)
+
+    ours, reference = mapped("per_tower")(x, w), mapped("xla")(x, w)
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(key_g, reference.shape)
+    for a, b in zip(jax.vjp(mapped("per_tower"), x, w)[1](g), jax.vjp(mapped("xla"), x, w)[1](g)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+
+
+def test_per_tower_convolution_outside_vmap_is_xlas():
+    x = jax.random.normal(jax.random.key(10), (2, 9, 9, 3))
+    w = jax.random.normal(jax.random.key(11), (3, 3, 3, 5))
+
+    def loss(form):
+        return lambda x, w: jnp.sum(jnp.sin(xla_cpu.conv2d(x, w, 2, "SAME", form)))
+
+    np.testing.assert_array_equal(xla_cpu.conv2d(x, w, 2, "SAME", "per_tower"),
+                                  xla_cpu.conv2d(x, w, 2, "SAME", "xla"))
+    for a, b in zip(jax.grad(loss("per_tower"), (0, 1))(x, w), jax.grad(loss("xla"), (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape,window,stride", [

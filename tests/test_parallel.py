@@ -104,6 +104,21 @@ def test_every_layout_trains_to_the_same_parameters_and_metrics(norm, order_keep
                 np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=kind)
 
 
+def test_data_layout_sums_the_per_tower_convolutions_gradients_over_replicas(
+        order_keeping_kernels):
+    """The CPU form of the towers side by side (one XLA convolution per tower, with its own
+    VJP) under ``data``: each replica's kernel gradients are summed over the 8 replicas as
+    autodiff's are, so 3 steps end where one device's do."""
+    config = step_config()
+    config.model.implementation = "auto"
+    batches = random_batches(3)
+    layout = build(config, len(batches), "data", 8)[0]
+    assert layout.model.layers.name == "xla_cpu_per_tower"
+    reference, _ = train_steps("single", 1, config, batches)
+    result, _ = train_steps("data", 8, config, batches)
+    assert_trees_close(result[1], reference[1], rtol=1e-4)
+
+
 def test_tower_under_a_literal_pmap_is_the_papers_two_gpu_split():
     """``Tower``, the per-device program, under ``jax.pmap(axis_name="model")`` on 2 devices,
     each holding its tower's slice of the parameters: the single layout's logits, dropout

@@ -65,11 +65,13 @@ def select(implementation: str = "auto", grouped: bool = False,
     if implementation == "plain" or (implementation == "auto" and backend != "cpu"):
         return PLAIN
     # XLA:CPU's own grouped convolution is slow (its gradient above all), its ungrouped
-    # one fast; forced "im2col" writes every convolution as patches times a matrix.
-    im2col = grouped or implementation == "im2col"
-    return Layers(conv=functools.partial(xla_cpu.Conv, im2col=im2col, wide_bias=not grouped),
+    # one fast: the towers side by side run one ungrouped convolution each; forced
+    # "im2col" writes every convolution as patches times a matrix.
+    form = ("im2col" if implementation == "im2col" else "per_tower" if grouped else "xla")
+    return Layers(conv=functools.partial(xla_cpu.Conv, form=form, wide_bias=not grouped),
                   dense=functools.partial(nn.Dense, dot_general=xla_cpu.dense_dot_general),
-                  max_pool=xla_cpu.max_pool, name="xla_cpu_im2col" if im2col else "xla_cpu")
+                  max_pool=xla_cpu.max_pool,
+                  name="xla_cpu" if form == "xla" else f"xla_cpu_{form}")
 
 
 def compiler_options(backend: str | None = None) -> dict[str, str]:

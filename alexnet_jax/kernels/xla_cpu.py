@@ -3,10 +3,13 @@
 ``kernels.select`` picks them on the CPU backend; ``docs/performance.md`` has what each
 one saves, measured.  Each is tested against the plain form it replaces.
 
-* ``Conv`` with ``im2col``: a convolution as patches times a matrix.  What ``vmap`` over
-  the towers makes of a convolution is a grouped convolution, whose gradient XLA:CPU
-  runs several times slower than the matrix products of this form.  Ungrouped
-  convolutions XLA:CPU runs well itself (Eigen's kernels: ``compiler_options``).
+* ``Conv`` with ``form="per_tower"`` (``per_tower_conv2d``), for the towers side by side:
+  what ``vmap`` over the towers makes of a convolution is a grouped convolution, whose
+  gradient XLA:CPU runs several times slower than its ungrouped one (Eigen's kernels:
+  ``compiler_options``).  This form's ``vmap`` rule runs one ungrouped convolution per
+  tower, and its VJP the ungrouped gradients per tower.
+* ``Conv`` with ``form="im2col"``: a convolution as patches times a matrix, grouped or
+  not: one arithmetic for every layout (``model.implementation=im2col``).
 * ``Conv`` with ``wide_bias`` (``add_channel_bias``): the bias added over rows of W x C
   values, so that autodiff sums its gradient over wide rows; XLA:CPU's own sum over N, H
   and W of rows of only C values is slow.  Under the towers' vmap it is slower, so the
@@ -14,7 +17,9 @@ one saves, measured.  Each is tested against the plain form it replaces.
 * ``max_pool``: the forward keeps each window's winning tap as an int8, and the
   gradient writes the input once, stride phase by stride phase, in place of XLA's
   select-and-scatter.  At ties it sends the gradient where select-and-scatter does: to
-  the first maximum in row-major order.
+  the first maximum in row-major order.  The pooled map itself is XLA's
+  ``reduce_window``, which XLA writes out once; an elementwise max of the taps would be
+  recomputed, with the layers below it, inside every fusion that reads it.
 * ``dense_dot_general`` (``nn.Dense(dot_general=...)``): the input gradient of a dense
   layer as kernel @ g^T, (in, batch), an orientation Eigen's matrix product runs much
   faster than autodiff's g @ kernel^T, (batch, in).
@@ -23,9 +28,12 @@ one saves, measured.  Each is tested against the plain form it replaces.
   YNNPACK, whose sums do not depend on how a batch is split over devices (the layout
   tests use it).
 
-All of them are plain autodiff where the gradient of a replicated parameter must be
-summed over data replicas under ``shard_map`` (custom VJPs lost that sum), and custom
-VJPs only where that does not arise (max-pooling, which has no parameters).
+Custom VJPs only where JAX still sums a replicated parameter's gradient over data
+replicas: max-pooling has no parameters, and the per-tower convolution runs only with
+the towers side by side, on one device or under the ``data`` layout, whose ``shard_map``
+sums the replicas' gradients at its boundary (``tests/test_parallel.py`` checks it).
+Where towers live on devices (varying-axes checks on) the ungrouped convolutions are
+plain autodiff: a custom VJP there lost that sum.
 """
 from __future__ import annotations
 
@@ -66,16 +74,72 @@ def im2col(x: jax.Array, kernel: int, stride: int, pads: Sequence[tuple[int, int
     return jnp.concatenate(columns, axis=-1)
 
 
+CONV_FORMS = ("xla", "im2col", "per_tower")
+
+
+def xla_conv2d(x: jax.Array, kernel: jax.Array, stride: int,
+               pads: Sequence[tuple[int, int]]) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
-           use_im2col: bool) -> jax.Array:
-    """NHWC x HWIO convolution (cross-correlation), by XLA or as patches times a matrix."""
+           form: str = "xla") -> jax.Array:
+    """NHWC x HWIO convolution (cross-correlation): by XLA, as patches times a matrix, or,
+    under the towers' vmap, by XLA once per tower (``per_tower_conv2d``)."""
     size = kernel.shape[0]
     pads = explicit_padding(x.shape[1:3], size, stride, padding)
-    if not use_im2col:
-        return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pads,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if form == "xla":
+        return xla_conv2d(x, kernel, stride, pads)
+    if form == "per_tower":
+        return per_tower_conv2d(stride, pads)(x, kernel)
     patches = im2col(x, size, stride, pads)
     return jnp.einsum("nhwk,ko->nhwo", patches, kernel.reshape(-1, kernel.shape[-1]))
+
+
+def _stacked(value: jax.Array, batched: bool, size: int) -> jax.Array:
+    return value if batched else jnp.broadcast_to(value, (size, *value.shape))
+
+
+@functools.lru_cache(maxsize=None)
+def per_tower_conv2d(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable:
+    """``(x, kernel) -> y``: XLA's convolution, whose ``vmap`` (the towers side by side) is
+    one ungrouped convolution per tower instead of XLA's grouped one, forward and gradient.
+
+    Its value and gradients are XLA's for each tower.  Under ``vmap`` with the input
+    shared by the towers (conv1), the forward is one convolution with the towers' kernels
+    side by side.  The gradient of the input is summed over the towers where the input is
+    shared (JAX sums a vmapped custom VJP's cotangents of unbatched inputs)."""
+
+    def conv(x, kernel):
+        return xla_conv2d(x, kernel, stride, pads)
+
+    @jax.custom_batching.custom_vmap
+    def forward(x, kernel):
+        return conv(x, kernel)
+
+    @forward.def_vmap
+    def _forward_per_tower(towers, batched, x, kernel):
+        x, kernel = (_stacked(a, b, towers) for a, b in zip((x, kernel), batched))
+        return jnp.stack([conv(x[t], kernel[t]) for t in range(towers)]), True
+
+    @jax.custom_batching.custom_vmap
+    def gradients(x, kernel, g):
+        return jax.vjp(conv, x, kernel)[1](g)
+
+    @gradients.def_vmap
+    def _gradients_per_tower(towers, batched, x, kernel, g):
+        x, kernel, g = (_stacked(a, b, towers) for a, b in zip((x, kernel, g), batched))
+        per_tower = [jax.vjp(conv, x[t], kernel[t])[1](g[t]) for t in range(towers)]
+        return tuple(jnp.stack(parts) for parts in zip(*per_tower)), (True, True)
+
+    @jax.custom_vjp
+    def per_tower(x, kernel):
+        return forward(x, kernel)
+
+    per_tower.defvjp(lambda x, kernel: (forward(x, kernel), (x, kernel)),
+                     lambda residuals, g: gradients(*residuals, g))
+    return per_tower
 
 
 def add_channel_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
@@ -96,7 +160,7 @@ class Conv(nn.Module):
     dtype: Any = jnp.float32
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros
-    im2col: bool = False
+    form: str = "xla"
     wide_bias: bool = True
 
     @nn.compact
@@ -106,7 +170,7 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = conv2d(x, kernel, stride, self.padding, self.im2col)
+        y = conv2d(x, kernel, stride, self.padding, self.form)
         return add_channel_bias(y, bias) if self.wide_bias else y + bias
 
 
@@ -141,7 +205,7 @@ def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
 
 def _max_pool_forward(x, window, stride):
     taps = _window_taps(x, window, stride)
-    y = functools.reduce(jnp.maximum, taps)
+    y = nn.max_pool(x, (window, window), (stride, stride), "VALID")  # written out once
     # The winning tap as a reduction (argmax over the stacked hits), not as an elementwise
     # chain of compares, which XLA would fuse into, and recompute in, every gradient
     # fusion that reads it.  x is kept for its shape only.
