@@ -1,12 +1,13 @@
-"""The towers' grouped convolution on XLA:CPU in three forms, forward and gradient.
+"""The towers' grouped convolution on XLA:CPU in four forms, forward and gradient.
 
     python -m benchmarks.grouped_conv_forms
 
 Two towers side by side (``vmap`` over the tower axis), per tower the shapes of the small
 network's conv2 and conv4 and of the paper network's conv2.  Forms: XLA's own grouped
 convolution (what ``vmap`` makes of ``lax.conv``: ``model.implementation=plain``), im2col
-(``kernels.xla_cpu``, today's CPU form), and one ungrouped convolution of the towers' maps
-side by side with a block-diagonal kernel.  Prints the median of 15 calls, in ms, of the
+(``model.implementation=im2col``), one ungrouped convolution of the towers' maps side by
+side with a block-diagonal kernel, and one ungrouped convolution per tower
+(``xla_cpu.per_tower_conv2d``, today's CPU form).  Prints the median of 15 calls, in ms, of the
 forward and of the forward with both gradients (autodiff); ``docs/performance.md`` has a run.
 """
 import jax
@@ -34,7 +35,11 @@ def xla_grouped(xs, kernels, pads):
 
 
 def im2col(xs, kernels, pads):
-    return jax.vmap(lambda x, k: xla_cpu.conv2d(x, k, 1, pads, True))(xs, kernels)
+    return jax.vmap(lambda x, k: xla_cpu.conv2d(x, k, 1, pads, "im2col"))(xs, kernels)
+
+
+def per_tower(xs, kernels, pads):
+    return jax.vmap(lambda x, k: xla_cpu.conv2d(x, k, 1, pads, "per_tower"))(xs, kernels)
 
 
 def block_diagonal(xs, kernels, pads):
@@ -54,7 +59,7 @@ def main():
         pads = ((k // 2, k // 2),) * 2
         reference = im2col(xs, kernels, pads)
         for form_name, form in (("xla grouped", xla_grouped), ("im2col", im2col),
-                                ("block-diagonal", block_diagonal)):
+                                ("block-diagonal", block_diagonal), ("per tower", per_tower)):
             np.testing.assert_allclose(form(xs, kernels, pads), reference, rtol=1e-3, atol=1e-3)
             forward = jax.jit(lambda xs, ks, f=form: f(xs, ks, pads), compiler_options=options)
             gradient = jax.jit(jax.grad(lambda xs, ks, f=form: jnp.sum(f(xs, ks, pads) ** 2),
