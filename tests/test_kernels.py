@@ -102,6 +102,12 @@ def test_per_tower_convolution_under_vmap_equals_xlas_grouped_one(in_axes, strid
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
 
 
+def test_an_unknown_convolution_form_is_refused_with_the_valid_ones():
+    x, w = jnp.zeros((1, 5, 5, 2)), jnp.zeros((3, 3, 2, 4))
+    with pytest.raises(ValueError, match="'winograd'.*xla, im2col, per_tower"):
+        xla_cpu.conv2d(x, w, 1, "SAME", "winograd")
+
+
 def test_per_tower_convolution_outside_vmap_is_xlas():
     x = jax.random.normal(jax.random.key(10), (2, 9, 9, 3))
     w = jax.random.normal(jax.random.key(11), (3, 3, 3, 5))

@@ -79,6 +79,7 @@ CONV_FORMS = ("xla", "im2col", "per_tower")
 
 def xla_conv2d(x: jax.Array, kernel: jax.Array, stride: int,
                pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """XLA's NHWC x HWIO convolution with explicit (low, high) padding pairs."""
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pads,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -93,6 +94,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
         return xla_conv2d(x, kernel, stride, pads)
     if form == "per_tower":
         return per_tower_conv2d(stride, pads)(x, kernel)
+    if form != "im2col":
+        raise ValueError(f"Unknown convolution form {form!r}; valid ones are: "
+                         f"{', '.join(CONV_FORMS)}.")
     patches = im2col(x, size, stride, pads)
     return jnp.einsum("nhwk,ko->nhwo", patches, kernel.reshape(-1, kernel.shape[-1]))
 
@@ -106,10 +110,9 @@ def per_tower_conv2d(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable
     """``(x, kernel) -> y``: XLA's convolution, whose ``vmap`` (the towers side by side) is
     one ungrouped convolution per tower instead of XLA's grouped one, forward and gradient.
 
-    Its value and gradients are XLA's for each tower.  Under ``vmap`` with the input
-    shared by the towers (conv1), the forward is one convolution with the towers' kernels
-    side by side.  The gradient of the input is summed over the towers where the input is
-    shared (JAX sums a vmapped custom VJP's cotangents of unbatched inputs)."""
+    Its value and gradients are XLA's for each tower.  An argument the towers share (the
+    image, for conv1) is given to each tower's convolution, and its gradient summed over
+    the towers (JAX sums a vmapped custom VJP's cotangents of unbatched arguments)."""
 
     def conv(x, kernel):
         return xla_conv2d(x, kernel, stride, pads)
