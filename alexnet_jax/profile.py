@@ -8,6 +8,7 @@ instructions can exceed the wall time: XLA:CPU runs independent ones side by sid
 """
 from __future__ import annotations
 
+import collections
 import glob
 import gzip
 import json
@@ -18,19 +19,44 @@ from typing import Any, Callable
 
 import jax
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?metadata=\{[^}]*op_name=\"([^\"]*)\"")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_OP_NAME = re.compile(r"metadata=\{[^}]*op_name=\"([^\"]*)\"")
+_OPERAND = re.compile(r"%([\w.\-]+)")
 _LAYER = re.compile(r"/(conv\d+|fc\d+|output|lrn\d+|bn\d+|pool\d+)(?:/|$)")
 
 
 def instruction_layers(compiled_text: str) -> dict[str, tuple[str, str]]:
     """HLO instruction name -> (layer, "forward" | "backward") from the compiled module's
-    metadata; instructions of no layer count as ``other``."""
-    layers = {}
+    metadata; instructions of no layer count as ``other``.  An instruction that XLA made
+    without metadata (a convolution's kernel gradient it rewrote, a layout change) takes
+    that of its nearest user that has some."""
+    named, users = {}, {}
     for line in compiled_text.splitlines():
         match = _INSTRUCTION.match(line)
         if not match:
             continue
-        name, op_name = match.groups()
+        name, rest = match.groups()
+        op_name = _OP_NAME.search(rest)
+        named[name] = op_name.group(1) if op_name else None
+        for operand in set(_OPERAND.findall(rest.split("metadata=")[0])) - {name}:
+            users.setdefault(operand, []).append(name)
+
+    def nearest_op_name(name: str) -> str | None:
+        """The op_name of ``name`` or of its nearest user with one (breadth first)."""
+        queue, seen = collections.deque([name]), {name}
+        while queue:
+            current = queue.popleft()
+            if named.get(current):
+                return named[current]
+            for user in users.get(current, ()):
+                if user not in seen:
+                    seen.add(user)
+                    queue.append(user)
+        return None
+
+    layers = {}
+    for name in named:
+        op_name = nearest_op_name(name) or ""
         layer = _LAYER.search(op_name)
         direction = "backward" if "transpose(" in op_name else "forward"
         layers[name] = (layer.group(1) if layer else "other", direction)

@@ -55,3 +55,23 @@ def test_compare_gives_every_runner_the_same_protocol(tmp_path):
     for command in runners.values():
         for flag, value in (("--batch", "128"), ("--steps", "5"), ("--burn_in", "2")):
             assert command[command.index(flag) + 1] == value
+
+
+def test_profile_gives_an_instruction_without_metadata_its_nearest_users_layer():
+    """XLA rewrites a convolution's kernel gradient into instructions without metadata;
+    they count for the layer of the nearest instruction that uses their result."""
+    from alexnet_jax import profile
+    text = "\n".join([
+        '%conv_general_dilated.1 = f32[4,5,5,8]{3,2,1,0} convolution(%p0, %p1), '
+        'metadata={op_name="jit(f)/jvp(AlexNet)/vmap(towers)/conv2/conv_general_dilated"}',
+        '%transpose_copy_fusion.2 = f32[8,5,5,4]{3,2,1,0} fusion(%p0), kind=kLoop',
+        '%convolution.3 = f32[3,3,8,8]{3,2,1,0} convolution(%transpose_copy_fusion.2, %p2)',
+        '%stack.4 = f32[2,3,3,8,8]{4,3,2,1,0} concatenate(%convolution.3, %convolution.3), '
+        'metadata={op_name="jit(f)/transpose(jvp(AlexNet))/vmap(towers)/conv2/stack"}',
+        '%orphan.5 = f32[] add(%p3, %p3)',
+    ])
+    layers = profile.instruction_layers(text)
+    assert layers["conv_general_dilated.1"] == ("conv2", "forward")
+    assert layers["convolution.3"] == layers["transpose_copy_fusion.2"] == ("conv2", "backward")
+    assert layers["stack.4"] == ("conv2", "backward")
+    assert layers["orphan.5"] == ("other", "forward")
