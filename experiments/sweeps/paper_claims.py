@@ -15,10 +15,10 @@
 As in lrn_vs_bn.py: the last 5,000 training images are the validation split, each
 variant's learning rate is chosen from the grid on it with seed 0, seeds 1 and 2 follow.
 Budget: 5 variants x 3 rates + 5 x 2 seeds = 25 runs of the default experiment.  On a 2-core
-CPU with --parallel 2 (the towers as im2col, commit fed8b7b) a two-tower run took 13-14 min
-and a one-tower run 4-5 min; a diverging rate stops within a minute.  The grid took ~1.5-2 h
-of an otherwise idle machine, the seeds need ~1 h more; scripts/keep_study.sh keeps its
-finished runs in the repo for a later session.  Interrupted, the same command resumes.
+CPU with --parallel 2 a two-tower run takes 12-14 min and a one-tower run 4-5 min; a
+diverging rate stops within a minute: ~3 h in all (docs/results.md has the measured run and
+the code it used); scripts/keep_study.sh keeps its finished runs in the repo for a later
+session.  Interrupted, the same command resumes.
 """
 
 
