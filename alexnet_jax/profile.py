@@ -1,10 +1,17 @@
 """Where a compiled step's time goes, per layer and direction, without a profiler UI.
 
-``layer_times`` runs a jitted function under ``jax.profiler.trace``, reads the time of
-every XLA instruction from the trace, and attributes each instruction to the layer in
-its metadata (the Flax module path, ``towers/conv1/...``, or a named scope such as
-``pool1``), forward or backward (autodiff's transposes).  The sums of overlapping
-instructions can exceed the wall time: XLA:CPU runs independent ones side by side.
+``layer_times`` runs a jitted function under ``jax.profiler.trace``, reads when every XLA
+instruction ran from the trace, and attributes each instruction to the layer in its
+metadata (the Flax module path, ``towers/conv1/...``, or a named scope such as ``pool1``),
+forward or backward (autodiff's transposes).
+
+XLA:CPU's runtime runs an instruction either inline (its trace event spans the work) or
+asynchronously (a convolution or a matrix product handed to Eigen's threads: its event
+spans only the hand-off, and an ``end: NAME`` event marks when the work finished).  An
+instruction therefore runs from its event's start to its end event where it has one.
+Independent instructions run side by side, so each moment is split equally among the
+instructions running then (``instruction_times``): the table sums to the time the calls
+ran, and no moment counts twice.
 """
 from __future__ import annotations
 
@@ -63,15 +70,50 @@ def instruction_layers(compiled_text: str) -> dict[str, tuple[str, str]]:
     return layers
 
 
-def _trace_durations(directory: str) -> dict[str, float]:
-    """Total microseconds per event name in the perfetto trace written under ``directory``."""
-    totals: dict[str, float] = {}
+def _trace_events(directory: str) -> list[dict[str, Any]]:
+    """The complete ("X") events of the perfetto traces written under ``directory``."""
+    events = []
     for path in glob.glob(os.path.join(directory, "**", "perfetto_trace.json.gz"), recursive=True):
         with gzip.open(path) as f:
             trace = json.load(f)
-        for event in trace["traceEvents"] if isinstance(trace, dict) else trace:
-            if event.get("ph") == "X":
-                totals[event["name"]] = totals.get(event["name"], 0.0) + event.get("dur", 0.0)
+        events += [e for e in (trace["traceEvents"] if isinstance(trace, dict) else trace)
+                   if e.get("ph") == "X"]
+    return events
+
+
+def instruction_intervals(events: list[dict[str, Any]], instructions: Any
+                          ) -> list[tuple[str, float, float]]:
+    """(instruction, start, end) in microseconds for every run of an instruction named in
+    ``instructions``: from its event's start to the end of its ``end: NAME`` event, or of
+    its own event where it has none (it ran inline)."""
+    runs: list[tuple[str, float, float]] = []
+    open_runs: dict[str, list[int]] = {}
+    for event in sorted(events, key=lambda e: e["ts"]):
+        name, start = event["name"], event["ts"]
+        finish = start + event.get("dur", 0.0)
+        if name.startswith("end: ") and open_runs.get(name[5:]):
+            index = open_runs[name[5:]].pop(0)
+            runs[index] = (runs[index][0], runs[index][1], max(runs[index][2], finish))
+        elif name in instructions:
+            open_runs.setdefault(name, []).append(len(runs))
+            runs.append((name, start, finish))
+    return runs
+
+
+def instruction_times(runs: list[tuple[str, float, float]]) -> dict[str, float]:
+    """Microseconds per instruction, each moment split equally among the runs in progress
+    then: the values sum to the length of the union of the intervals."""
+    spans = [i for i, (_, start, end) in enumerate(runs) if end > start]
+    changes = sorted([(runs[i][1], 1, i) for i in spans] + [(runs[i][2], -1, i) for i in spans])
+    totals: dict[str, float] = {}
+    active: set[int] = set()
+    previous = changes[0][0] if changes else 0.0
+    for time, change, index in changes:
+        for i in active:
+            name = runs[i][0]
+            totals[name] = totals.get(name, 0.0) + (time - previous) / len(active)
+        previous = time
+        (active.add if change > 0 else active.discard)(index)
     return totals
 
 
@@ -84,7 +126,7 @@ def layer_times(jitted: Callable, *args: Any, steps: int = 3) -> dict[str, dict[
         with jax.profiler.trace(directory, create_perfetto_trace=True):
             for _ in range(steps):
                 jax.block_until_ready(jitted(*args))
-        durations = _trace_durations(directory)
+        durations = instruction_times(instruction_intervals(_trace_events(directory), layers))
     table: dict[str, dict[str, float]] = {}
     for name, (layer, direction) in layers.items():
         if name in durations:

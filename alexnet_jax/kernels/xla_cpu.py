@@ -7,7 +7,8 @@ one saves, measured.  Each is tested against the plain form it replaces.
   what ``vmap`` over the towers makes of a convolution is a grouped convolution, whose
   gradient XLA:CPU runs several times slower than its ungrouped one (Eigen's kernels:
   ``compiler_options``).  This form's ``vmap`` rule runs one ungrouped convolution per
-  tower, and its VJP the ungrouped gradients per tower.
+  tower, and its VJP the ungrouped gradients per tower; an input the towers share
+  (conv1's image) is convolved once, with the towers' kernels side by side.
 * ``Conv`` with ``form="im2col"``: a convolution as patches times a matrix, grouped or
   not: one arithmetic for every layout (``model.implementation=im2col``).
 * ``Conv`` with ``wide_bias`` (``add_channel_bias``): the bias added over rows of W x C
@@ -105,17 +106,29 @@ def _stacked(value: jax.Array, batched: bool, size: int) -> jax.Array:
     return value if batched else jnp.broadcast_to(value, (size, *value.shape))
 
 
+def _kernels_side_by_side(kernel: jax.Array) -> jax.Array:
+    """(towers, kh, kw, in, out) kernels as one (kh, kw, in, towers * out) kernel."""
+    towers, kh, kw, channels, out = kernel.shape
+    return kernel.transpose(1, 2, 3, 0, 4).reshape(kh, kw, channels, towers * out)
+
+
 @functools.lru_cache(maxsize=None)
 def per_tower_conv2d(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable:
     """``(x, kernel) -> y``: XLA's convolution, whose ``vmap`` (the towers side by side) is
     one ungrouped convolution per tower instead of XLA's grouped one, forward and gradient.
 
-    Its value and gradients are XLA's for each tower.  An argument the towers share (the
-    image, for conv1) is given to each tower's convolution, and its gradient summed over
-    the towers (JAX sums a vmapped custom VJP's cotangents of unbatched arguments)."""
+    Its value and gradients are XLA's for each tower.  An input the towers share (the
+    image, for conv1) is convolved once with the towers' kernels side by side (one
+    convolution with every tower's output maps, then split per tower): a convolution of
+    few input channels is cheaper once wide than once per tower.  Its gradient is summed
+    over the towers."""
 
     def conv(x, kernel):
         return xla_conv2d(x, kernel, stride, pads)
+
+    def shared_input_conv(x, kernel):
+        y = conv(x, _kernels_side_by_side(kernel))
+        return y.reshape(*y.shape[:-1], kernel.shape[0], -1).transpose(3, 0, 1, 2, 4)
 
     @jax.custom_batching.custom_vmap
     def forward(x, kernel):
@@ -123,6 +136,8 @@ def per_tower_conv2d(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable
 
     @forward.def_vmap
     def _forward_per_tower(towers, batched, x, kernel):
+        if not batched[0]:
+            return shared_input_conv(x, _stacked(kernel, batched[1], towers)), True
         x, kernel = (_stacked(a, b, towers) for a, b in zip((x, kernel), batched))
         return jnp.stack([conv(x[t], kernel[t]) for t in range(towers)]), True
 
@@ -132,6 +147,9 @@ def per_tower_conv2d(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable
 
     @gradients.def_vmap
     def _gradients_per_tower(towers, batched, x, kernel, g):
+        if not batched[0]:
+            kernel, g = (_stacked(a, b, towers) for a, b in zip((kernel, g), batched[1:]))
+            return jax.vjp(shared_input_conv, x, kernel)[1](g), (False, True)
         x, kernel, g = (_stacked(a, b, towers) for a, b in zip((x, kernel, g), batched))
         per_tower = [jax.vjp(conv, x[t], kernel[t])[1](g[t]) for t in range(towers)]
         return tuple(jnp.stack(parts) for parts in zip(*per_tower)), (True, True)
