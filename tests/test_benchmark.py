@@ -75,3 +75,26 @@ def test_profile_gives_an_instruction_without_metadata_its_nearest_users_layer()
     assert layers["convolution.3"] == layers["transpose_copy_fusion.2"] == ("conv2", "backward")
     assert layers["stack.4"] == ("conv2", "backward")
     assert layers["orphan.5"] == ("other", "forward")
+
+
+def test_profile_times_an_asynchronous_instruction_to_its_end_and_splits_overlaps():
+    """XLA:CPU traces a convolution handed to Eigen's threads as a short hand-off event and
+    an ``end: NAME`` event when the work finished; instructions running side by side share
+    each moment, so the times sum to the span of the calls (hand-computed case)."""
+    from alexnet_jax import profile
+    events = [  # microseconds; two calls of the same program
+        {"name": "fusion.1", "ts": 0.0, "dur": 10.0},          # inline, 0-10
+        {"name": "convolution.2", "ts": 4.0, "dur": 0.5},      # handed off at 4 ...
+        {"name": "end: convolution.2", "ts": 15.0, "dur": 1.0},  # ... done at 16
+        {"name": "ThunkExecutor::Execute", "ts": 0.0, "dur": 40.0},  # not an instruction
+        {"name": "fusion.1", "ts": 20.0, "dur": 4.0},          # second call, alone
+        {"name": "convolution.2", "ts": 24.0, "dur": 0.0},     # zero-length hand-off ...
+        {"name": "end: convolution.2", "ts": 30.0, "dur": 0.0},  # ... done at 30
+    ]
+    runs = profile.instruction_intervals(events, {"fusion.1", "convolution.2"})
+    assert sorted(runs) == [("convolution.2", 4.0, 16.0), ("convolution.2", 24.0, 30.0),
+                            ("fusion.1", 0.0, 10.0), ("fusion.1", 20.0, 24.0)]
+    times = profile.instruction_times(runs)
+    # 0-4 fusion alone, 4-10 shared (3 each), 10-16 convolution alone; 20-24 fusion, 24-30 conv
+    assert times == {"fusion.1": 4.0 + 3.0 + 4.0, "convolution.2": 3.0 + 6.0 + 6.0}
+    assert sum(times.values()) == 16.0 + 10.0
