@@ -7,14 +7,16 @@ forward or backward (autodiff's transposes).
 
 XLA:CPU's runtime runs an instruction either inline (its trace event spans the work) or
 asynchronously (a convolution or a matrix product handed to Eigen's threads: its event
-spans only the hand-off, and an ``end: NAME`` event marks when the work finished).  An
-instruction therefore runs from its event's start to its end event where it has one.
+spans only the hand-off, and an ``end: NAME`` event marks when the runtime saw the work
+finished).  An instruction therefore runs from its event's start to its end event where
+it has one, and at the latest until an instruction that reads its result starts.
 Independent instructions run side by side, so each moment is split equally among the
 instructions running then (``instruction_times``): the table sums to the time the calls
 ran, and no moment counts twice.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import glob
 import gzip
@@ -32,12 +34,10 @@ _OPERAND = re.compile(r"%([\w.\-]+)")
 _LAYER = re.compile(r"/(conv\d+|fc\d+|output|lrn\d+|bn\d+|pool\d+)(?:/|$)")
 
 
-def instruction_layers(compiled_text: str) -> dict[str, tuple[str, str]]:
-    """HLO instruction name -> (layer, "forward" | "backward") from the compiled module's
-    metadata; instructions of no layer count as ``other``.  An instruction that XLA made
-    without metadata (a convolution's kernel gradient it rewrote, a layout change) takes
-    that of its nearest user that has some."""
-    named, users = {}, {}
+def _instructions(compiled_text: str) -> tuple[dict[str, str | None], dict[str, list[str]]]:
+    """Every instruction's op_name (None without metadata), and the users of each."""
+    named: dict[str, str | None] = {}
+    users: dict[str, list[str]] = {}
     for line in compiled_text.splitlines():
         match = _INSTRUCTION.match(line)
         if not match:
@@ -47,6 +47,20 @@ def instruction_layers(compiled_text: str) -> dict[str, tuple[str, str]]:
         named[name] = op_name.group(1) if op_name else None
         for operand in set(_OPERAND.findall(rest.split("metadata=")[0])) - {name}:
             users.setdefault(operand, []).append(name)
+    return named, users
+
+
+def instruction_users(compiled_text: str) -> dict[str, list[str]]:
+    """HLO instruction name -> the instructions that read its result."""
+    return _instructions(compiled_text)[1]
+
+
+def instruction_layers(compiled_text: str) -> dict[str, tuple[str, str]]:
+    """HLO instruction name -> (layer, "forward" | "backward") from the compiled module's
+    metadata; instructions of no layer count as ``other``.  An instruction that XLA made
+    without metadata (a convolution's kernel gradient it rewrote, a layout change) takes
+    that of its nearest user that has some."""
+    named, users = _instructions(compiled_text)
 
     def nearest_op_name(name: str) -> str | None:
         """The op_name of ``name`` or of its nearest user with one (breadth first)."""
@@ -81,11 +95,15 @@ def _trace_events(directory: str) -> list[dict[str, Any]]:
     return events
 
 
-def instruction_intervals(events: list[dict[str, Any]], instructions: Any
+def instruction_intervals(events: list[dict[str, Any]], instructions: Any,
+                          users: dict[str, list[str]] | None = None
                           ) -> list[tuple[str, float, float]]:
     """(instruction, start, end) in microseconds for every run of an instruction named in
     ``instructions``: from its event's start to the end of its ``end: NAME`` event, or of
-    its own event where it has none (it ran inline)."""
+    its own event where it has none (it ran inline).  The runtime records an end event
+    when it gets round to it, which can be after a user of the result has started: given
+    ``users`` (``instruction_users``), a run ends at the latest when the first of its
+    users' runs starts."""
     runs: list[tuple[str, float, float]] = []
     open_runs: dict[str, list[int]] = {}
     for event in sorted(events, key=lambda e: e["ts"]):
@@ -97,7 +115,20 @@ def instruction_intervals(events: list[dict[str, Any]], instructions: Any
         elif name in instructions:
             open_runs.setdefault(name, []).append(len(runs))
             runs.append((name, start, finish))
-    return runs
+    if not users:
+        return runs
+    starts: dict[str, list[float]] = {}
+    for name, start, _ in runs:
+        starts.setdefault(name, []).append(start)  # in time order: runs are
+    clipped = []
+    for name, start, end in runs:
+        for user in users.get(name, ()):
+            later = starts.get(user, [])
+            first = bisect.bisect_right(later, start)
+            if first < len(later) and later[first] < end:
+                end = later[first]
+        clipped.append((name, start, end))
+    return clipped
 
 
 def instruction_times(runs: list[tuple[str, float, float]]) -> dict[str, float]:
@@ -120,13 +151,15 @@ def instruction_times(runs: list[tuple[str, float, float]]) -> dict[str, float]:
 def layer_times(jitted: Callable, *args: Any, steps: int = 3) -> dict[str, dict[str, float]]:
     """Milliseconds per call of ``jitted(*args)`` spent in each layer's forward and backward
     instructions, averaged over ``steps`` calls (after one untimed call)."""
-    layers = instruction_layers(jitted.lower(*args).compile().as_text())
+    text = jitted.lower(*args).compile().as_text()
+    layers, users = instruction_layers(text), instruction_users(text)
     jax.block_until_ready(jitted(*args))
     with tempfile.TemporaryDirectory() as directory:
         with jax.profiler.trace(directory, create_perfetto_trace=True):
             for _ in range(steps):
                 jax.block_until_ready(jitted(*args))
-        durations = instruction_times(instruction_intervals(_trace_events(directory), layers))
+        durations = instruction_times(instruction_intervals(_trace_events(directory), layers,
+                                                             users))
     table: dict[str, dict[str, float]] = {}
     for name, (layer, direction) in layers.items():
         if name in durations:

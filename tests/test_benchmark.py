@@ -98,3 +98,25 @@ def test_profile_times_an_asynchronous_instruction_to_its_end_and_splits_overlap
     # 0-4 fusion alone, 4-10 shared (3 each), 10-16 convolution alone; 20-24 fusion, 24-30 conv
     assert times == {"fusion.1": 4.0 + 3.0 + 4.0, "convolution.2": 3.0 + 6.0 + 6.0}
     assert sum(times.values()) == 16.0 + 10.0
+
+
+def test_profile_ends_a_run_where_a_user_of_its_result_starts():
+    """The runtime may record an asynchronous instruction's end event late, after a user
+    of its result has started; the run then ends where that user starts."""
+    from alexnet_jax import profile
+    text = "\n".join([
+        '%conv.1 = f32[8]{0} convolution(%p0, %p1)',
+        '%relu_fusion.2 = f32[8]{0} fusion(%conv.1), kind=kLoop',
+    ])
+    users = profile.instruction_users(text)
+    assert users["conv.1"] == ["relu_fusion.2"]
+    events = [
+        {"name": "conv.1", "ts": 0.0, "dur": 1.0}, {"name": "end: conv.1", "ts": 9.0, "dur": 0.0},
+        {"name": "relu_fusion.2", "ts": 5.0, "dur": 2.0},
+        {"name": "conv.1", "ts": 20.0, "dur": 1.0}, {"name": "end: conv.1", "ts": 23.0, "dur": 0.0},
+        {"name": "relu_fusion.2", "ts": 24.0, "dur": 1.0},
+    ]
+    runs = profile.instruction_intervals(events, {"conv.1", "relu_fusion.2"}, users)
+    assert sorted(runs) == [("conv.1", 0.0, 5.0), ("conv.1", 20.0, 23.0),
+                            ("relu_fusion.2", 5.0, 7.0), ("relu_fusion.2", 24.0, 25.0)]
+    assert profile.instruction_times(runs) == {"conv.1": 8.0, "relu_fusion.2": 3.0}
