@@ -218,3 +218,21 @@ def test_a_damaged_record_file_is_named_with_how_to_prepare_it_again(tmp_path):
     message = str(error.value)
     assert "damaged or missing" in message and "Delete" in message
     assert os.path.basename(records[0]) in message
+
+
+@needs_fashion_mnist
+def test_a_batch_iterator_left_open_at_exit_closes_quietly():
+    """A script that stops reading mid-epoch (a benchmark, a notebook) exits without
+    "Exception ignored" noise from the iterator's error translation."""
+    import subprocess
+    import sys
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); "
+              "from tests.test_input_pipeline import small_config; "
+              "from alexnet_jax import input_pipeline; "
+              "batches = input_pipeline.create_pipeline(small_config()).train_batches(0); "
+              "print(next(batches)['image'].shape)")
+    done = subprocess.run([sys.executable, "-c", script, REPO], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(64, 28, 28, 1)" in done.stdout
+    assert "Exception ignored" not in done.stderr, done.stderr[-2000:]

@@ -229,15 +229,19 @@ class Pipeline:
 def _explained(iterator, builder: Any = None):
     """Re-raises a corrupt image's decoding error, or a damaged file of the prepared
     dataset, as what to do about it."""
-    tf = _tf()
+    # Bound before the first batch: a generator closed at interpreter exit would find
+    # TensorFlow's modules torn down when its except clauses look them up.
+    errors = _tf().errors
+    undecodable = errors.InvalidArgumentError
+    damaged = (errors.DataLossError, errors.NotFoundError)
     try:
         yield from iterator
-    except tf.errors.InvalidArgumentError as error:
+    except undecodable as error:
         raise DatasetUnavailableError(
             f"An image could not be decoded ({error.message.splitlines()[0][:200]}). Replace "
             "the file, or set data.corrupt_images=skip to skip such images with a warning."
         ) from None
-    except (tf.errors.DataLossError, tf.errors.NotFoundError) as error:
+    except damaged as error:
         where = getattr(builder, "data_dir", "the prepared dataset's directory")
         files = ", ".join(damaged_files(builder)) or error.message.splitlines()[0][:300]
         raise DatasetUnavailableError(
