@@ -3,12 +3,14 @@
     python -m benchmarks.grouped_conv_forms
 
 Two towers side by side (``vmap`` over the tower axis), per tower the shapes of the small
-network's conv2 and conv4 and of the paper network's conv2.  Forms: XLA's own grouped
+network's conv1 (its image shared by the towers), conv2 and conv4 and of the paper network's
+conv2.  Forms: XLA's own grouped
 convolution (what ``vmap`` makes of ``lax.conv``: ``model.implementation=plain``), im2col
 (``model.implementation=im2col``), one ungrouped convolution of the towers' maps side by
 side with a block-diagonal kernel, and one ungrouped convolution per tower
 (``xla_cpu.per_tower_conv2d``, today's CPU form).  Prints the median of 15 calls, in ms, of the
-forward and of the forward with both gradients (autodiff); ``docs/performance.md`` has a run.
+forward and of the forward with both gradients (autodiff; for conv1 the kernel's only, as in
+training: nothing needs the image's); ``docs/performance.md`` has a run.
 """
 import jax
 import jax.numpy as jnp
@@ -19,6 +21,7 @@ from benchmarks.timing import median_ms
 
 TOWERS = 2
 SHAPES = {  # per tower: batch, side, input maps, output maps, kernel
+    "small conv1": (64, 28, 1, 24, 5),  # the towers share the image
     "small conv2": (64, 13, 24, 48, 3),
     "small conv4": (64, 6, 64, 64, 3),
     "paper conv2": (32, 27, 48, 128, 5),
@@ -30,16 +33,23 @@ def xla_conv(x, kernel, pads):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _towers(xs):
+    """vmap's in_axes for the input: mapped, or shared (one image for every tower)."""
+    return 0 if xs.ndim == 5 else None
+
+
 def xla_grouped(xs, kernels, pads):
-    return jax.vmap(lambda x, k: xla_conv(x, k, pads))(xs, kernels)
+    return jax.vmap(lambda x, k: xla_conv(x, k, pads), (_towers(xs), 0))(xs, kernels)
 
 
 def im2col(xs, kernels, pads):
-    return jax.vmap(lambda x, k: xla_cpu.conv2d(x, k, 1, pads, "im2col"))(xs, kernels)
+    return jax.vmap(lambda x, k: xla_cpu.conv2d(x, k, 1, pads, "im2col"),
+                    (_towers(xs), 0))(xs, kernels)
 
 
 def per_tower(xs, kernels, pads):
-    return jax.vmap(lambda x, k: xla_cpu.conv2d(x, k, 1, pads, "per_tower"))(xs, kernels)
+    return jax.vmap(lambda x, k: xla_cpu.conv2d(x, k, 1, pads, "per_tower"),
+                    (_towers(xs), 0))(xs, kernels)
 
 
 def block_diagonal(xs, kernels, pads):
@@ -54,16 +64,20 @@ def block_diagonal(xs, kernels, pads):
 def main():
     options = xla_cpu.compiler_options()
     for name, (n, side, c, o, k) in SHAPES.items():
-        xs = jax.random.normal(jax.random.PRNGKey(0), (TOWERS, n, side, side, c))
+        shared = c == 1
+        xs = jax.random.normal(jax.random.PRNGKey(0),
+                               (n, side, side, c) if shared else (TOWERS, n, side, side, c))
         kernels = jax.random.normal(jax.random.PRNGKey(1), (TOWERS, k, k, c, o)) * 0.1
         pads = ((k // 2, k // 2),) * 2
         reference = im2col(xs, kernels, pads)
-        for form_name, form in (("xla grouped", xla_grouped), ("im2col", im2col),
-                                ("block-diagonal", block_diagonal), ("per tower", per_tower)):
+        forms = [("xla grouped", xla_grouped), ("im2col", im2col),
+                 ("block-diagonal", block_diagonal), ("per tower", per_tower)]
+        for form_name, form in forms[:2] + forms[3:] if shared else forms:
             np.testing.assert_allclose(form(xs, kernels, pads), reference, rtol=1e-3, atol=1e-3)
             forward = jax.jit(lambda xs, ks, f=form: f(xs, ks, pads), compiler_options=options)
             gradient = jax.jit(jax.grad(lambda xs, ks, f=form: jnp.sum(f(xs, ks, pads) ** 2),
-                                        argnums=(0, 1)), compiler_options=options)
+                                        argnums=(1,) if shared else (0, 1)),
+                               compiler_options=options)
             print(f"{name:12} {form_name:15} forward {median_ms(forward, xs, kernels):8.2f} ms"
                   f"   with gradients {median_ms(gradient, xs, kernels):8.2f} ms", flush=True)
 
