@@ -119,7 +119,7 @@ def instruction_intervals(events: list[dict[str, Any]], instructions: Any,
         return runs
     starts: dict[str, list[float]] = {}
     for name, start, _ in runs:
-        starts.setdefault(name, []).append(start)  # in time order: runs are
+        starts.setdefault(name, []).append(start)  # sorted: the runs are in time order
     clipped = []
     for name, start, end in runs:
         for user in users.get(name, ()):
