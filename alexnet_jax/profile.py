@@ -12,7 +12,8 @@ finished).  An instruction therefore runs from its event's start to its end even
 it has one, and at the latest until an instruction that reads its result starts.
 Independent instructions run side by side, so each moment is split equally among the
 instructions running then (``instruction_times``): the table sums to the time the calls
-ran, and no moment counts twice.
+ran, and no moment counts twice.  It attributes the calls' time; what an instruction would
+take alone, on an idle machine, is a benchmark's question.
 """
 from __future__ import annotations
 
