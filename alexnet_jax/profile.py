@@ -61,7 +61,12 @@ def instruction_layers(compiled_text: str) -> dict[str, tuple[str, str]]:
     metadata; instructions of no layer count as ``other``.  An instruction that XLA made
     without metadata (a convolution's kernel gradient it rewrote, a layout change) takes
     that of its nearest user that has some."""
-    named, users = _instructions(compiled_text)
+    return _layers(*_instructions(compiled_text))
+
+
+def _layers(named: dict[str, str | None], users: dict[str, list[str]]
+            ) -> dict[str, tuple[str, str]]:
+    """``instruction_layers`` from the parsed module."""
 
     def nearest_op_name(name: str) -> str | None:
         """The op_name of ``name`` or of its nearest user with one (breadth first)."""
@@ -153,7 +158,8 @@ def layer_times(jitted: Callable, *args: Any, steps: int = 3) -> dict[str, dict[
     """Milliseconds per call of ``jitted(*args)`` spent in each layer's forward and backward
     instructions, averaged over ``steps`` calls (after one untimed call)."""
     text = jitted.lower(*args).compile().as_text()
-    layers, users = instruction_layers(text), instruction_users(text)
+    named, users = _instructions(text)  # parsed once: the layers and the users
+    layers = _layers(named, users)
     jax.block_until_ready(jitted(*args))
     with tempfile.TemporaryDirectory() as directory:
         with jax.profiler.trace(directory, create_perfetto_trace=True):
