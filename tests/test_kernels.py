@@ -1,4 +1,6 @@
 """The layers' forms: each XLA:CPU form against the plain one, the LRN op, and the chooser."""
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -152,6 +154,27 @@ def test_max_pool_of_a_nan_is_nan():
     x = jnp.zeros((1, 5, 5, 2)).at[0, 2, 3, 1].set(jnp.nan)
     y = xla_cpu.max_pool(x, 3, 2)
     assert np.isnan(y[0, :, 1, 1]).all() and not np.isnan(y[..., 0]).any()
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's compiled form")
+def test_max_pool_compares_the_taps_once_and_writes_the_winner_out():
+    """The forward compares the window's taps with its max in one fusion and writes the
+    winning tap out as int8; the gradient reads it.  (An elementwise index would be fused
+    into the gradient's fusions and its float compares recomputed there.)"""
+    x = jnp.ones((2, 15, 15, 4))
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(xla_cpu.max_pool(jnp.exp(x), 3, 2)))),
+                   compiler_options=kernels.compiler_options())
+    hlo = grad.lower(x).compile().as_text()
+    float_compares = {}  # computation -> compares of float operands
+    for computation in hlo.split("\n\n"):
+        types = dict(re.findall(r"(%[\w.-]+) = (\w+)\[", computation))
+        operands = re.findall(r"compare\((%[\w.-]+),", computation)
+        count = sum(types.get(name, "").startswith("f") for name in operands)
+        if count:
+            float_compares[computation.split(" ", 1)[0]] = count
+    assert list(float_compares.values()) == [8], float_compares  # 9 taps: 8 selects
+    writes_index = re.findall(r"= s8\[2,7,7,4\]\S* fusion\(.*calls=(%[\w.-]+)", hlo)
+    assert writes_index == list(float_compares), (writes_index, float_compares)
 
 
 def test_channel_bias_and_its_gradient_equal_a_broadcast_add():

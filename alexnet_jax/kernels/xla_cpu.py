@@ -19,8 +19,9 @@ one saves, measured.  Each is tested against the plain form it replaces.
   gradient writes the input once, stride phase by stride phase, in place of XLA's
   select-and-scatter.  At ties it sends the gradient where select-and-scatter does: to
   the first maximum in row-major order.  The pooled map itself is XLA's
-  ``reduce_window``, which XLA writes out once; an elementwise max of the taps would be
-  recomputed, with the layers below it, inside every fusion that reads it.
+  ``reduce_window``, and the winning tap one pass of selects over the taps ending in a
+  reduction: XLA writes both out once, where elementwise results would be recomputed,
+  with the layers below them, inside every fusion that reads them.
 * ``dense_dot_general`` (``nn.Dense(dot_general=...)``): the input gradient of a dense
   layer as kernel @ g^T, (in, batch), an orientation Eigen's matrix product runs much
   faster than autodiff's g @ kernel^T, (batch, in).
@@ -227,11 +228,18 @@ def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
 def _max_pool_forward(x, window, stride):
     taps = _window_taps(x, window, stride)
     y = nn.max_pool(x, (window, window), (stride, stride), "VALID")  # written out once
-    # The winning tap as a reduction (argmax over the stacked hits), not as an elementwise
-    # chain of compares, which XLA would fuse into, and recompute in, every gradient
-    # fusion that reads it.  x is kept for its shape only.
-    first = jnp.argmax(jnp.stack([tap == y for tap in taps]), axis=0).astype(jnp.int8)
-    return y, (x, first)
+    # The first winning tap: one select per tap, last to first, in one pass over the taps.
+    first = jnp.full(y.shape, len(taps) - 1, jnp.int8)
+    for tap in range(len(taps) - 2, -1, -1):
+        first = jnp.where(taps[tap] == y, jnp.int8(tap), first)
+    return y, (x, _written_out(first))  # x for its shape only
+
+
+def _written_out(a: jax.Array) -> jax.Array:
+    """``a``, through a reduction (a max with zeros, for ``a >= 0``), so that XLA computes
+    it once and writes it out: an elementwise result would be fused into, and recomputed
+    by, every fusion that reads it.  (XLA:CPU drops optimization barriers before fusing.)"""
+    return jnp.max(jnp.stack([a, jnp.zeros_like(a)]), axis=0)
 
 
 def _shifted(x: jax.Array, axis: int, shift: int, size: int) -> jax.Array:
