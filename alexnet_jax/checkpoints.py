@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
+import traceback
 from typing import Any
 
 import jax
@@ -224,6 +226,7 @@ def read_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> tu
     try:
         saved = manager.item_metadata(step)["state"]
     except Exception as error:
+        drop_closed_loop_callbacks()
         raise DamagedError(f"The checkpoint of step {step} at {where} is unreadable "
                            f"({type(error).__name__}: {str(error)[:300]}).") from error
     # The model-dependent parts; opt_state mirrors params.
@@ -239,6 +242,7 @@ def read_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> tu
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except Exception as error:
+        drop_closed_loop_callbacks()
         raise DamagedError(f"The checkpoint of step {step} at {where} is corrupt "
                            f"({type(error).__name__}: {str(error)[:300]}).") from error
     expected = restored["meta"].get("checksums")
@@ -250,6 +254,30 @@ def read_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> tu
                                f"{', '.join(wrong[:3])} do(es) not match the checksum written "
                                "with it.")
     return restored["state"], restored["meta"]
+
+
+def drop_closed_loop_callbacks() -> None:
+    """Silences what orbax leaves behind when it fails to read a damaged checkpoint.
+
+    Orbax runs its reads on an event loop that it closes as soon as one read fails;
+    tensorstore then completes the reads still in flight and hands each result to that
+    closed loop (``call_soon_threadsafe``), which raises "Event loop is closed" in a
+    background thread, and Python prints it as an ignored exception: tracebacks after
+    the error that already says what was wrong.  This ``sys.unraisablehook`` drops
+    exactly those and passes every other one on.  Installed once, on the first failure."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        functions = [frame.name for frame in traceback.extract_tb(unraisable.exc_traceback)]
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+                and "call_soon_threadsafe" in functions):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
 
 
 def load_weights(path: str, state: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 happened, and an existing run left byte for byte as it was by a rejected command."""
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +88,25 @@ def test_another_width_is_rejected_and_the_run_keeps_its_config(existing_run):
     line = one_line(result.stderr)
     assert "does not fit this config" in line and "config.json" in line
     assert snapshot(existing_run) == before
+
+
+def test_a_damaged_checkpoint_is_one_error_line_and_no_traceback(existing_run, tmp_path):
+    """Orbax's failed read leaves tensorstore callbacks aimed at its closed event loop; their
+    "Event loop is closed" must not follow the error as tracebacks."""
+    run = tmp_path / "run"
+    shutil.copytree(existing_run, run)
+    latest = run / "checkpoints" / "latest"
+    (step,) = os.listdir(latest)
+    for root, _, names in os.walk(latest / step / "state"):
+        for name in names:
+            if not name.startswith("_"):
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+    result = run_main(*SMALL, "--workdir", str(run), "--config.num_epochs=2", mock=True)
+    assert result.returncode == 1
+    assert "No intact checkpoint is left" in one_line(result.stderr)
+    assert f"The checkpoint of step {step}" in result.stdout
+    assert os.listdir(run / "checkpoints" / "damaged")[0].startswith(f"{step}-")
 
 
 def test_verbose_shows_the_traceback(tmp_path):
