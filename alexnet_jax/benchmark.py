@@ -196,8 +196,11 @@ def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
     print(f"Train step: {result['train_step']['images_per_s']:.1f} images/s", flush=True)
     if profile_layers:
         from alexnet_jax import profile
-        result["profile"] = profile.layer_times(forward_backward, params, images)
-        print("Forward-backward per layer:\n" + profile.format_table(result["profile"]),
+        instructions = profile.instruction_profile(forward_backward, params, images)
+        result["profile"] = profile.per_layer(instructions)
+        result["profile_instructions"] = instructions
+        print("Forward-backward per layer:\n" + profile.format_table(result["profile"]) +
+              "\nIts costliest instructions:\n" + profile.format_instructions(instructions),
               flush=True)
     return result
 

@@ -1,9 +1,11 @@
 """Where a compiled step's time goes, per layer and direction, without a profiler UI.
 
-``layer_times`` runs a jitted function under ``jax.profiler.trace``, reads when every XLA
-instruction ran from the trace, and attributes each instruction to the layer in its
-metadata (the Flax module path, ``towers/conv1/...``, or a named scope such as ``pool1``),
-forward or backward (autodiff's transposes).
+``instruction_profile`` runs a jitted function under ``jax.profiler.trace``, reads when
+every XLA instruction ran from the trace, and attributes each instruction to the layer in
+its metadata (the Flax module path, ``towers/conv1/...``, or a named scope such as
+``pool1``), forward or backward (autodiff's transposes); ``per_layer`` sums it per layer.
+The costliest instructions name what to change (a fusion that recomputes its inputs, a
+layout change), where the per-layer table only says where.
 
 XLA:CPU's runtime runs an instruction either inline (its trace event spans the work) or
 asynchronously (a convolution or a matrix product handed to Eigen's threads: its event
@@ -154,9 +156,10 @@ def instruction_times(runs: list[tuple[str, float, float]]) -> dict[str, float]:
     return totals
 
 
-def layer_times(jitted: Callable, *args: Any, steps: int = 3) -> dict[str, dict[str, float]]:
-    """Milliseconds per call of ``jitted(*args)`` spent in each layer's forward and backward
-    instructions, averaged over ``steps`` calls (after one untimed call)."""
+def instruction_profile(jitted: Callable, *args: Any, steps: int = 3) -> list[dict[str, Any]]:
+    """Every XLA instruction of ``jitted(*args)`` that ran: its name, layer, direction and
+    milliseconds per call, averaged over ``steps`` calls (after one untimed call); the
+    costliest first."""
     text = jitted.lower(*args).compile().as_text()
     named, users = _instructions(text)  # parsed once: the layers and the users
     layers = _layers(named, users)
@@ -167,11 +170,18 @@ def layer_times(jitted: Callable, *args: Any, steps: int = 3) -> dict[str, dict[
                 jax.block_until_ready(jitted(*args))
         durations = instruction_times(instruction_intervals(_trace_events(directory), layers,
                                                              users))
+    rows = [{"instruction": name, "layer": layer, "direction": direction,
+             "ms": durations[name] / 1000.0 / steps}
+            for name, (layer, direction) in layers.items() if name in durations]
+    return sorted(rows, key=lambda row: -row["ms"])
+
+
+def per_layer(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``instruction_profile``'s rows summed per layer and direction, in the network's order."""
     table: dict[str, dict[str, float]] = {}
-    for name, (layer, direction) in layers.items():
-        if name in durations:
-            row = table.setdefault(layer, {"forward_ms": 0.0, "backward_ms": 0.0})
-            row[f"{direction}_ms"] += durations[name] / 1000.0 / steps
+    for row in rows:
+        entry = table.setdefault(row["layer"], {"forward_ms": 0.0, "backward_ms": 0.0})
+        entry[f"{row['direction']}_ms"] += row["ms"]
     return dict(sorted(table.items(), key=_layer_order))
 
 
@@ -189,4 +199,12 @@ def format_table(table: dict[str, dict[str, float]]) -> str:
         lines.append(f"{layer:<8} {row['forward_ms']:>11.1f} {row['backward_ms']:>12.1f}")
     lines.append(f"{'sum':<8} {sum(r['forward_ms'] for r in table.values()):>11.1f} "
                  f"{sum(r['backward_ms'] for r in table.values()):>12.1f}")
+    return "\n".join(lines)
+
+
+def format_instructions(rows: list[dict[str, Any]], top: int = 12) -> str:
+    """The ``top`` costliest rows of ``instruction_profile``: what to look at first."""
+    lines = [f"{'ms':>6}  {'layer':<8} {'direction':<9} instruction"]
+    lines += [f"{row['ms']:>6.2f}  {row['layer']:<8} {row['direction']:<9} {row['instruction']}"
+              for row in rows[:top]]
     return "\n".join(lines)

@@ -36,6 +36,26 @@ def test_benchmark_smoke_run_writes_the_reference_keys_and_imports_no_tensorflow
                                                               "pool5", "fc6", "fc7", "output",
                                                               "other"}
     assert profile["conv2"]["backward_ms"] > 0 and profile["conv2"]["forward_ms"] > 0
+    instructions = result["profile_instructions"]  # what the table sums, costliest first
+    assert [row["ms"] for row in instructions] == sorted((row["ms"] for row in instructions),
+                                                         reverse=True)
+    assert abs(sum(row["ms"] for row in instructions) - sum(
+        sum(row.values()) for row in profile.values())) < 1e-6
+
+
+def test_profile_sums_instructions_per_layer_in_the_networks_order():
+    from alexnet_jax import profile
+    rows = [{"instruction": "fusion.3", "layer": "pool1", "direction": "forward", "ms": 2.0},
+            {"instruction": "convolution.1", "layer": "conv2", "direction": "backward", "ms": 1.5},
+            {"instruction": "convolution.7", "layer": "conv1", "direction": "backward", "ms": 1.0},
+            {"instruction": "fusion.9", "layer": "pool1", "direction": "forward", "ms": 0.5},
+            {"instruction": "copy.2", "layer": "other", "direction": "forward", "ms": 0.25}]
+    table = profile.per_layer(rows)
+    assert list(table) == ["conv1", "pool1", "conv2", "other"]
+    assert table["pool1"] == {"forward_ms": 2.5, "backward_ms": 0.0}
+    assert table["conv2"] == {"forward_ms": 0.0, "backward_ms": 1.5}
+    listing = profile.format_instructions(rows, top=2).splitlines()
+    assert len(listing) == 3 and "fusion.3" in listing[1] and "convolution.1" in listing[2]
 
 
 def test_work_is_counted_by_hand():
