@@ -121,6 +121,29 @@ def test_cifar10_shapes_under_mock_data():
     assert batch["image"].shape == (32, 32, 32, 3) and batch["image"].dtype == np.float32
 
 
+def test_small_images_train_a_batch_per_call_with_each_examples_own_augmentation():
+    """``train_batch`` (what the pipeline calls, a batch at a time) gives exactly what
+    ``train`` gives each example of the epoch's order: crops and flips included."""
+    config = small_config(data_dir="/nonexistent", train=0, batch=16)
+    config.data.random_crop_padding, config.data.flip = 2, True
+    with tfds.testing.mock_data(num_examples=64):
+        pipeline = input_pipeline.create_pipeline(config)
+        assert pipeline._trains_in_batches
+        batches = list(pipeline.train_batches(epoch=1))
+        expected, unaugmented = [], []
+        for position, (image, label) in pipeline._shuffled(pipeline._splits["train"], 1):
+            index = pipeline._global_index(1, position)
+            expected.append((pipeline.preprocessing.train(image, 1, index).numpy(), label))
+            unaugmented.append(pipeline.preprocessing.eval(image).numpy())
+    assert len(batches) == 4
+    images = np.concatenate([b["image"] for b in batches])
+    np.testing.assert_array_equal(images, np.stack([image for image, _ in expected]))
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches]),
+                                  [label for _, label in expected])
+    changed = [not np.array_equal(a, b) for a, b in zip(images, unaugmented)]
+    assert sum(changed) > len(changed) // 2  # the crops and flips did happen
+
+
 def test_augmentation_crops_and_flips_statelessly():
     import tensorflow as tf
     image = tf.reshape(tf.range(2 * 3 * 1, dtype=tf.float32), (2, 3, 1))

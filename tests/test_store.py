@@ -201,7 +201,7 @@ def test_the_store_read_a_batch_at_a_time_gives_the_batches_of_tfds_per_example_
 
     per_example = pipeline_lib.Pipeline(config, OneAtATime(), batched.builder,
                                         sources.info(config.data.dataset))
-    assert batched._parses_batches and not per_example._parses_batches
+    assert batched._trains_in_batches and not per_example._trains_in_batches
     assert batched.num_train == per_example.num_train
     for epoch in (0, 1):
         ours, reference = list(batched.train_batches(epoch)), list(per_example.train_batches(epoch))

@@ -25,7 +25,7 @@ class Pipeline:
     """A TFDS dataset as NumPy batches: seeded shuffling, per-process rows, padded evaluation.
 
     What happens to each image is the ``preprocessing`` object's (``train``/``eval``, or
-    ``train_batch`` over serialized records where it has one: see ``Preprocessing``);
+    ``train_batch`` over a batch where it has one: see ``Preprocessing``);
     this class does the rest, the same for every dataset.
     """
 
@@ -49,10 +49,11 @@ class Pipeline:
         # TFDS's (fixed) order; training reads the others.
         train_split = f"{info.train_split}[:-{held_out}]" if held_out else info.train_split
         self._train_split_name = train_split
-        # Preprocessing that parses a batch of serialized records per call trains on them.
-        self._parses_batches = hasattr(preprocessing, "train_batch")
+        # Preprocessing with a batch form trains a batch per call, on serialized records
+        # where it reads them (``records``), else on (image, label) pairs.
+        self._trains_in_batches = hasattr(preprocessing, "train_batch")
         self._splits = {"train": self._split(train_split, self.data.max_train_examples,
-                                             records=self._parses_batches),
+                                             records=hasattr(preprocessing, "records")),
                         "test": self._split(info.test_split, self.data.max_test_examples)}
         if held_out:
             self._splits["validation"] = self._split(f"{info.train_split}[-{held_out}:]", 0)
@@ -123,11 +124,11 @@ class Pipeline:
         tf = _tf()
         if self.data.service_address:
             return self._service_batches(epoch, start_step)
-        if self._parses_batches:
+        if self._trains_in_batches:
             ds = self._shuffled(self._splits["train"], epoch).batch(self.batch_size,
                                                                     drop_remainder=True)
-            ds = ds.map(plain_graph(lambda positions, records: self._train_batch(
-                records, epoch, positions)), num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.map(plain_graph(lambda positions, examples: self._train_batch(
+                examples, epoch, positions)), num_parallel_calls=tf.data.AUTOTUNE)
         else:
             ds = self._map_examples(self._shuffled(self._splits["train"], epoch),
                                     lambda position, example: self._train_example(
@@ -159,10 +160,12 @@ class Pipeline:
         features = dict(features) if isinstance(features, dict) else {"image": features}
         return {**self._with_index(features, index), "label": label}
 
-    def _train_batch(self, records, epoch, positions) -> dict[str, Any]:
-        """``_train_example`` for a batch of serialized records, parsed in one call."""
+    def _train_batch(self, examples, epoch, positions) -> dict[str, Any]:
+        """``_train_example`` for a batch (of serialized records, or of examples), in one
+        call."""
         index = self._global_index(epoch, positions)
-        return self._with_index(dict(self.preprocessing.train_batch(records, epoch, index)), index)
+        return self._with_index(dict(self.preprocessing.train_batch(examples, epoch, index)),
+                                index)
 
     def _with_index(self, features: dict[str, Any], index) -> dict[str, Any]:
         if self.device is not None:

@@ -7,9 +7,10 @@ A preprocessing object has:
   (run seed, epoch, position in the epoch);
 * ``eval(image)``: one test image, or several views of it stacked on a leading axis;
 * ``center_view``: the index of the centre view among those views (0 for one view);
-* optionally ``records(split)`` (the split's serialized examples) and
-  ``train_batch(records, epoch, index)`` (``train`` over a batch of them, labels included):
-  then training examples come that way, a batch per call (the prepared ImageNet store).
+* optionally ``train_batch(examples, epoch, index)`` (``train`` over a batch of examples,
+  labels included): then training examples come that way, a batch per call; with
+  ``records(split)`` (the split's serialized examples) the batch is of those records (the
+  prepared ImageNet store), else of (image, label) pairs (the small images).
 """
 from __future__ import annotations
 

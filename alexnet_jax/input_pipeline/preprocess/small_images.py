@@ -23,7 +23,11 @@ def random_crop_with_padding(image, padding: int, seed):
 
 class SmallImagePreprocessing:
     """Per-channel normalisation; for training, a random crop of the zero-padded image
-    (``data.random_crop_padding``) and random mirror images (``data.flip``)."""
+    (``data.random_crop_padding``) and random mirror images (``data.flip``).
+
+    Training batches come through ``train_batch``, a call per batch: per example, tf.data's
+    map costs more than the work itself (~1.5 ms of CPU per batch of 64 28x28 images
+    against ~0.3), CPU the training step shares on a small machine."""
 
     decoders = None  # TFDS decodes the small PNGs
     center_view = 0
@@ -34,11 +38,23 @@ class SmallImagePreprocessing:
         self.mean, self.std = sources.normalization(config.data.dataset)
 
     def train(self, image, epoch, index):
+        return normalize(self._augment(image, epoch, index), self.mean, self.std)
+
+    def train_batch(self, examples, epoch, index):
+        """``train`` over a batch of (image, label) examples, labels included: the same
+        numbers, the crops and flips per example (by ``index``), the rest batched."""
+        images, labels = examples
+        if self.data.random_crop_padding > 0 or self.data.flip:
+            images = tf().map_fn(lambda args: self._augment(args[0], epoch, args[1]),
+                                 (images, index), fn_output_signature=images.dtype)
+        return {"image": normalize(images, self.mean, self.std), "label": labels}
+
+    def _augment(self, image, epoch, index):
         crop_seed, flip_seed = example_seeds(self.seed, epoch, index, 2)
         image = random_crop_with_padding(image, self.data.random_crop_padding, crop_seed)
         if self.data.flip:
             image = random_flip(image, flip_seed)
-        return normalize(image, self.mean, self.std)
+        return image
 
     def eval(self, image):
         return normalize(image, self.mean, self.std)
