@@ -12,7 +12,7 @@ under-trained, and augmentation and heavy dropout cost more than they give).
 
 Measured (``make train``, 2-core AMD EPYC with AVX-512, CPU only, jax 0.10.2,
 2026-11-29): test top-1 error 9.40%, 9.06% and 9.08% for seeds 0, 1 and 2 (mean 9.18%),
-3,748 steps, wall_s 269-294 s (start-up, 4 evaluations and checkpoints included).  The
+3,748 steps, wall_s 238-294 s (start-up, 4 evaluations and checkpoints included).  The
 README's table has the runs; runs that differ only in rounding or seed spread over
 8.85-9.40%.
 """
