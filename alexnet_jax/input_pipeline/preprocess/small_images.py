@@ -26,8 +26,8 @@ class SmallImagePreprocessing:
     (``data.random_crop_padding``) and random mirror images (``data.flip``).
 
     Training batches come through ``train_batch``, a call per batch: per example, tf.data's
-    map costs more than the work itself (~1.5 ms of CPU per batch of 64 28x28 images
-    against ~0.3), CPU the training step shares on a small machine."""
+    map costs several times the work itself, CPU that the training step shares on a small
+    machine (docs/performance.md has the measurement)."""
 
     decoders = None  # TFDS decodes the small PNGs
     center_view = 0
