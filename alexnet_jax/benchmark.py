@@ -82,16 +82,22 @@ def synthetic_batch(input_shape: Any, num_classes: int, batch: int) -> dict[str,
     return {"image": jax.device_get(images), "label": jax.device_get(labels)}
 
 
-def time_train_step(layout: Any, batch: int, steps: int, burn_in: int,
-                    name: str = "Train step") -> dict[str, float]:
-    """The trainer's own step (``train.make_steps``) on synthetic data under ``layout``."""
+def synthetic_training(layout: Any, batch: int) -> tuple[Callable, Any, dict[str, Any]]:
+    """(the trainer's own step, ``train.make_steps``; its initial state; a synthetic batch)
+    under ``layout``, with the paper's SGD."""
     from alexnet_jax import optim, train
 
     config = layout.model.config
     data = layout.shard_batch(synthetic_batch(config.input_shape, config.num_classes, batch))
     tx = optim.optimizer_from_config(PAPER_SGD, _params_shapes(config), 1, 1)
-    step = train.make_steps(layout, tx).train
-    holder = {"state": train.create_train_state(0, layout, tx)}
+    return train.make_steps(layout, tx).train, train.create_train_state(0, layout, tx), data
+
+
+def time_train_step(layout: Any, batch: int, steps: int, burn_in: int,
+                    name: str = "Train step") -> dict[str, float]:
+    """The trainer's own step (``train.make_steps``) on synthetic data under ``layout``."""
+    step, state, data = synthetic_training(layout, batch)
+    holder = {"state": state}
 
     def one_train_step():
         holder["state"], _ = step(holder["state"], data)

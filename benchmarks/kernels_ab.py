@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import kernels, optim, parallel, train
-from alexnet_jax.benchmark import PAPER_SGD, _params_shapes, synthetic_batch
+from alexnet_jax import kernels, parallel
+from alexnet_jax.benchmark import synthetic_training
 from alexnet_jax.models import model_config
 
 
@@ -36,12 +36,8 @@ def load_forms(path: str):
 
 def compiled_step(variant: str, batch: int) -> list:
     """[step, state, batch] with ``kernels.xla_cpu`` as it is now, after three steps."""
-    layout = parallel.create("single", model_config(variant))
-    config = layout.model.config
-    data = layout.shard_batch(synthetic_batch(config.input_shape, config.num_classes, batch))
-    tx = optim.optimizer_from_config(PAPER_SGD, _params_shapes(config), 1, 1)
-    step = train.make_steps(layout, tx).train
-    state = train.create_train_state(0, layout, tx)
+    step, state, data = synthetic_training(parallel.create("single", model_config(variant)),
+                                           batch)
     for _ in range(3):
         state, _ = step(state, data)
     return [step, jax.block_until_ready(state), data]
