@@ -72,13 +72,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.momentum = 0.9
     config.optim.weight_decay = 0.0005
     config.optim.decay_biases_and_norms = True  # the paper decays every parameter
-    config.optim.schedule = "plateau"  # plateau | step | cosine | constant
+    config.optim.schedule = "plateau"  # plateau | step | cosine | linear | constant
     config.optim.plateau_factor = 0.1
     config.optim.plateau_patience = 1  # evaluations without improvement before dividing
     config.optim.plateau_min_delta = 0.0  # an improvement smaller than this does not count
     config.optim.plateau_max_reductions = 3
     config.optim.step_epochs = (30, 60, 80)  # schedule=step: divide by 10 at these epochs
-    config.optim.warmup_epochs = 0.0  # schedule=cosine: linear warmup first
+    config.optim.warmup_epochs = 0.0  # schedule=cosine or linear: linear warmup first
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 1000  # also saved at the end of every epoch; 0: epochs only
@@ -150,9 +150,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     if not 0.0 < config.optim.plateau_factor < 1.0:
         raise ConfigError(f"config.optim.plateau_factor={config.optim.plateau_factor!r} must "
                           "be in (0, 1): the learning rate is multiplied by it.")
-    if config.optim.schedule == "cosine" and config.optim.warmup_epochs >= config.num_epochs:
+    if config.optim.schedule in ("cosine", "linear") and \
+            config.optim.warmup_epochs >= config.num_epochs:
         raise ConfigError(f"config.optim.warmup_epochs={config.optim.warmup_epochs} leaves no "
-                          f"epoch of the {config.num_epochs} for the cosine decay; lower it.")
+                          f"epoch of the {config.num_epochs} for the {config.optim.schedule} "
+                          "decay; lower it.")
     if config.model.dropout_rate is not None:
         within("model.dropout_rate", 0.0, 1.0, "[0, 1)")
     if config.model.towers is not None:

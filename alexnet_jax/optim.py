@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("plateau", "step", "cosine", "constant")
+SCHEDULES = ("plateau", "step", "cosine", "linear", "constant")
 
 
 def paper_sgd(learning_rate: float, lr_scale: float = 1.0, momentum: float = 0.9,
@@ -56,7 +56,12 @@ def schedule_from_config(optim: Any, steps_per_epoch: int, num_epochs: int) -> C
         return optax.piecewise_constant_schedule(base, boundaries)
     total = max(1, num_epochs * steps_per_epoch)
     warmup = int(optim.warmup_epochs * steps_per_epoch)
-    return optax.warmup_cosine_decay_schedule(0.0 if warmup else base, base, warmup, total)
+    if optim.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0 if warmup else base, base, warmup, total)
+    decay = optax.linear_schedule(base, 0.0, total - warmup)
+    if not warmup:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), decay], [warmup])
 
 
 def optimizer_from_config(optim: Any, params: Any, steps_per_epoch: int,

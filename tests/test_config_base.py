@@ -34,7 +34,8 @@ def test_the_experiments_defaults_are_valid():
     ({"model.variant": "seed"}, r"config.model.variant='seed' is not one of: paper, one_tower, "
                                 r"tf_benchmark, small"),
     ({"data.dataset": "mnist"}, r"config.data.dataset='mnist' is not one of"),
-    ({"optim.schedule": "linear"}, r"config.optim.schedule='linear' is not one of: plateau"),
+    ({"optim.schedule": "exponential"}, r"config.optim.schedule='exponential' is not one of: "
+                                        r"plateau"),
     ({"model.dropout_rate": 1.0}, r"config.model.dropout_rate=1.0 must be in \[0, 1\)"),
     ({"optim.learning_rate": 0.0}, r"config.optim.learning_rate=0.0 must be positive"),
     ({"optim.momentum": 1.0}, r"config.optim.momentum=1.0 must be in \[0, 1\)"),
@@ -42,7 +43,9 @@ def test_the_experiments_defaults_are_valid():
     ({"checkpoint.keep": 0}, r"config.checkpoint.keep=0 must be at least 1"),
     ({"data.validation_examples": -5}, r"config.data.validation_examples=-5 must be at least 0"),
     ({"optim.schedule": "cosine", "optim.warmup_epochs": 4.0, "num_epochs": 4},
-     r"warmup_epochs=4.0 leaves no epoch of the 4"),
+     r"warmup_epochs=4.0 leaves no epoch of the 4 for the cosine decay"),
+    ({"optim.schedule": "linear", "optim.warmup_epochs": 5.0, "num_epochs": 4},
+     r"warmup_epochs=5.0 leaves no epoch of the 4 for the linear decay"),
     ({"model.input_shape": (28, 28)}, r"input_shape=\(28, 28\) must be three positive sizes"),
     ({"data.dataset": "image_folder", "model.variant": "paper"},
      r"image_folder needs config.data.image_folder"),

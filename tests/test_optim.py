@@ -69,10 +69,25 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert float(schedule(30)) == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.parametrize("warmup_epochs", [0, 1])
+def test_linear_schedule_warms_up_then_falls_in_a_straight_line_to_zero(warmup_epochs):
+    config = base_config().optim
+    config.schedule = "linear"
+    config.warmup_epochs = warmup_epochs
+    schedule = optim.schedule_from_config(config, steps_per_epoch=10, num_epochs=3)
+    start = 10 * warmup_epochs
+    if warmup_epochs:
+        assert [float(schedule(s)) for s in (0, 5)] == pytest.approx([0.0, 0.005])
+    # From the peak at the warmup's end down to zero at the last step, by equal steps.
+    decay_steps = 30 - start
+    expected = [0.01 * (1 - (s - start) / decay_steps) for s in range(start, 31)]
+    assert [float(schedule(s)) for s in range(start, 31)] == pytest.approx(expected, abs=1e-9)
+
+
 def test_unknown_schedule_lists_the_valid_ones():
     config = base_config().optim
     config.schedule = "exponential"
-    with pytest.raises(ValueError, match="plateau, step, cosine, constant"):
+    with pytest.raises(ValueError, match="plateau, step, cosine, linear, constant"):
         optim.schedule_from_config(config, 10, 1)
 
 
