@@ -1,5 +1,6 @@
 """Sweeps: grid expansion and naming, skip and resume, aggregation against hand-computed numbers."""
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -8,6 +9,7 @@ import pytest
 
 from alexnet_jax import summary, sweep
 from alexnet_jax.config_base import base_config
+from alexnet_jax.sweep.plan import tuning_settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,6 +43,45 @@ def test_the_studies_tune_each_variant_then_run_three_seeds(name, variants):
     assert len(sweep.plan_seeds(definition, choices)) == 3 * variants
     assert definition["baseline"] == grid[0].variant
     assert dict(grid[0].overrides)["data.validation_examples"] == 5000
+
+
+@pytest.mark.parametrize("name", ["lrn_vs_bn", "paper_claims"])
+def test_the_studies_kept_in_docs_are_what_their_sweep_files_run_today(name):
+    """Every kept run's config.json is the config its sweep file builds now: a change to
+    the default experiment that the sweep does not pin would make the study unrepeatable."""
+    definition = sweep.load_sweep(os.path.join(REPO, "experiments", "sweeps", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location("base_experiment",
+                                                  os.path.join(REPO, definition["base"]))
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    grid = sweep.plan(definition)
+    variants = {r.variant for r in grid}
+    runs = {r.name: r for setting in tuning_settings(definition)  # every seed at each
+            for r in sweep.plan_seeds(definition, dict.fromkeys(variants, setting))}
+    study = os.path.join(REPO, "docs", "studies", name)
+    kept = sorted(d for d in os.listdir(study)  # a diverged run kept its console only
+                  if os.path.exists(os.path.join(study, d, "config.json")))
+    assert len(kept) >= len(grid)
+    for run_name in kept:
+        config = experiment.get_config()
+        config.progress_bar = False
+        config.update_from_flattened_dict(dict(runs[run_name].overrides))
+        rebuilt = _flattened(json.loads(config.to_json()))
+        with open(os.path.join(study, run_name, "config.json")) as f:
+            stored = _flattened(json.load(f))
+        differences = [key for key, value in stored.items() if rebuilt.get(key) != value]
+        assert differences == [], f"{run_name}: {differences}"
+
+
+def _flattened(tree: dict, prefix: str = "") -> dict:
+    """{"optim": {"learning_rate": 0.03}} as {"optim.learning_rate": 0.03}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flattened(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def test_bad_sweep_files_say_what_is_wrong(tmp_path):

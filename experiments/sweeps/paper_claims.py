@@ -35,9 +35,10 @@ def get_sweep():
         "seeds": [0, 1, 2],
         "baseline": "paper",
         # The default experiment's schedule as of 2026-11-28, pinned: 4 epochs of batch 64,
-        # cosine from the tuned rate.
+        # cosine from the tuned rate, no warmup.
         "overrides": {"data.validation_examples": 5000, "num_epochs": 4, "batch_size": 64,
-                      "optim.schedule": "cosine", "log_every_steps": 10},
+                      "optim.schedule": "cosine", "optim.warmup_epochs": 0.0,
+                      "log_every_steps": 10},
         "tune": {"optim.learning_rate": [0.01, 0.03, 0.1]},
         "quick": {"data.max_train_examples": 512, "data.max_test_examples": 256,
                   "data.validation_examples": 256, "checkpoint.async_save": False},
