@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Kills the default experiment with SIGKILL at a random moment, runs the same command again, and
 # prints both ends: the checkpoints present at the kill and the resumed run's summary.
-#   bash experiments/kill_and_resume.sh WORKDIR [MIN_S MAX_S]
+#   bash scripts/kill_and_resume.sh WORKDIR [MIN_S MAX_S]
 set -u
 workdir=${1:?usage: kill_and_resume.sh WORKDIR [MIN_S MAX_S]}; lo=${2:-30}; hi=${3:-450}
 run() { .venv/bin/python -m alexnet_jax.main --config experiments/fashion_mnist.py \
