@@ -1,6 +1,6 @@
 """Sweeps: grid expansion and naming, skip and resume, aggregation against hand-computed numbers."""
 import csv
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -50,10 +50,7 @@ def test_the_studies_kept_in_docs_are_what_their_sweep_files_run_today(name):
     """Every kept run's config.json is the config its sweep file builds now: a change to
     the default experiment that the sweep does not pin would make the study unrepeatable."""
     definition = sweep.load_sweep(os.path.join(REPO, "experiments", "sweeps", f"{name}.py"))
-    spec = importlib.util.spec_from_file_location("base_experiment",
-                                                  os.path.join(REPO, definition["base"]))
-    experiment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(experiment)
+    experiment = importlib.import_module(definition["base"].removesuffix(".py").replace("/", "."))
     grid = sweep.plan(definition)
     variants = {r.variant for r in grid}
     runs = {r.name: r for setting in tuning_settings(definition)  # every seed at each
