@@ -150,7 +150,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     if not 0.0 < config.optim.plateau_factor < 1.0:
         raise ConfigError(f"config.optim.plateau_factor={config.optim.plateau_factor!r} must "
                           "be in (0, 1): the learning rate is multiplied by it.")
-    if config.optim.schedule in ("cosine", "linear") and \
+    if config.optim.schedule in optim.DECAYS_TO_ZERO and \
             config.optim.warmup_epochs >= config.num_epochs:
         raise ConfigError(f"config.optim.warmup_epochs={config.optim.warmup_epochs} leaves no "
                           f"epoch of the {config.num_epochs} for the {config.optim.schedule} "

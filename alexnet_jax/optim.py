@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("plateau", "step", "cosine", "linear", "constant")
+DECAYS_TO_ZERO = ("cosine", "linear")  # the schedules that take ``warmup_epochs``
 
 
 def paper_sgd(learning_rate: float, lr_scale: float = 1.0, momentum: float = 0.9,
@@ -54,6 +55,7 @@ def schedule_from_config(optim: Any, steps_per_epoch: int, num_epochs: int) -> C
     if optim.schedule == "step":
         boundaries = {int(e * steps_per_epoch): 0.1 for e in optim.step_epochs}
         return optax.piecewise_constant_schedule(base, boundaries)
+    # DECAYS_TO_ZERO: a linear warmup, then down to 0 at the last step.
     total = max(1, num_epochs * steps_per_epoch)
     warmup = int(optim.warmup_epochs * steps_per_epoch)
     if optim.schedule == "cosine":
