@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
-#   make train   creates .venv/, installs requirements.txt, fetches Fashion-MNIST, trains the default experiment
-#   make test    creates .venv/ and fetches the data when missing, then runs the test suite
+#   make train   creates .venv/, installs requirements.txt, builds the oneDNN kernels, fetches
+#                Fashion-MNIST, trains the default experiment
+#   make test    does the same set-up where anything is missing, then runs the test suite
 # and one shows the runs while they train:
 #   make tensorboard   serves runs/ (or LOGDIR=...) on http://127.0.0.1:6006
 PYTHON ?= python3
@@ -14,13 +15,20 @@ PYTEST_ARGS ?=
 LOGDIR ?= runs
 PORT ?= 6006
 
-.PHONY: train test data venv tensorboard
+.PHONY: train test data venv kernels tensorboard
 
 venv: $(VENV)/installed
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
+
+# oneDNN's convolutions for XLA:CPU (alexnet_jax/kernels/onednn.py), compiled against the
+# oneDNN wheel in .venv/.  Without a C++ compiler it says so, and XLA's own convolutions run.
+ONEDNN_KERNELS := alexnet_jax/kernels/_onednn_conv.so
+kernels: $(ONEDNN_KERNELS)
+$(ONEDNN_KERNELS): alexnet_jax/kernels/onednn_conv.cc $(VENV)/installed
+	$(PY) -c "from alexnet_jax.kernels import onednn; onednn.main()"
 
 # Fashion-MNIST's four IDX files from Debian's dataset-fashion-mnist package; no root needed.
 data: $(FASHION_MNIST)/train-images-idx3-ubyte.gz
@@ -35,7 +43,7 @@ $(FASHION_MNIST)/train-images-idx3-ubyte.gz:
 tensorboard: venv
 	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host 127.0.0.1 --port $(PORT)
 
-train: venv data
+train: venv data kernels
 	PYTHONUNBUFFERED=1 $(PY) -m alexnet_jax.main --config experiments/fashion_mnist.py --workdir $(WORKDIR)
 	@echo "Results: $(WORKDIR)/summary.json, metrics: $(WORKDIR)/metrics.jsonl"
 
@@ -49,7 +57,7 @@ train: venv data
 # the long timeout covers a busy machine.
 MULTI_DEVICE_FLAGS := --xla_force_host_platform_device_count=8 --xla_cpu_multi_thread_eigen=false \
 	--xla_cpu_collective_call_terminate_timeout_seconds=600
-test: venv data
+test: venv data kernels
 	$(PY) -c "from alexnet_jax import config_base, input_pipeline as p; p.load_builder(config_base.base_config().data)"
 	$(PY) -m pytest -q -n 3 --dist loadfile $(PYTEST_ARGS) tests --ignore=tests/test_parallel.py
 	XLA_FLAGS="$(MULTI_DEVICE_FLAGS)" $(PY) -m pytest -q -n 2 --dist load $(PYTEST_ARGS) tests/test_parallel.py

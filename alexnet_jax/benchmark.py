@@ -451,7 +451,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("steps", 100, "Timed steps.")
     flags.DEFINE_integer("burn_in", 10, "Untimed steps first.")
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype.")
-    flags.DEFINE_enum("implementation", "auto", ["auto", "plain", "im2col"],
+    flags.DEFINE_enum("implementation", "auto", ["auto", "plain", "xla", "im2col"],
                       "The layers (kernels.select).")
     flags.DEFINE_string("json", None, "Also write the result as JSON to this file.")
     flags.DEFINE_bool("compare", False, "The project and its peers side by side.")

@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.input_shape = config_dict.placeholder(tuple)  # default: the dataset's
     config.model.init = config_dict.placeholder(str)  # paper | scaled
     config.model.dtype = "float32"  # computation: float32 | bfloat16; params stay float32
-    config.model.implementation = "auto"  # auto | plain | im2col: the layers (kernels/)
+    config.model.implementation = "auto"  # auto | plain | xla | im2col: the layers (kernels/)
     config.model.sync_batch_stats = True  # BatchNorm statistics over the global batch
 
     config.data = ml_collections.ConfigDict()

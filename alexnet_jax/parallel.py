@@ -206,7 +206,8 @@ def create(parallelism: str, config: ModelConfig, num_devices: int = 0,
         devices = devices[:num_devices]
     kind = choose(parallelism, config.towers, len(devices))
     towers_on_devices = kind in ("model", "data_model")
-    layers = kernels.select(implementation, grouped=config.towers > 1 and not towers_on_devices)
+    layers = kernels.select(implementation, grouped=config.towers > 1 and not towers_on_devices,
+                            towers_on_devices=towers_on_devices)
     specs = marked_specs(config, towers_on_devices)
     if kind == "single":
         return Layout(kind, AlexNet(config, layers), None, specs)

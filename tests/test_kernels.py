@@ -9,7 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from alexnet_jax import kernels
-from alexnet_jax.kernels import plain, xla_cpu
+from alexnet_jax.kernels import onednn, plain, xla_cpu
 
 PLAIN_DOT = (((1,), (0,)), ((), ()))
 
@@ -24,35 +24,41 @@ def test_select_gives_plain_layers_off_cpu_and_when_asked():
     assert kernels.compiler_options("gpu") == {}
 
 
-@pytest.mark.parametrize("implementation,grouped,form,wide_bias", [
-    ("auto", True, "per_tower", False),  # the towers side by side: one convolution per tower
-    ("auto", False, "xla", True),        # one tower here: XLA's convolution, wide-row bias
-    ("im2col", False, "im2col", True),   # forced: im2col whether grouped or not
-    ("im2col", True, "im2col", False),
+@pytest.mark.parametrize("implementation,grouped,on_devices,form,wide_bias,use_onednn", [
+    # the towers side by side: one convolution per tower, by oneDNN
+    ("auto", True, False, "per_tower", False, True),
+    ("auto", False, False, "xla", True, True),     # one tower here: wide-row bias
+    ("auto", False, True, "xla", True, False),     # towers on devices: autodiff's gradients
+    ("xla", True, False, "per_tower", False, False),  # XLA's own convolutions only
+    ("xla", False, False, "xla", True, False),
+    ("im2col", False, False, "im2col", True, False),  # forced: im2col whether grouped or not
+    ("im2col", True, False, "im2col", False, False),
 ])
-def test_select_on_cpu_picks_the_convolution_by_grouping(implementation, grouped, form,
-                                                        wide_bias):
-    layers = kernels.select(implementation, grouped=grouped, backend="cpu")
+def test_select_on_cpu_picks_the_convolution_by_grouping(implementation, grouped, on_devices,
+                                                        form, wide_bias, use_onednn):
+    layers = kernels.select(implementation, grouped=grouped, backend="cpu",
+                            towers_on_devices=on_devices)
     conv = layers.conv(8, (3, 3))
-    assert (conv.form, conv.wide_bias) == (form, wide_bias)
+    assert (conv.form, conv.wide_bias, conv.use_onednn) == (form, wide_bias, use_onednn)
     assert layers.max_pool is xla_cpu.max_pool
     assert layers.dense(4).dot_general is xla_cpu.dense_dot_general
 
 
 def test_select_rejects_an_unknown_implementation_listing_the_valid_ones():
-    with pytest.raises(ValueError, match="cudnn.*auto, plain, im2col"):
+    with pytest.raises(ValueError, match="cudnn.*auto, plain, xla, im2col"):
         kernels.select("cudnn")
 
 
-@pytest.mark.parametrize("form,wide_bias", [("im2col", False), ("xla", True), ("im2col", True),
-                                            ("per_tower", False)])
-def test_cpu_conv_has_nn_conv_parameters_and_values(form, wide_bias):
+@pytest.mark.parametrize("form,wide_bias,use_onednn", [
+    ("im2col", False, False), ("xla", True, False), ("im2col", True, False),
+    ("per_tower", False, False), ("xla", True, True), ("per_tower", False, True)])
+def test_cpu_conv_has_nn_conv_parameters_and_values(form, wide_bias, use_onednn):
     """Same parameter tree, same initial values, same outputs as ``nn.Conv``: checkpoints
     do not depend on the kernels chosen."""
     x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
     args = dict(features=5, kernel_size=(3, 3), strides=(2, 2), padding=((0, 1), (0, 1)),
                 bias_init=nn.initializers.normal(1.0))
-    ours = xla_cpu.Conv(**args, form=form, wide_bias=wide_bias)
+    ours = xla_cpu.Conv(**args, form=form, wide_bias=wide_bias, use_onednn=use_onednn)
     reference = nn.Conv(**args)
     variables = ours.init(jax.random.key(1), x)
     assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
@@ -79,29 +85,90 @@ def test_im2col_convolution_and_its_gradients_equal_xla(stride, padding, size):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
 
 
+@pytest.mark.parametrize("use_onednn", [False, True])
 @pytest.mark.parametrize("in_axes", [(0, 0), (None, 0), (0, None)])
 @pytest.mark.parametrize("stride,padding,size", [(1, "SAME", 3), (4, ((0, 3), (0, 3)), 11)])
 def test_per_tower_convolution_under_vmap_equals_xlas_grouped_one(in_axes, stride, padding,
-                                                                   size):
+                                                                   size, use_onednn):
     """Two towers side by side, each with its own input and kernel, a shared input (conv1)
-    or a shared kernel: the values and both gradients of one XLA convolution per tower
-    equal those of XLA's own batched (grouped) convolution, the shared argument's
-    gradient summed over the towers."""
+    or a shared kernel: the values and both gradients of one ungrouped convolution per
+    tower (XLA's or oneDNN's) equal those of XLA's own batched (grouped) convolution, the
+    shared argument's gradient summed over the towers."""
     towers, key_x, key_w, key_g = 2, *jax.random.split(jax.random.key(9), 3)
     x = jax.random.normal(key_x, (towers, 2, 19, 19, 3) if in_axes[0] == 0 else (2, 19, 19, 3))
     w = jax.random.normal(key_w, (towers, size, size, 3, 4) if in_axes[1] == 0
                           else (size, size, 3, 4))
 
-    def mapped(form):
-        return jax.vmap(lambda x, w: xla_cpu.conv2d(x, w, stride, padding, form),
+    def mapped(form, use_onednn=False):
+        return jax.vmap(lambda x, w: xla_cpu.conv2d(x, w, stride, padding, form, use_onednn),
                         in_axes=in_axes, axis_size=towers)
 
-    ours, reference = mapped("per_tower")(x, w), mapped("xla")(x, w)
+    ours, reference = mapped("per_tower", use_onednn)(x, w), mapped("xla")(x, w)
     np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
     g = jax.random.normal(key_g, reference.shape)
-    for a, b in zip(jax.vjp(mapped("per_tower"), x, w)[1](g), jax.vjp(mapped("xla"), x, w)[1](g)):
+    for a, b in zip(jax.vjp(mapped("per_tower", use_onednn), x, w)[1](g),
+                    jax.vjp(mapped("xla"), x, w)[1](g)):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+
+
+# --- oneDNN's convolutions against float64 NumPy -----------------------------------------
+
+def numpy_conv_and_gradients(x, w, bias, g, stride, pads):
+    """Float64 NumPy: conv(x, w) + bias (NHWC x HWIO, explicit padding) and, for the
+    output gradient ``g``, the gradients of x, w and bias, one kernel tap at a time."""
+    x, w, bias, g = (np.asarray(a, np.float64) for a in (x, w, bias, g))
+    (top, bottom), (left, right) = pads
+    xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    kh, kw = w.shape[:2]
+    oh, ow = g.shape[1:3]
+    y = np.zeros(g.shape) + bias
+    dxp, dw = np.zeros(xp.shape), np.zeros(w.shape)
+    for a in range(kh):
+        for b in range(kw):
+            window = (slice(None), slice(a, a + stride * (oh - 1) + 1, stride),
+                      slice(b, b + stride * (ow - 1) + 1, stride))
+            y += np.einsum("nhwc,co->nhwo", xp[window], w[a, b])
+            dw[a, b] = np.einsum("nhwc,nhwo->co", xp[window], g)
+            dxp[window] += np.einsum("nhwo,co->nhwc", g, w[a, b])
+    dx = dxp[:, top:top + x.shape[1], left:left + x.shape[2]]
+    return y, (dx, dw, g.sum(axis=(0, 1, 2)))
+
+
+def test_onednn_convolutions_are_built_where_its_wheel_installs():
+    """``make`` builds them on x86-64 Linux (requirements.txt's oneDNN wheels)."""
+    import platform
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        pytest.skip("the oneDNN wheels are for x86-64 Linux")
+    assert onednn.available(), f"{onednn.LIBRARY} missing: run `make kernels`"
+
+
+@pytest.mark.parametrize("shape,kernel,stride,pads", [
+    ((2, 23, 23, 3), (11, 11, 3, 8), 4, ((3, 4), (3, 4))),   # conv1's: 3 channels, stride 4
+    ((2, 9, 9, 16), (5, 5, 16, 32), 1, ((2, 2), (2, 2))),     # SAME
+    ((3, 7, 7, 32), (3, 3, 32, 20), 1, ((1, 3), (2, 0))),     # lopsided
+    ((2, 10, 10, 5), (3, 3, 5, 7), 2, ((0, 0), (0, 0))),      # VALID, strided
+])
+def test_onednn_convolution_and_its_gradients_equal_float64_numpy(shape, kernel, stride, pads):
+    if not onednn.available():
+        pytest.skip("oneDNN's convolutions are not built")
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal(shape), rng.standard_normal(kernel) / np.sqrt(np.prod(kernel[:3]))
+    bias = rng.standard_normal(kernel[-1:])
+    conv = jax.jit(onednn.conv2d_bias(stride, pads))
+    y = conv(*(jnp.asarray(a, jnp.float32) for a in (x, w, bias)))
+    g = rng.standard_normal(y.shape)
+    reference, gradients = numpy_conv_and_gradients(x, w, bias, g, stride, pads)
+    np.testing.assert_allclose(y, reference, rtol=1e-5, atol=1e-5)
+    _, vjp = jax.vjp(conv, *(jnp.asarray(a, jnp.float32) for a in (x, w, bias)))
+    for ours, theirs in zip(vjp(jnp.asarray(g, jnp.float32)), gradients):
+        assert ours.shape == theirs.shape
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
+
+
+def test_onednn_build_says_what_is_missing():
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler 'no-such-compiler'"):
+        onednn.build(compiler="no-such-compiler")
 
 
 def test_an_unknown_convolution_form_is_refused_with_the_valid_ones():

@@ -9,8 +9,10 @@ picks between them.  Checkpoints do not depend on the choice.
 
 ``implementation`` (``config.model.implementation``):
 
-* ``auto``: the CPU forms on the CPU backend, the plain forms elsewhere;
+* ``auto``: the CPU forms on the CPU backend, with oneDNN's convolutions where they are
+  built (``onednn.py``), the plain forms elsewhere;
 * ``plain``: the plain forms on every backend;
+* ``xla``: the CPU forms with XLA's own convolutions only;
 * ``im2col``: the CPU forms with every convolution written as patches times a matrix,
   grouped or not (one arithmetic for every layout: the layout tests use it).
 
@@ -26,13 +28,13 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 
-from alexnet_jax.kernels import plain, xla_cpu
+from alexnet_jax.kernels import onednn, plain, xla_cpu
 from alexnet_jax.kernels.lrn import local_response_norm
 
 __all__ = ["IMPLEMENTATIONS", "Layers", "PLAIN", "compiler_options", "local_response_norm",
            "select"]
 
-IMPLEMENTATIONS = ("auto", "plain", "im2col")
+IMPLEMENTATIONS = ("auto", "plain", "xla", "im2col")
 
 ModuleDef = Any
 
@@ -55,9 +57,10 @@ PLAIN = Layers()
 
 
 def select(implementation: str = "auto", grouped: bool = False,
-           backend: str | None = None) -> Layers:
+           backend: str | None = None, towers_on_devices: bool = False) -> Layers:
     """The layers for ``backend`` (default: JAX's) when the towers' convolutions are
-    ``grouped`` (several towers side by side on one device, under vmap) or not."""
+    ``grouped`` (several towers side by side on one device, under vmap) or not, and the
+    towers live on devices of their own (``towers_on_devices``) or not."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"Unknown implementation {implementation!r}; valid ones are: "
                          f"{', '.join(IMPLEMENTATIONS)}.")
@@ -67,11 +70,17 @@ def select(implementation: str = "auto", grouped: bool = False,
     # XLA:CPU's own grouped convolution is slow (its gradient above all), its ungrouped
     # one fast: the towers side by side run one ungrouped convolution each; forced
     # "im2col" writes every convolution as patches times a matrix.
-    form = ("im2col" if implementation == "im2col" else "per_tower" if grouped else "xla")
-    return Layers(conv=functools.partial(xla_cpu.Conv, form=form, wide_bias=not grouped),
+    form = "im2col" if implementation == "im2col" else "per_tower" if grouped else "xla"
+    # oneDNN's convolutions have their own VJP; where the towers live on devices, JAX
+    # sums a replicated kernel's gradient over the data replicas only through autodiff.
+    use_onednn = (implementation == "auto" and form != "im2col" and not towers_on_devices
+                  and onednn.available())
+    name = "xla_cpu" if form == "xla" else f"xla_cpu_{form}"
+    return Layers(conv=functools.partial(xla_cpu.Conv, form=form, wide_bias=not grouped,
+                                         use_onednn=use_onednn),
                   dense=functools.partial(nn.Dense, dot_general=xla_cpu.dense_dot_general),
                   max_pool=xla_cpu.max_pool,
-                  name="xla_cpu" if form == "xla" else f"xla_cpu_{form}")
+                  name=f"{name}_onednn" if use_onednn else name)
 
 
 def compiler_options(backend: str | None = None) -> dict[str, str]:

@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
+from alexnet_jax.kernels import onednn
+
 Padding = str | Sequence[tuple[int, int]]
 
 
@@ -87,20 +89,30 @@ def xla_conv2d(x: jax.Array, kernel: jax.Array, stride: int,
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
-           form: str = "xla") -> jax.Array:
+           form: str = "xla", use_onednn: bool = False) -> jax.Array:
     """NHWC x HWIO convolution (cross-correlation): by XLA, as patches times a matrix, or,
-    under the towers' vmap, by XLA once per tower (``per_tower_conv2d``)."""
+    under the towers' vmap, once per tower (``per_tower_conv2d``); ``use_onednn``: the
+    ungrouped convolutions by oneDNN (float32 only, ``onednn.py``) rather than XLA."""
     size = kernel.shape[0]
     pads = explicit_padding(x.shape[1:3], size, stride, padding)
+    use_onednn = use_onednn and onednn.supports(x, kernel)
     if form == "xla":
-        return xla_conv2d(x, kernel, stride, pads)
+        return (onednn_conv2d(x, kernel, stride, pads) if use_onednn
+                else xla_conv2d(x, kernel, stride, pads))
     if form == "per_tower":
-        return per_tower_conv2d(stride, pads)(x, kernel)
+        return per_tower_conv2d(stride, pads, use_onednn)(x, kernel)
     if form != "im2col":
         raise ValueError(f"Unknown convolution form {form!r}; valid ones are: "
                          f"{', '.join(CONV_FORMS)}.")
     patches = im2col(x, size, stride, pads)
     return jnp.einsum("nhwk,ko->nhwo", patches, kernel.reshape(-1, kernel.shape[-1]))
+
+
+def onednn_conv2d(x: jax.Array, kernel: jax.Array, stride: int,
+                  pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """oneDNN's NHWC x HWIO convolution (its bias zero) with explicit padding pairs."""
+    bias = jnp.zeros(kernel.shape[-1:], kernel.dtype)
+    return onednn.conv2d_bias(stride, tuple(pads))(x, kernel, bias)
 
 
 def _stacked(value: jax.Array, batched: bool, size: int) -> jax.Array:
@@ -114,17 +126,21 @@ def _kernels_side_by_side(kernel: jax.Array) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=None)
-def per_tower_conv2d(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable:
-    """``(x, kernel) -> y``: XLA's convolution, whose ``vmap`` (the towers side by side) is
-    one ungrouped convolution per tower instead of XLA's grouped one, forward and gradient.
+def per_tower_conv2d(stride: int, pads: tuple[tuple[int, int], ...],
+                     use_onednn: bool = False) -> Callable:
+    """``(x, kernel) -> y``: an ungrouped convolution (XLA's, or oneDNN's if ``use_onednn``)
+    whose ``vmap`` (the towers side by side) is one ungrouped convolution per tower instead
+    of XLA's grouped one, forward and gradient.
 
-    Its value and gradients are XLA's for each tower.  An input the towers share (the
+    Its value and gradients are the ungrouped convolution's for each tower.  An input the towers share (the
     image, for conv1) is convolved once with the towers' kernels side by side (one
     convolution with every tower's output maps, then split per tower): a convolution of
     few input channels is cheaper once wide than once per tower.  Its gradient is summed
     over the towers."""
 
     def conv(x, kernel):
+        if use_onednn:
+            return onednn_conv2d(x, kernel, stride, pads)
         return xla_conv2d(x, kernel, stride, pads)
 
     def shared_input_conv(x, kernel):
@@ -184,6 +200,7 @@ class Conv(nn.Module):
     bias_init: Callable = nn.initializers.zeros
     form: str = "xla"
     wide_bias: bool = True
+    use_onednn: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -192,7 +209,10 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = conv2d(x, kernel, stride, self.padding, self.form)
+        if self.form == "xla" and self.use_onednn and onednn.supports(x, kernel):
+            pads = explicit_padding(x.shape[1:3], size, stride, self.padding)
+            return onednn.conv2d_bias(stride, pads)(x, kernel, bias)  # the bias added inside
+        y = conv2d(x, kernel, stride, self.padding, self.form, self.use_onednn)
         return add_channel_bias(y, bias) if self.wide_bias else y + bias
 
 

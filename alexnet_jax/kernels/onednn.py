@@ -1,0 +1,132 @@
+"""oneDNN's convolutions on the CPU backend, called from jitted code through XLA's FFI.
+
+XLA:CPU convolves with Eigen's kernels; oneDNN's (the library TensorFlow's CPU build runs)
+compute the same convolutions faster on x86.  ``onednn_conv.cc`` wraps three of them for
+XLA's FFI (forward with the bias, the input gradient, the kernel and bias gradients), and
+``conv2d_bias`` is their ``custom_vjp``: the same mathematics as XLA's convolution plus a
+bias, in another order of summation (``tests/test_kernels.py`` checks it against float64).
+
+The handlers are compiled against the ``onednn-devel-cpu-gomp`` wheel's headers and
+library (``requirements.txt``) when ``make`` sets up the virtual environment, by
+``python -m alexnet_jax.kernels.onednn``.  Where the library or a C++ compiler is
+missing, ``available()`` is False and ``kernels.select`` keeps XLA's convolutions.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
+LIBRARY = pathlib.Path(__file__).with_name("_onednn_conv.so")
+HANDLERS = {"alexnet_conv_forward": "AlexnetConvForward",
+            "alexnet_conv_backward_data": "AlexnetConvBackwardData",
+            "alexnet_conv_backward_weights": "AlexnetConvBackwardWeights"}
+
+
+def _onednn_library() -> pathlib.Path:
+    """oneDNN's shared library, as the ``onednn-cpu-gomp`` wheel installs it."""
+    return pathlib.Path(sys.prefix) / "lib" / "libdnnl.so.3"
+
+
+def build(compiler: str = "g++") -> pathlib.Path:
+    """Compiles ``onednn_conv.cc`` into ``LIBRARY``; raises ``RuntimeError`` saying why not."""
+    include = pathlib.Path(sys.prefix) / "include"
+    if not (include / "oneapi" / "dnnl" / "dnnl.hpp").exists() or not _onednn_library().exists():
+        raise RuntimeError(f"oneDNN's headers or library are not under {sys.prefix}: install "
+                           "requirements.txt (onednn-cpu-gomp, onednn-devel-cpu-gomp) first.")
+    command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(SOURCE),
+               f"-I{include}", f"-I{jax.ffi.include_dir()}", f"-L{_onednn_library().parent}",
+               "-ldnnl", "-o", str(LIBRARY)]
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    except FileNotFoundError as error:
+        raise RuntimeError(f"no C++ compiler {compiler!r} on this machine") from error
+    except subprocess.CalledProcessError as error:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{error.stderr}") from error
+    return LIBRARY
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    """Whether the handlers are built and registered with XLA's CPU backend (once)."""
+    if not LIBRARY.exists() or not _onednn_library().exists():
+        logging.info("oneDNN convolutions not built (%s); XLA's are used. `python -m "
+                     "alexnet_jax.kernels.onednn` builds them.", LIBRARY.name)
+        return False
+    # oneDNN's OpenMP threads sleep between calls instead of spinning, so that XLA's own
+    # threads get the cores back at once.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    ctypes.CDLL(str(_onednn_library()), mode=ctypes.RTLD_GLOBAL)
+    library = ctypes.CDLL(str(LIBRARY))
+    for target, symbol in HANDLERS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                    platform="cpu")
+    return True
+
+
+def _out_size(size: int, kernel: int, stride: int, pads: tuple[int, int]) -> int:
+    return (size + pads[0] + pads[1] - kernel) // stride + 1
+
+
+@functools.lru_cache(maxsize=None)
+def conv2d_bias(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable:
+    """``(x, kernel, bias) -> conv(x, kernel) + bias`` for NHWC float32 ``x`` and an HWIO
+    ``kernel``, with explicit (low, high) ``pads`` per spatial axis, by oneDNN forward and
+    backward.  Needs ``available()``."""
+    (top, bottom), (left, right) = pads
+    attributes = dict(stride=np.int64(stride), pad_top=np.int64(top),
+                      pad_bottom=np.int64(bottom), pad_left=np.int64(left),
+                      pad_right=np.int64(right))
+
+    def call(target, results, *operands):
+        return jax.ffi.ffi_call(target, results, vmap_method="sequential")(*operands,
+                                                                           **attributes)
+
+    def forward(x, kernel, bias):
+        n, h, w, _ = x.shape
+        kh, kw, _, out = kernel.shape
+        shape = (n, _out_size(h, kh, stride, (top, bottom)),
+                 _out_size(w, kw, stride, (left, right)), out)
+        return call("alexnet_conv_forward", jax.ShapeDtypeStruct(shape, x.dtype), x, kernel, bias)
+
+    @jax.custom_vjp
+    def conv(x, kernel, bias):
+        return forward(x, kernel, bias)
+
+    def backward(residuals, g):
+        x, kernel = residuals
+        dx = call("alexnet_conv_backward_data", jax.ShapeDtypeStruct(x.shape, x.dtype), g, kernel)
+        dkernel, dbias = call("alexnet_conv_backward_weights",
+                              (jax.ShapeDtypeStruct(kernel.shape, kernel.dtype),
+                               jax.ShapeDtypeStruct(kernel.shape[-1:], kernel.dtype)), x, g)
+        return dx, dkernel, dbias
+
+    conv.defvjp(lambda x, kernel, bias: (forward(x, kernel, bias), (x, kernel)), backward)
+    return conv
+
+
+def supports(x: jax.Array, kernel: jax.Array) -> bool:
+    """Whether ``conv2d_bias`` takes these operands: float32 NHWC and HWIO."""
+    return x.ndim == 4 and kernel.ndim == 4 and x.dtype == kernel.dtype == jnp.float32
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    try:
+        print(f"built {build()}")
+    except RuntimeError as error:
+        print(f"oneDNN convolutions not built; XLA's will be used. {error}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

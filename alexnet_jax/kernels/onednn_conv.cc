@@ -1,0 +1,250 @@
+// oneDNN's convolutions, called from jitted JAX code through XLA's FFI (alexnet_jax/kernels/onednn.py).
+//
+// XLA:CPU runs convolutions with Eigen's kernels; oneDNN's direct (brgemm / jit) kernels run the
+// same convolutions faster on x86 CPUs.  Three handlers, one convolution each way:
+//
+//   alexnet_conv_forward          (x NHWC, kernel HWIO, bias) -> conv(x, kernel) + bias
+//   alexnet_conv_backward_data    (dy NHWC, kernel HWIO)      -> dx NHWC
+//   alexnet_conv_backward_weights (x NHWC, dy NHWC)           -> (dkernel HWIO, dbias)
+//
+// Each takes `stride` and the (low, high) padding of the two spatial axes as attributes.  The
+// activations stay in XLA's NHWC; the kernel is reordered into the blocked layout oneDNN's kernels
+// prefer (and its gradient back), which costs little next to the convolution.  Primitives are
+// built once per geometry and kept; each call brings its own scratchpad, so that calls from
+// several threads (several XLA devices) may run at once.  Float32 only.
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <array>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using dnnl::memory;
+using Tag = memory::format_tag;
+constexpr auto kF32 = memory::data_type::f32;
+
+// Batch, input height, width and channels, kernel height and width, output channels, output
+// height and width, stride, and padding top, bottom, left and right.
+using Geometry = std::array<int64_t, 14>;
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+struct Convolution {
+  memory::desc x, kernel, bias, y;  // the layouts XLA holds: NHWC, HWIO, a vector
+  dnnl::convolution_forward::primitive_desc forward_pd;
+  dnnl::convolution_backward_data::primitive_desc data_pd;
+  dnnl::convolution_backward_weights::primitive_desc weights_pd;
+  dnnl::convolution_forward forward;
+  dnnl::convolution_backward_data backward_data;
+  dnnl::convolution_backward_weights backward_weights;
+
+  explicit Convolution(const Geometry& g) {
+    const auto [n, h, w, c, kh, kw, o, oh, ow, stride, top, bottom, left, right] = g;
+    x = memory::desc({n, c, h, w}, kF32, Tag::nhwc);
+    kernel = memory::desc({o, c, kh, kw}, kF32, Tag::hwio);
+    bias = memory::desc({o}, kF32, Tag::a);
+    y = memory::desc({n, o, oh, ow}, kF32, Tag::nhwc);
+    const memory::desc any_kernel({o, c, kh, kw}, kF32, Tag::any);
+    const memory::dims strides{stride, stride}, low{top, left}, high{bottom, right};
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    auto& engine = cpu_engine();
+    forward_pd = dnnl::convolution_forward::primitive_desc(
+        engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, x,
+        any_kernel, bias, y, strides, low, high, attr);
+    data_pd = dnnl::convolution_backward_data::primitive_desc(
+        engine, dnnl::algorithm::convolution_direct, x, any_kernel, y, strides, low, high,
+        forward_pd, attr);
+    weights_pd = dnnl::convolution_backward_weights::primitive_desc(
+        engine, dnnl::algorithm::convolution_direct, x, any_kernel, bias, y, strides, low, high,
+        forward_pd, attr);
+    forward = dnnl::convolution_forward(forward_pd);
+    backward_data = dnnl::convolution_backward_data(data_pd);
+    backward_weights = dnnl::convolution_backward_weights(weights_pd);
+  }
+};
+
+// The primitives of a geometry, built on first use (oneDNN generates their code then).
+const Convolution& convolution_for(const Geometry& g) {
+  static std::mutex mutex;
+  static std::map<Geometry, std::unique_ptr<Convolution>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& entry = cache[g];
+  if (!entry) entry = std::make_unique<Convolution>(g);
+  return *entry;
+}
+
+memory wrap(const memory::desc& desc, const void* data) {
+  return memory(desc, cpu_engine(), const_cast<void*>(data));
+}
+
+// Working memory of the calls on this thread, kept between calls: a fresh allocation per
+// call would fault its pages in again every time.  Slot 0 holds the scratchpad, slot 1 a
+// kernel (or its gradient) in oneDNN's layout.
+memory working_memory(int slot, const memory::desc& desc) {
+  struct Buffer {
+    void* data = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local std::array<Buffer, 2> buffers;
+  Buffer& buffer = buffers[slot];
+  const size_t size = desc.get_size();
+  if (size > buffer.size) {
+    std::free(buffer.data);
+    buffer.size = (size + 63) / 64 * 64;
+    buffer.data = std::aligned_alloc(64, buffer.size);
+    if (buffer.data == nullptr) throw std::bad_alloc();
+  }
+  return memory(desc, cpu_engine(), buffer.data);
+}
+
+// `user` as `desc`: itself when the layouts agree, else a reordered copy in slot 1.
+memory in_layout(memory user, const memory::desc& desc, dnnl::stream& stream) {
+  if (user.get_desc() == desc) return user;
+  memory copy = working_memory(1, desc);
+  dnnl::reorder(user, copy).execute(stream, user, copy);
+  return copy;
+}
+
+Geometry geometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> kernel,
+                  ffi::Span<const int64_t> y, int64_t stride, int64_t top, int64_t bottom,
+                  int64_t left, int64_t right) {
+  return {x[0], x[1], x[2], x[3], kernel[0], kernel[1], kernel[3], y[1], y[2],
+          stride, top, bottom, left, right};
+}
+
+ffi::Error check(ffi::Span<const int64_t> x, ffi::Span<const int64_t> kernel,
+                 ffi::Span<const int64_t> y) {
+  if (x.size() != 4 || kernel.size() != 4 || y.size() != 4 || x[0] != y[0] ||
+      x[3] != kernel[2] || y[3] != kernel[3]) {
+    return ffi::Error::InvalidArgument(
+        "oneDNN convolution: expected NHWC input and output and an HWIO kernel that agree");
+  }
+  return ffi::Error::Success();
+}
+
+// Runs `body`, turning oneDNN's exceptions into an XLA error that names the handler.
+template <typename Body>
+ffi::Error guarded(const char* name, Body body) {
+  static std::mutex one_at_a_time;
+  std::lock_guard<std::mutex> lock(one_at_a_time);
+  try {
+    body();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string(name) + ": oneDNN error: " + e.what());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string(name) + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                           ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+                           int64_t stride, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                           int64_t pad_right) {
+  if (auto error = check(x.dimensions(), kernel.dimensions(), y->dimensions()); !error.success())
+    return error;
+  return guarded("alexnet_conv_forward", [&] {
+    const auto& conv = convolution_for(geometry(x.dimensions(), kernel.dimensions(),
+                                                y->dimensions(), stride, pad_top, pad_bottom,
+                                                pad_left, pad_right));
+    dnnl::stream stream(cpu_engine());
+    memory scratch = working_memory(0, conv.forward_pd.scratchpad_desc());
+    memory k = in_layout(wrap(conv.kernel, kernel.typed_data()), conv.forward_pd.weights_desc(),
+                         stream);
+    conv.forward.execute(stream, {{DNNL_ARG_SRC, wrap(conv.x, x.typed_data())},
+                                  {DNNL_ARG_WEIGHTS, k},
+                                  {DNNL_ARG_BIAS, wrap(conv.bias, bias.typed_data())},
+                                  {DNNL_ARG_DST, wrap(conv.y, y->typed_data())},
+                                  {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream.wait();
+  });
+}
+
+ffi::Error ConvBackwardDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
+                                ffi::ResultBuffer<ffi::F32> dx, int64_t stride, int64_t pad_top,
+                                int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
+  if (auto error = check(dx->dimensions(), kernel.dimensions(), dy.dimensions()); !error.success())
+    return error;
+  return guarded("alexnet_conv_backward_data", [&] {
+    const auto& conv = convolution_for(geometry(dx->dimensions(), kernel.dimensions(),
+                                                dy.dimensions(), stride, pad_top, pad_bottom,
+                                                pad_left, pad_right));
+    dnnl::stream stream(cpu_engine());
+    memory scratch = working_memory(0, conv.data_pd.scratchpad_desc());
+    memory k = in_layout(wrap(conv.kernel, kernel.typed_data()), conv.data_pd.weights_desc(),
+                         stream);
+    conv.backward_data.execute(stream, {{DNNL_ARG_DIFF_DST, wrap(conv.y, dy.typed_data())},
+                                        {DNNL_ARG_WEIGHTS, k},
+                                        {DNNL_ARG_DIFF_SRC, wrap(conv.x, dx->typed_data())},
+                                        {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream.wait();
+  });
+}
+
+ffi::Error ConvBackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                                   ffi::ResultBuffer<ffi::F32> dkernel,
+                                   ffi::ResultBuffer<ffi::F32> dbias, int64_t stride,
+                                   int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                                   int64_t pad_right) {
+  if (auto error = check(x.dimensions(), dkernel->dimensions(), dy.dimensions());
+      !error.success())
+    return error;
+  return guarded("alexnet_conv_backward_weights", [&] {
+    const auto& conv = convolution_for(geometry(x.dimensions(), dkernel->dimensions(),
+                                                dy.dimensions(), stride, pad_top, pad_bottom,
+                                                pad_left, pad_right));
+    dnnl::stream stream(cpu_engine());
+    memory scratch = working_memory(0, conv.weights_pd.scratchpad_desc());
+    memory user_dkernel = wrap(conv.kernel, dkernel->typed_data());
+    const bool direct = conv.weights_pd.diff_weights_desc() == conv.kernel;
+    memory blocked = direct ? user_dkernel : working_memory(1, conv.weights_pd.diff_weights_desc());
+    conv.backward_weights.execute(stream, {{DNNL_ARG_SRC, wrap(conv.x, x.typed_data())},
+                                           {DNNL_ARG_DIFF_DST, wrap(conv.y, dy.typed_data())},
+                                           {DNNL_ARG_DIFF_WEIGHTS, blocked},
+                                           {DNNL_ARG_DIFF_BIAS, wrap(conv.bias, dbias->typed_data())},
+                                           {DNNL_ARG_SCRATCHPAD, scratch}});
+    if (!direct) dnnl::reorder(blocked, user_dkernel).execute(stream, blocked, user_dkernel);
+    stream.wait();
+  });
+}
+
+}  // namespace
+
+#define CONV_ATTRS                                                                   \
+  .Attr<int64_t>("stride").Attr<int64_t>("pad_top").Attr<int64_t>("pad_bottom")      \
+      .Attr<int64_t>("pad_left").Attr<int64_t>("pad_right")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetConvForward, ConvForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetConvBackwardData, ConvBackwardDataImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetConvBackwardWeights, ConvBackwardWeightsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() CONV_ATTRS);
