@@ -160,9 +160,14 @@ def test_onednn_convolution_and_its_gradients_equal_float64_numpy(shape, kernel,
     g = rng.standard_normal(y.shape)
     reference, gradients = numpy_conv_and_gradients(x, w, bias, g, stride, pads)
     np.testing.assert_allclose(y, reference, rtol=1e-5, atol=1e-5)
-    _, vjp = jax.vjp(conv, *(jnp.asarray(a, jnp.float32) for a in (x, w, bias)))
-    for ours, theirs in zip(vjp(jnp.asarray(g, jnp.float32)), gradients):
+    x, w, bias, g = (jnp.asarray(a, jnp.float32) for a in (x, w, bias, g))
+    _, vjp = jax.vjp(conv, x, w, bias)
+    for ours, theirs in zip(vjp(g), gradients):
         assert ours.shape == theirs.shape
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
+    # x held fixed (an image): the kernel and bias gradients without the input's
+    kernel_and_bias = jax.grad(lambda w, b: jnp.sum(conv(x, w, b) * g), (0, 1))(w, bias)
+    for ours, theirs in zip(kernel_and_bias, gradients[1:]):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
 
 

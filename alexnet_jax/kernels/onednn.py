@@ -29,7 +29,7 @@ import numpy as np
 SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
 LIBRARY = pathlib.Path(__file__).with_name("_onednn_conv.so")
 HANDLERS = {"alexnet_conv_forward": "AlexnetConvForward",
-            "alexnet_conv_backward_data": "AlexnetConvBackwardData",
+            "alexnet_conv_backward": "AlexnetConvBackward",
             "alexnet_conv_backward_weights": "AlexnetConvBackwardWeights"}
 
 
@@ -78,46 +78,67 @@ def _out_size(size: int, kernel: int, stride: int, pads: tuple[int, int]) -> int
     return (size + pads[0] + pads[1] - kernel) // stride + 1
 
 
+def _call(target: str, results, *operands, **attributes):
+    return jax.ffi.ffi_call(target, results, vmap_method="sequential")(*operands, **attributes)
+
+
+def _like(*arrays: jax.Array):
+    return tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays)
+
+
+def _dense(value):
+    """A cotangent as an array (``symbolic_zeros`` passes zeros symbolically)."""
+    if isinstance(value, jax.custom_derivatives.SymbolicZero):
+        return jnp.zeros(value.shape, value.dtype)
+    return value
+
+
 @functools.lru_cache(maxsize=None)
 def conv2d_bias(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable:
     """``(x, kernel, bias) -> conv(x, kernel) + bias`` for NHWC float32 ``x`` and an HWIO
     ``kernel``, with explicit (low, high) ``pads`` per spatial axis, by oneDNN forward and
-    backward.  Needs ``available()``."""
+    backward.  The backward is one call, which skips the input gradient where the input is
+    not differentiated (the image).  Needs ``available()``."""
     (top, bottom), (left, right) = pads
     attributes = dict(stride=np.int64(stride), pad_top=np.int64(top),
                       pad_bottom=np.int64(bottom), pad_left=np.int64(left),
                       pad_right=np.int64(right))
-
-    def call(target, results, *operands):
-        return jax.ffi.ffi_call(target, results, vmap_method="sequential")(*operands,
-                                                                           **attributes)
 
     def forward(x, kernel, bias):
         n, h, w, _ = x.shape
         kh, kw, _, out = kernel.shape
         shape = (n, _out_size(h, kh, stride, (top, bottom)),
                  _out_size(w, kw, stride, (left, right)), out)
-        return call("alexnet_conv_forward", jax.ShapeDtypeStruct(shape, x.dtype), x, kernel, bias)
+        return _call("alexnet_conv_forward", jax.ShapeDtypeStruct(shape, x.dtype), x, kernel,
+                     bias, **attributes)
 
     @jax.custom_vjp
     def conv(x, kernel, bias):
         return forward(x, kernel, bias)
 
-    def backward(residuals, g):
-        x, kernel = residuals
-        dx = call("alexnet_conv_backward_data", jax.ShapeDtypeStruct(x.shape, x.dtype), g, kernel)
-        dkernel, dbias = call("alexnet_conv_backward_weights",
-                              (jax.ShapeDtypeStruct(kernel.shape, kernel.dtype),
-                               jax.ShapeDtypeStruct(kernel.shape[-1:], kernel.dtype)), x, g)
-        return dx, dkernel, dbias
+    def conv_forward(x, kernel, bias):
+        y = forward(x.value, kernel.value, bias.value)
+        # The residuals' structure says whether x is differentiated.
+        return y, (x.value, kernel.value) + (() if x.perturbed else (None,))
 
-    conv.defvjp(lambda x, kernel, bias: (forward(x, kernel, bias), (x, kernel)), backward)
+    def conv_backward(residuals, g):
+        x, kernel = residuals[:2]
+        g = _dense(g)
+        if len(residuals) == 3:
+            dkernel, dbias = _call("alexnet_conv_backward_weights",
+                                   _like(kernel, kernel[0, 0, 0]), x, g, **attributes)
+            return None, dkernel, dbias
+        return _call("alexnet_conv_backward", _like(x, kernel, kernel[0, 0, 0]), x, kernel, g,
+                     **attributes)
+
+    conv.defvjp(conv_forward, conv_backward, symbolic_zeros=True)
     return conv
 
 
-def supports(x: jax.Array, kernel: jax.Array) -> bool:
-    """Whether ``conv2d_bias`` takes these operands: float32 NHWC and HWIO."""
-    return x.ndim == 4 and kernel.ndim == 4 and x.dtype == kernel.dtype == jnp.float32
+def supports(*operands: jax.Array) -> bool:
+    """Whether oneDNN's handlers are built and registered (``available()``) and take these
+    operands: float32 only."""
+    return all(a.dtype == jnp.float32 for a in operands) and available()
 
 
 def main(argv: Sequence[str] = ()) -> int:

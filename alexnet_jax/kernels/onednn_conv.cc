@@ -140,8 +140,6 @@ ffi::Error check(ffi::Span<const int64_t> x, ffi::Span<const int64_t> kernel,
 // Runs `body`, turning oneDNN's exceptions into an XLA error that names the handler.
 template <typename Body>
 ffi::Error guarded(const char* name, Body body) {
-  static std::mutex one_at_a_time;
-  std::lock_guard<std::mutex> lock(one_at_a_time);
   try {
     body();
   } catch (const dnnl::error& e) {
@@ -175,27 +173,53 @@ ffi::Error ConvForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel
   });
 }
 
-ffi::Error ConvBackwardDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
-                                ffi::ResultBuffer<ffi::F32> dx, int64_t stride, int64_t pad_top,
-                                int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
-  if (auto error = check(dx->dimensions(), kernel.dimensions(), dy.dimensions()); !error.success())
+// The kernel and bias gradients into the caller's HWIO and vector buffers.
+void backward_weights(const Convolution& conv, const void* x, const void* dy, void* dkernel,
+                      void* dbias, dnnl::stream& stream) {
+  memory scratch = working_memory(0, conv.weights_pd.scratchpad_desc());
+  memory user_dkernel = wrap(conv.kernel, dkernel);
+  const bool direct = conv.weights_pd.diff_weights_desc() == conv.kernel;
+  memory blocked =
+      direct ? user_dkernel : working_memory(1, conv.weights_pd.diff_weights_desc());
+  conv.backward_weights.execute(stream, {{DNNL_ARG_SRC, wrap(conv.x, x)},
+                                         {DNNL_ARG_DIFF_DST, wrap(conv.y, dy)},
+                                         {DNNL_ARG_DIFF_WEIGHTS, blocked},
+                                         {DNNL_ARG_DIFF_BIAS, wrap(conv.bias, dbias)},
+                                         {DNNL_ARG_SCRATCHPAD, scratch}});
+  if (!direct) dnnl::reorder(blocked, user_dkernel).execute(stream, blocked, user_dkernel);
+}
+
+// All three gradients, one after the other: one call, so that XLA does not run the input
+// and kernel gradients side by side, each on every core.
+ffi::Error ConvBackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                            ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
+                            ffi::ResultBuffer<ffi::F32> dkernel, ffi::ResultBuffer<ffi::F32> dbias,
+                            int64_t stride, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                            int64_t pad_right) {
+  if (auto error = check(x.dimensions(), kernel.dimensions(), dy.dimensions()); !error.success())
     return error;
-  return guarded("alexnet_conv_backward_data", [&] {
-    const auto& conv = convolution_for(geometry(dx->dimensions(), kernel.dimensions(),
+  return guarded("alexnet_conv_backward", [&] {
+    const auto& conv = convolution_for(geometry(x.dimensions(), kernel.dimensions(),
                                                 dy.dimensions(), stride, pad_top, pad_bottom,
                                                 pad_left, pad_right));
     dnnl::stream stream(cpu_engine());
-    memory scratch = working_memory(0, conv.data_pd.scratchpad_desc());
-    memory k = in_layout(wrap(conv.kernel, kernel.typed_data()), conv.data_pd.weights_desc(),
-                         stream);
-    conv.backward_data.execute(stream, {{DNNL_ARG_DIFF_DST, wrap(conv.y, dy.typed_data())},
-                                        {DNNL_ARG_WEIGHTS, k},
-                                        {DNNL_ARG_DIFF_SRC, wrap(conv.x, dx->typed_data())},
-                                        {DNNL_ARG_SCRATCHPAD, scratch}});
+    {
+      memory scratch = working_memory(0, conv.data_pd.scratchpad_desc());
+      memory k = in_layout(wrap(conv.kernel, kernel.typed_data()), conv.data_pd.weights_desc(),
+                           stream);
+      conv.backward_data.execute(stream, {{DNNL_ARG_DIFF_DST, wrap(conv.y, dy.typed_data())},
+                                          {DNNL_ARG_WEIGHTS, k},
+                                          {DNNL_ARG_DIFF_SRC, wrap(conv.x, dx->typed_data())},
+                                          {DNNL_ARG_SCRATCHPAD, scratch}});
+      stream.wait();
+    }
+    backward_weights(conv, x.typed_data(), dy.typed_data(), dkernel->typed_data(),
+                     dbias->typed_data(), stream);
     stream.wait();
   });
 }
 
+// The kernel and bias gradients alone, for an input that is not differentiated (the image).
 ffi::Error ConvBackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                                    ffi::ResultBuffer<ffi::F32> dkernel,
                                    ffi::ResultBuffer<ffi::F32> dbias, int64_t stride,
@@ -209,16 +233,8 @@ ffi::Error ConvBackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32
                                                 dy.dimensions(), stride, pad_top, pad_bottom,
                                                 pad_left, pad_right));
     dnnl::stream stream(cpu_engine());
-    memory scratch = working_memory(0, conv.weights_pd.scratchpad_desc());
-    memory user_dkernel = wrap(conv.kernel, dkernel->typed_data());
-    const bool direct = conv.weights_pd.diff_weights_desc() == conv.kernel;
-    memory blocked = direct ? user_dkernel : working_memory(1, conv.weights_pd.diff_weights_desc());
-    conv.backward_weights.execute(stream, {{DNNL_ARG_SRC, wrap(conv.x, x.typed_data())},
-                                           {DNNL_ARG_DIFF_DST, wrap(conv.y, dy.typed_data())},
-                                           {DNNL_ARG_DIFF_WEIGHTS, blocked},
-                                           {DNNL_ARG_DIFF_BIAS, wrap(conv.bias, dbias->typed_data())},
-                                           {DNNL_ARG_SCRATCHPAD, scratch}});
-    if (!direct) dnnl::reorder(blocked, user_dkernel).execute(stream, blocked, user_dkernel);
+    backward_weights(conv, x.typed_data(), dy.typed_data(), dkernel->typed_data(),
+                     dbias->typed_data(), stream);
     stream.wait();
   });
 }
@@ -236,10 +252,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetConvForward, ConvForwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() CONV_ATTRS);
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetConvBackwardData, ConvBackwardDataImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetConvBackward, ConvBackwardImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() CONV_ATTRS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetConvBackwardWeights, ConvBackwardWeightsImpl,

@@ -25,6 +25,9 @@ one saves, measured.  Each is tested against the plain form it replaces.
 * ``dense_dot_general`` (``nn.Dense(dot_general=...)``): the input gradient of a dense
   layer as kernel @ g^T, (in, batch), an orientation Eigen's matrix product runs much
   faster than autodiff's g @ kernel^T, (batch, in).
+* ``use_onednn`` (``Conv``, ``conv2d``): the ungrouped convolutions, forward and
+  gradients, by oneDNN (``onednn.py``), whose kernels beat Eigen's on x86; float32 only,
+  XLA's otherwise.
 * ``compiler_options``: XLA:CPU hands dots and convolutions to YNNPACK by default;
   Eigen's kernels are faster for this network.  ``ALEXNET_JAX_YNNPACK=1`` keeps
   YNNPACK, whose sums do not depend on how a batch is split over devices (the layout
