@@ -1,6 +1,8 @@
-// The seed network's five convolutions (batch 32, float32) in oneDNN: forward, backward-data and
-// backward-weights, median of 15 runs after one, with the activations in NHWC / weights in HWIO
-// (what XLA holds) and in the blocked layouts oneDNN prefers (reorders not counted).
+// The seed network's five convolutions (batch 32, float32) in oneDNN (the v3 API of the
+// onednn-cpu-gomp wheel): forward with bias, backward-data and backward-weights with bias, median
+// of 15 runs after one, with the activations in NHWC / weights in HWIO (what XLA holds), in
+// NHWC with the weights in oneDNN's own layout (what alexnet_jax/kernels/onednn_conv.cc runs),
+// and all in the blocked layouts oneDNN prefers (reorders not counted).
 // Built and run by scripts/onednn_probe.sh; benchmarks/xla_convolutions.py times XLA's.
 #include <oneapi/dnnl/dnnl.hpp>
 #include <chrono>
@@ -48,32 +50,36 @@ int main() {
                           {"conv3", 32, 13, 192, 384, 3, 1, 1, 1, 13},
                           {"conv4", 32, 13, 384, 256, 3, 1, 1, 1, 13},
                           {"conv5", 32, 13, 256, 256, 3, 1, 1, 1, 13}};
+  const char* layouts[] = {"nhwc", "nhwc+any-weights", "blocked"};
   for (auto& c : convs) {
     memory::dims src{c.n, c.c, c.h, c.h}, wei{c.o, c.c, c.k, c.k}, dst{c.n, c.o, c.oh, c.oh};
     memory::dims strides{c.stride, c.stride}, pl{c.pad_l, c.pad_l}, pr{c.pad_r, c.pad_r};
-    for (int any = 0; any < 2; ++any) {
-      auto smd = memory::desc(src, dt::f32, any ? tag::any : tag::nhwc);
-      auto wmd = memory::desc(wei, dt::f32, any ? tag::any : tag::hwio);
-      auto dmd = memory::desc(dst, dt::f32, any ? tag::any : tag::nhwc);
-      auto fd = convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct,
-                                          smd, wmd, dmd, strides, pl, pr);
-      auto fpd = convolution_forward::primitive_desc(fd, eng);
+    for (int layout = 0; layout < 3; ++layout) {
+      auto smd = memory::desc(src, dt::f32, layout == 2 ? tag::any : tag::nhwc);
+      auto wmd = memory::desc(wei, dt::f32, layout == 0 ? tag::hwio : tag::any);
+      auto dmd = memory::desc(dst, dt::f32, layout == 2 ? tag::any : tag::nhwc);
+      auto bmd = memory::desc({c.o}, dt::f32, tag::a);
+      auto fpd = convolution_forward::primitive_desc(eng, prop_kind::forward_training,
+                                                     algorithm::convolution_direct, smd, wmd, bmd,
+                                                     dmd, strides, pl, pr);
       double f = time_ms(eng, s, convolution_forward(fpd),
                          {{DNNL_ARG_SRC, fpd.src_desc(), 0.5f}, {DNNL_ARG_WEIGHTS, fpd.weights_desc(), 0.01f},
-                          {DNNL_ARG_DST, fpd.dst_desc(), 0.0f}});
-      auto bdd = convolution_backward_data::desc(algorithm::convolution_direct, smd, wmd, dmd, strides, pl, pr);
-      auto bdpd = convolution_backward_data::primitive_desc(bdd, eng, fpd);
+                          {DNNL_ARG_BIAS, fpd.bias_desc(), 0.0f}, {DNNL_ARG_DST, fpd.dst_desc(), 0.0f}});
+      auto bdpd = convolution_backward_data::primitive_desc(eng, algorithm::convolution_direct, smd,
+                                                            wmd, dmd, strides, pl, pr, fpd);
       double b = time_ms(eng, s, convolution_backward_data(bdpd),
                          {{DNNL_ARG_DIFF_DST, bdpd.diff_dst_desc(), 0.1f},
                           {DNNL_ARG_WEIGHTS, bdpd.weights_desc(), 0.01f},
                           {DNNL_ARG_DIFF_SRC, bdpd.diff_src_desc(), 0.0f}});
-      auto bwd = convolution_backward_weights::desc(algorithm::convolution_direct, smd, wmd, dmd, strides, pl, pr);
-      auto bwpd = convolution_backward_weights::primitive_desc(bwd, eng, fpd);
+      auto bwpd = convolution_backward_weights::primitive_desc(
+          eng, algorithm::convolution_direct, smd, wmd, bmd, dmd, strides, pl, pr, fpd);
       double w = time_ms(eng, s, convolution_backward_weights(bwpd),
                          {{DNNL_ARG_SRC, bwpd.src_desc(), 0.5f}, {DNNL_ARG_DIFF_DST, bwpd.diff_dst_desc(), 0.1f},
-                          {DNNL_ARG_DIFF_WEIGHTS, bwpd.diff_weights_desc(), 0.0f}});
-      printf("%s %-6s fwd %8.2f ms  bwd_data %8.2f ms  bwd_weights %8.2f ms  (%s)\n", c.name,
-             any ? "any" : "nhwc", f, b, w, fpd.impl_info_str());
+                          {DNNL_ARG_DIFF_WEIGHTS, bwpd.diff_weights_desc(), 0.0f},
+                          {DNNL_ARG_DIFF_BIAS, bwpd.diff_bias_desc(), 0.0f}});
+      printf("%s %-16s fwd %8.2f ms  bwd_data %8.2f ms  bwd_weights %8.2f ms  (%s | %s | %s)\n",
+             c.name, layouts[layout], f, b, w, fpd.impl_info_str(), bdpd.impl_info_str(),
+             bwpd.impl_info_str());
     }
   }
 }

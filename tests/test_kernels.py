@@ -25,9 +25,9 @@ def test_select_gives_plain_layers_off_cpu_and_when_asked():
 
 
 @pytest.mark.parametrize("implementation,grouped,on_devices,form,wide_bias,use_onednn", [
-    # the towers side by side: one convolution per tower, by oneDNN
-    ("auto", True, False, "per_tower", False, True),
-    ("auto", False, False, "xla", True, True),     # one tower here: wide-row bias
+    # the towers side by side: one XLA convolution per tower
+    ("auto", True, False, "per_tower", False, False),
+    ("auto", False, False, "xla", True, True),     # one tower here: oneDNN's, wide-row bias
     ("auto", False, True, "xla", True, False),     # towers on devices: autodiff's gradients
     ("xla", True, False, "per_tower", False, False),  # XLA's own convolutions only
     ("xla", False, False, "xla", True, False),
@@ -51,7 +51,7 @@ def test_select_rejects_an_unknown_implementation_listing_the_valid_ones():
 
 @pytest.mark.parametrize("form,wide_bias,use_onednn", [
     ("im2col", False, False), ("xla", True, False), ("im2col", True, False),
-    ("per_tower", False, False), ("xla", True, True), ("per_tower", False, True)])
+    ("per_tower", False, False), ("xla", True, True)])
 def test_cpu_conv_has_nn_conv_parameters_and_values(form, wide_bias, use_onednn):
     """Same parameter tree, same initial values, same outputs as ``nn.Conv``: checkpoints
     do not depend on the kernels chosen."""
@@ -85,29 +85,27 @@ def test_im2col_convolution_and_its_gradients_equal_xla(stride, padding, size):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
 
 
-@pytest.mark.parametrize("use_onednn", [False, True])
 @pytest.mark.parametrize("in_axes", [(0, 0), (None, 0), (0, None)])
 @pytest.mark.parametrize("stride,padding,size", [(1, "SAME", 3), (4, ((0, 3), (0, 3)), 11)])
 def test_per_tower_convolution_under_vmap_equals_xlas_grouped_one(in_axes, stride, padding,
-                                                                   size, use_onednn):
+                                                                   size):
     """Two towers side by side, each with its own input and kernel, a shared input (conv1)
-    or a shared kernel: the values and both gradients of one ungrouped convolution per
-    tower (XLA's or oneDNN's) equal those of XLA's own batched (grouped) convolution, the
-    shared argument's gradient summed over the towers."""
+    or a shared kernel: the values and both gradients of one XLA convolution per tower
+    equal those of XLA's own batched (grouped) convolution, the shared argument's
+    gradient summed over the towers."""
     towers, key_x, key_w, key_g = 2, *jax.random.split(jax.random.key(9), 3)
     x = jax.random.normal(key_x, (towers, 2, 19, 19, 3) if in_axes[0] == 0 else (2, 19, 19, 3))
     w = jax.random.normal(key_w, (towers, size, size, 3, 4) if in_axes[1] == 0
                           else (size, size, 3, 4))
 
-    def mapped(form, use_onednn=False):
-        return jax.vmap(lambda x, w: xla_cpu.conv2d(x, w, stride, padding, form, use_onednn),
+    def mapped(form):
+        return jax.vmap(lambda x, w: xla_cpu.conv2d(x, w, stride, padding, form),
                         in_axes=in_axes, axis_size=towers)
 
-    ours, reference = mapped("per_tower", use_onednn)(x, w), mapped("xla")(x, w)
+    ours, reference = mapped("per_tower")(x, w), mapped("xla")(x, w)
     np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
     g = jax.random.normal(key_g, reference.shape)
-    for a, b in zip(jax.vjp(mapped("per_tower", use_onednn), x, w)[1](g),
-                    jax.vjp(mapped("xla"), x, w)[1](g)):
+    for a, b in zip(jax.vjp(mapped("per_tower"), x, w)[1](g), jax.vjp(mapped("xla"), x, w)[1](g)):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
 

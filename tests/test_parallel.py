@@ -18,8 +18,8 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from alexnet_jax import checkpoints, kernels, models, optim, parallel, train  # noqa: E402
-from alexnet_jax.kernels import onednn  # noqa: E402
 from alexnet_jax.config_base import base_config  # noqa: E402
+from alexnet_jax.kernels import onednn  # noqa: E402
 from support import build, tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -105,17 +105,20 @@ def test_every_layout_trains_to_the_same_parameters_and_metrics(norm, order_keep
                 np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=kind)
 
 
-def test_data_layout_sums_the_per_tower_convolutions_gradients_over_replicas(
-        order_keeping_kernels):
-    """The CPU form of the towers side by side (one convolution per tower, oneDNN's where
-    built, with its own VJP) under ``data``: each replica's kernel gradients are summed
-    over the 8 replicas as autodiff's are, so 3 steps end where one device's do."""
+@pytest.mark.parametrize("towers", [2, 1])
+def test_data_layout_sums_the_custom_vjp_convolutions_gradients_over_replicas(
+        order_keeping_kernels, towers):
+    """The CPU forms with their own VJP under ``data``: the towers side by side (one XLA
+    convolution per tower) and one tower (oneDNN's convolutions, where built).  Each
+    replica's kernel gradients are summed over the 8 replicas as autodiff's are, so 3
+    steps end where one device's do."""
     config = step_config()
     config.model.implementation = "auto"
+    config.model.towers = towers
     batches = random_batches(3)
     layout = build(config, len(batches), "data", 8)[0]
-    assert layout.model.layers.name == ("xla_cpu_per_tower_onednn" if onednn.available()
-                                        else "xla_cpu_per_tower")
+    one_tower = "xla_cpu_onednn" if onednn.available() else "xla_cpu"
+    assert layout.model.layers.name == ("xla_cpu_per_tower" if towers == 2 else one_tower)
     reference, _ = train_steps("single", 1, config, batches)
     result, _ = train_steps("data", 8, config, batches)
     assert_trees_close(result[1], reference[1], rtol=1e-4)

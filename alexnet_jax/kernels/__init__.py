@@ -71,9 +71,10 @@ def select(implementation: str = "auto", grouped: bool = False,
     # one fast: the towers side by side run one ungrouped convolution each; forced
     # "im2col" writes every convolution as patches times a matrix.
     form = "im2col" if implementation == "im2col" else "per_tower" if grouped else "xla"
-    # oneDNN's convolutions have their own VJP; where the towers live on devices, JAX
-    # sums a replicated kernel's gradient over the data replicas only through autodiff.
-    use_onednn = (implementation == "auto" and form != "im2col" and not towers_on_devices
+    # oneDNN's convolutions (ungrouped ones: one call per tower side by side measured
+    # slower) have their own VJP; where the towers live on devices, JAX sums a replicated
+    # kernel's gradient over the data replicas only through autodiff.
+    use_onednn = (implementation == "auto" and form == "xla" and not towers_on_devices
                   and onednn.available())
     name = "xla_cpu" if form == "xla" else f"xla_cpu_{form}"
     return Layers(conv=functools.partial(xla_cpu.Conv, form=form, wide_bias=not grouped,

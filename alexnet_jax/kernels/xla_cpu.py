@@ -25,9 +25,10 @@ one saves, measured.  Each is tested against the plain form it replaces.
 * ``dense_dot_general`` (``nn.Dense(dot_general=...)``): the input gradient of a dense
   layer as kernel @ g^T, (in, batch), an orientation Eigen's matrix product runs much
   faster than autodiff's g @ kernel^T, (batch, in).
-* ``use_onednn`` (``Conv``, ``conv2d``): the ungrouped convolutions, forward and
-  gradients, by oneDNN (``onednn.py``), whose kernels beat Eigen's on x86; float32 only,
-  XLA's otherwise.
+* ``Conv`` with ``use_onednn`` (form ``"xla"`` only): the convolution with its bias,
+  forward and gradients, by oneDNN (``onednn.py``), whose kernels beat Eigen's on x86;
+  float32 only, XLA's otherwise.  The towers side by side keep XLA's: one oneDNN call per
+  tower measured slower there (docs/performance.md).
 * ``compiler_options``: XLA:CPU hands dots and convolutions to YNNPACK by default;
   Eigen's kernels are faster for this network.  ``ALEXNET_JAX_YNNPACK=1`` keeps
   YNNPACK, whose sums do not depend on how a batch is split over devices (the layout
@@ -92,30 +93,20 @@ def xla_conv2d(x: jax.Array, kernel: jax.Array, stride: int,
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
-           form: str = "xla", use_onednn: bool = False) -> jax.Array:
+           form: str = "xla") -> jax.Array:
     """NHWC x HWIO convolution (cross-correlation): by XLA, as patches times a matrix, or,
-    under the towers' vmap, once per tower (``per_tower_conv2d``); ``use_onednn``: the
-    ungrouped convolutions by oneDNN (float32 only, ``onednn.py``) rather than XLA."""
+    under the towers' vmap, by XLA once per tower (``per_tower_conv2d``)."""
     size = kernel.shape[0]
     pads = explicit_padding(x.shape[1:3], size, stride, padding)
-    use_onednn = use_onednn and onednn.supports(x, kernel)
     if form == "xla":
-        return (onednn_conv2d(x, kernel, stride, pads) if use_onednn
-                else xla_conv2d(x, kernel, stride, pads))
+        return xla_conv2d(x, kernel, stride, pads)
     if form == "per_tower":
-        return per_tower_conv2d(stride, pads, use_onednn)(x, kernel)
+        return per_tower_conv2d(stride, pads)(x, kernel)
     if form != "im2col":
         raise ValueError(f"Unknown convolution form {form!r}; valid ones are: "
                          f"{', '.join(CONV_FORMS)}.")
     patches = im2col(x, size, stride, pads)
     return jnp.einsum("nhwk,ko->nhwo", patches, kernel.reshape(-1, kernel.shape[-1]))
-
-
-def onednn_conv2d(x: jax.Array, kernel: jax.Array, stride: int,
-                  pads: Sequence[tuple[int, int]]) -> jax.Array:
-    """oneDNN's NHWC x HWIO convolution (its bias zero) with explicit padding pairs."""
-    bias = jnp.zeros(kernel.shape[-1:], kernel.dtype)
-    return onednn.conv2d_bias(stride, tuple(pads))(x, kernel, bias)
 
 
 def _stacked(value: jax.Array, batched: bool, size: int) -> jax.Array:
@@ -129,21 +120,17 @@ def _kernels_side_by_side(kernel: jax.Array) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=None)
-def per_tower_conv2d(stride: int, pads: tuple[tuple[int, int], ...],
-                     use_onednn: bool = False) -> Callable:
-    """``(x, kernel) -> y``: an ungrouped convolution (XLA's, or oneDNN's if ``use_onednn``)
-    whose ``vmap`` (the towers side by side) is one ungrouped convolution per tower instead
-    of XLA's grouped one, forward and gradient.
+def per_tower_conv2d(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable:
+    """``(x, kernel) -> y``: XLA's convolution, whose ``vmap`` (the towers side by side) is
+    one ungrouped convolution per tower instead of XLA's grouped one, forward and gradient.
 
-    Its value and gradients are the ungrouped convolution's for each tower.  An input the towers share (the
+    Its value and gradients are XLA's for each tower.  An input the towers share (the
     image, for conv1) is convolved once with the towers' kernels side by side (one
     convolution with every tower's output maps, then split per tower): a convolution of
     few input channels is cheaper once wide than once per tower.  Its gradient is summed
     over the towers."""
 
     def conv(x, kernel):
-        if use_onednn:
-            return onednn_conv2d(x, kernel, stride, pads)
         return xla_conv2d(x, kernel, stride, pads)
 
     def shared_input_conv(x, kernel):
@@ -215,7 +202,7 @@ class Conv(nn.Module):
         if self.form == "xla" and self.use_onednn and onednn.supports(x, kernel):
             pads = explicit_padding(x.shape[1:3], size, stride, self.padding)
             return onednn.conv2d_bias(stride, pads)(x, kernel, bias)  # the bias added inside
-        y = conv2d(x, kernel, stride, self.padding, self.form, self.use_onednn)
+        y = conv2d(x, kernel, stride, self.padding, self.form)
         return add_channel_bias(y, bias) if self.wide_bias else y + bias
 
 

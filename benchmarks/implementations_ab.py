@@ -1,0 +1,79 @@
+"""Two ``model.implementation`` values side by side: forward and forward-backward, one process.
+
+    python -m benchmarks.implementations_ab [--variant tf_benchmark --batch 32]
+        [--implementations auto,xla] [--rounds 8]
+
+The seed's protocol (softmax output; the gradient of half its sum of squares), as
+``alexnet_jax.benchmark`` times it, for each implementation (``kernels.select``: ``auto``
+runs oneDNN's convolutions where they are built, ``xla`` XLA's own), compiled in one process
+and timed in alternating rounds of 4 calls, the order flipped every round, so that this
+machine's drift hits both alike.  Prints each one's median seconds and the per-round ratio
+to the last one, and the largest relative difference of their gradients.
+"""
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import kernels, parallel
+from alexnet_jax.benchmark import synthetic_batch
+from alexnet_jax.models import model_config
+
+
+def compiled(variant: str, batch: int, implementation: str):
+    """(forward, forward_backward, params, images, layers' name) for ``implementation``."""
+    layout = parallel.create("single", model_config(variant), implementation=implementation)
+    model, config = layout.model, layout.model.config
+    params = parallel.initial_variables(config, jax.random.PRNGKey(1))["params"]
+    images = jnp.asarray(synthetic_batch(config.input_shape, config.num_classes, batch)["image"])
+
+    def output(params, images):
+        return jax.nn.softmax(model.apply({"params": params}, images))
+
+    options = kernels.compiler_options() or None
+    forward = jax.jit(output, compiler_options=options)
+    forward_backward = jax.jit(lambda params, images: jax.grad(
+        lambda p: 0.5 * jnp.sum(output(p, images) ** 2))(params), compiler_options=options)
+    jax.block_until_ready((forward(params, images), forward_backward(params, images)))
+    return forward, forward_backward, params, images, model.layers.name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variant", default="tf_benchmark")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--implementations", default="auto,xla")
+    parser.add_argument("--rounds", type=int, default=8)
+    args = parser.parse_args()
+
+    names = args.implementations.split(",")
+    runs = {name: compiled(args.variant, args.batch, name) for name in names}
+    gradients = [jax.tree.leaves(run[1](run[2], run[3])) for run in runs.values()]
+    difference = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+                     for a, b in zip(gradients[0], gradients[-1]))
+    print(f"layers: {', '.join(f'{n}: {run[4]}' for n, run in runs.items())}; largest "
+          f"gradient difference, relative to the leaf's largest value: {difference:.2g}")
+    times = {(name, part): [] for name in names for part in (0, 1)}
+    for round_ in range(args.rounds):
+        for name in (names if round_ % 2 == 0 else names[::-1]):
+            for part in (0, 1):
+                function, params, images = runs[name][part], runs[name][2], runs[name][3]
+                start = time.perf_counter()
+                for _ in range(4):
+                    jax.block_until_ready(function(params, images))
+                times[(name, part)].append((time.perf_counter() - start) / 4)
+    for part, label in ((0, "forward"), (1, "forward-backward")):
+        last = np.array(times[(names[-1], part)])
+        for name in names:
+            these = np.array(times[(name, part)])
+            print(f"{label}: {name} median {np.median(these):.3f} s, per-round ratio to "
+                  f"{names[-1]}: median {np.median(these / last):.3f} "
+                  f"({', '.join(f'{r:.2f}' for r in these / last)})")
+
+
+if __name__ == "__main__":
+    from alexnet_jax.kernels import huge_pages  # as the trainer and the benchmark run
+    huge_pages.restart_with_huge_pages()
+    main()
