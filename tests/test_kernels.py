@@ -1,4 +1,5 @@
 """The layers' forms: each XLA:CPU form against the plain one, the LRN op, and the chooser."""
+import os
 import re
 
 import flax.linen as nn
@@ -167,6 +168,28 @@ def test_onednn_convolution_and_its_gradients_equal_float64_numpy(shape, kernel,
     kernel_and_bias = jax.grad(lambda w, b: jnp.sum(conv(x, w, b) * g), (0, 1))(w, bias)
     for ours, theirs in zip(kernel_and_bias, gradients[1:]):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
+
+
+def test_onednn_kernels_older_than_their_source_are_not_used(tmp_path, monkeypatch, caplog):
+    if not onednn.LIBRARY.exists():
+        pytest.skip("oneDNN's convolutions are not built")
+    source = tmp_path / "onednn_conv.cc"
+    source.write_text("// edited after the build")
+    later = onednn.LIBRARY.stat().st_mtime + 60
+    os.utime(source, (later, later))
+    monkeypatch.setattr(onednn, "SOURCE", source)
+    assert not onednn.available.__wrapped__()
+    assert "older than onednn_conv.cc" in caplog.text and "make kernels" in caplog.text
+
+
+def test_a_corrupt_onednn_build_is_reported_and_not_used(tmp_path, monkeypatch, caplog):
+    if not onednn._onednn_library().exists():
+        pytest.skip("oneDNN's library is not installed")
+    library = tmp_path / "_onednn_conv.so"
+    library.write_bytes(b"not a shared library")
+    monkeypatch.setattr(onednn, "LIBRARY", library)
+    assert not onednn.available.__wrapped__()
+    assert "not loaded" in caplog.text and "make kernels" in caplog.text
 
 
 def test_onednn_build_says_what_is_missing():

@@ -1,15 +1,16 @@
 """oneDNN's convolutions on the CPU backend, called from jitted code through XLA's FFI.
 
 XLA:CPU convolves with Eigen's kernels; oneDNN's (the library TensorFlow's CPU build runs)
-compute the same convolutions faster on x86.  ``onednn_conv.cc`` wraps three of them for
-XLA's FFI (forward with the bias, the input gradient, the kernel and bias gradients), and
-``conv2d_bias`` is their ``custom_vjp``: the same mathematics as XLA's convolution plus a
-bias, in another order of summation (``tests/test_kernels.py`` checks it against float64).
+compute the same convolutions faster on x86.  ``onednn_conv.cc`` wraps them for XLA's FFI
+(the forward with the bias; the input, kernel and bias gradients in one call; the kernel
+and bias gradients alone, for an input that is not differentiated), and ``conv2d_bias``
+is their ``custom_vjp``: the same mathematics as XLA's convolution plus a bias, in another
+order of summation (``tests/test_kernels.py`` checks it against float64 NumPy).
 
 The handlers are compiled against the ``onednn-devel-cpu-gomp`` wheel's headers and
-library (``requirements.txt``) when ``make`` sets up the virtual environment, by
-``python -m alexnet_jax.kernels.onednn``.  Where the library or a C++ compiler is
-missing, ``available()`` is False and ``kernels.select`` keeps XLA's convolutions.
+library (``requirements.txt``) by ``make`` (``make kernels``: ``main`` here).  Where the
+library or a C++ compiler is missing, or the build is older than its source,
+``available()`` is False and ``kernels.select`` keeps XLA's convolutions.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import os
 import pathlib
 import subprocess
 import sys
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -58,19 +59,29 @@ def build(compiler: str = "g++") -> pathlib.Path:
 
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
-    """Whether the handlers are built and registered with XLA's CPU backend (once)."""
+    """Whether the handlers are built from the current source and registered with XLA's
+    CPU backend (once).  Says why not in the log; XLA's convolutions are used then."""
     if not LIBRARY.exists() or not _onednn_library().exists():
-        logging.info("oneDNN convolutions not built (%s); XLA's are used. `python -m "
-                     "alexnet_jax.kernels.onednn` builds them.", LIBRARY.name)
+        logging.info("oneDNN convolutions not built (%s); XLA's are used. `make kernels` "
+                     "builds them.", LIBRARY)
+        return False
+    if LIBRARY.stat().st_mtime < SOURCE.stat().st_mtime:
+        logging.warning("%s is older than %s; XLA's convolutions are used until `make "
+                        "kernels` rebuilds it.", LIBRARY.name, SOURCE.name)
         return False
     # oneDNN's OpenMP threads sleep between calls instead of spinning, so that XLA's own
     # threads get the cores back at once.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    ctypes.CDLL(str(_onednn_library()), mode=ctypes.RTLD_GLOBAL)
-    library = ctypes.CDLL(str(LIBRARY))
-    for target, symbol in HANDLERS.items():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
-                                    platform="cpu")
+    try:
+        ctypes.CDLL(str(_onednn_library()), mode=ctypes.RTLD_GLOBAL)
+        library = ctypes.CDLL(str(LIBRARY))
+        handlers = {target: getattr(library, symbol) for target, symbol in HANDLERS.items()}
+    except (OSError, AttributeError) as error:
+        logging.warning("oneDNN convolutions not loaded (%s); XLA's are used. `make kernels` "
+                        "rebuilds them.", error)
+        return False
+    for target, handler in handlers.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
     return True
 
 
@@ -141,13 +152,9 @@ def supports(*operands: jax.Array) -> bool:
     return all(a.dtype == jnp.float32 for a in operands) and available()
 
 
-def main(argv: Sequence[str] = ()) -> int:
+def main() -> None:
+    """``make kernels``: builds the handlers, or says why not (XLA's convolutions run then)."""
     try:
         print(f"built {build()}")
     except RuntimeError as error:
         print(f"oneDNN convolutions not built; XLA's will be used. {error}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
