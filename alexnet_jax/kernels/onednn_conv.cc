@@ -1,11 +1,12 @@
 // oneDNN's convolutions, called from jitted JAX code through XLA's FFI (alexnet_jax/kernels/onednn.py).
 //
 // XLA:CPU runs convolutions with Eigen's kernels; oneDNN's direct (brgemm / jit) kernels run the
-// same convolutions faster on x86 CPUs.  Three handlers, one convolution each way:
+// same convolutions faster on x86 CPUs.  Three handlers:
 //
-//   alexnet_conv_forward          (x NHWC, kernel HWIO, bias) -> conv(x, kernel) + bias
-//   alexnet_conv_backward_data    (dy NHWC, kernel HWIO)      -> dx NHWC
-//   alexnet_conv_backward_weights (x NHWC, dy NHWC)           -> (dkernel HWIO, dbias)
+//   alexnet_conv_forward          (x NHWC, kernel HWIO, bias)  -> conv(x, kernel) + bias
+//   alexnet_conv_backward         (x, kernel, dy NHWC)         -> (dx NHWC, dkernel HWIO, dbias)
+//   alexnet_conv_backward_weights (x, dy)                      -> (dkernel, dbias), for an input
+//                                                                 that is not differentiated
 //
 // Each takes `stride` and the (low, high) padding of the two spatial axes as attributes.  The
 // activations stay in XLA's NHWC; the kernel is reordered into the blocked layout oneDNN's kernels
