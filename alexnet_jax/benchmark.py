@@ -149,6 +149,37 @@ def with_rates(timing: dict[str, float], flops: float, ceiling: float) -> dict[s
     return {**timing, "gflops_per_s": gflops, "fraction_of_matmul": gflops / ceiling}
 
 
+def seed_protocol(variant: str, batch: int, dtype: str = "float32",
+                  implementation: str = "auto") -> SimpleNamespace:
+    """The seed's two timed functions on one device, jitted as the steps are: ``forward``
+    (the softmax output) and ``forward_backward`` (the parameters' gradient of half its sum
+    of squares), each called as ``f(params, images)``; with ``layout``, ``params`` and
+    synthetic ``images``."""
+    import jax
+    import jax.numpy as jnp
+
+    from alexnet_jax import kernels, parallel
+    from alexnet_jax.models import model_config
+
+    layout = parallel.create("single", model_config(variant, dtype=dtype),
+                             implementation=implementation)
+    model, config = layout.model, layout.model.config
+
+    def softmax_output(params, images):
+        return jax.nn.softmax(model.apply({"params": params}, images))
+
+    options = kernels.compiler_options() or None
+    return SimpleNamespace(
+        layout=layout,
+        params=parallel.initial_variables(config, jax.random.PRNGKey(1))["params"],
+        images=jnp.asarray(
+            synthetic_batch(config.input_shape, config.num_classes, batch)["image"]),
+        forward=jax.jit(softmax_output, compiler_options=options),
+        forward_backward=jax.jit(lambda params, images: jax.grad(
+            lambda p: 0.5 * jnp.sum(softmax_output(p, images) ** 2))(params),
+            compiler_options=options))
+
+
 def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
                   burn_in: int = 10, implementation: str = "auto",
                   profile_layers: bool = False) -> dict[str, Any]:
@@ -157,26 +188,12 @@ def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
     ``profile_layers``: the forward-backward's time per layer too."""
     import flax
     import jax
-    import jax.numpy as jnp
     import optax
 
-    from alexnet_jax import kernels, parallel
-    from alexnet_jax.models import model_config
-
-    layout = parallel.create("single", model_config(variant, dtype=dtype),
-                             implementation=implementation)
+    seed = seed_protocol(variant, batch, dtype, implementation)
+    layout, params, images = seed.layout, seed.params, seed.images
     model, config = layout.model, layout.model.config
-    params = parallel.initial_variables(config, jax.random.PRNGKey(1))["params"]
-    images = jnp.asarray(synthetic_batch(config.input_shape, config.num_classes, batch)["image"])
-
-    def softmax_output(params, images):
-        return jax.nn.softmax(model.apply({"params": params}, images))
-
-    options = kernels.compiler_options() or None
-    forward = jax.jit(softmax_output, compiler_options=options)
-    forward_backward = jax.jit(lambda params, images: jax.grad(
-        lambda p: 0.5 * jnp.sum(softmax_output(p, images) ** 2))(params),
-        compiler_options=options)
+    forward, forward_backward = seed.forward, seed.forward_backward
 
     device = jax.devices()[0]
     result: dict[str, Any] = {

@@ -17,27 +17,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import kernels, parallel
-from alexnet_jax.benchmark import synthetic_batch
-from alexnet_jax.models import model_config
+from alexnet_jax.benchmark import seed_protocol
 
 
 def compiled(variant: str, batch: int, implementation: str):
     """(forward, forward_backward, params, images, layers' name) for ``implementation``."""
-    layout = parallel.create("single", model_config(variant), implementation=implementation)
-    model, config = layout.model, layout.model.config
-    params = parallel.initial_variables(config, jax.random.PRNGKey(1))["params"]
-    images = jnp.asarray(synthetic_batch(config.input_shape, config.num_classes, batch)["image"])
-
-    def output(params, images):
-        return jax.nn.softmax(model.apply({"params": params}, images))
-
-    options = kernels.compiler_options() or None
-    forward = jax.jit(output, compiler_options=options)
-    forward_backward = jax.jit(lambda params, images: jax.grad(
-        lambda p: 0.5 * jnp.sum(output(p, images) ** 2))(params), compiler_options=options)
-    jax.block_until_ready((forward(params, images), forward_backward(params, images)))
-    return forward, forward_backward, params, images, model.layers.name
+    seed = seed_protocol(variant, batch, implementation=implementation)
+    jax.block_until_ready((seed.forward(seed.params, seed.images),
+                           seed.forward_backward(seed.params, seed.images)))
+    return (seed.forward, seed.forward_backward, seed.params, seed.images,
+            seed.layout.model.layers.name)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-// The seed network's five convolutions (batch 32, float32) in oneDNN (the v3 API of the
+// The seed network's five convolutions (float32, batch 32 or argv[1]) in oneDNN (the v3 API of the
 // onednn-cpu-gomp wheel): forward with bias, backward-data and backward-weights with bias, median
 // of 15 runs after one, with the activations in NHWC / weights in HWIO (what XLA holds), in
 // NHWC with the weights in oneDNN's own layout (what alexnet_jax/kernels/onednn_conv.cc runs),
@@ -6,6 +6,7 @@
 // Built and run by scripts/onednn_probe.sh; benchmarks/xla_convolutions.py times XLA's.
 #include <oneapi/dnnl/dnnl.hpp>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <vector>
 #include <algorithm>
@@ -41,15 +42,16 @@ double time_ms(engine& eng, stream& s, primitive p,
   return t[t.size() / 2];
 }
 
-int main() {
+int main(int argc, char** argv) {
+  const int n = argc > 1 ? std::atoi(argv[1]) : 32;  // the batch
   engine eng(engine::kind::cpu, 0);
   stream s(eng);
   struct C { const char* name; int n, h, c, o, k, stride, pad_l, pad_r, oh; };
-  std::vector<C> convs = {{"conv1", 32, 224, 3, 64, 11, 4, 3, 4, 56},
-                          {"conv2", 32, 27, 64, 192, 5, 1, 2, 2, 27},
-                          {"conv3", 32, 13, 192, 384, 3, 1, 1, 1, 13},
-                          {"conv4", 32, 13, 384, 256, 3, 1, 1, 1, 13},
-                          {"conv5", 32, 13, 256, 256, 3, 1, 1, 1, 13}};
+  std::vector<C> convs = {{"conv1", n, 224, 3, 64, 11, 4, 3, 4, 56},
+                          {"conv2", n, 27, 64, 192, 5, 1, 2, 2, 27},
+                          {"conv3", n, 13, 192, 384, 3, 1, 1, 1, 13},
+                          {"conv4", n, 13, 384, 256, 3, 1, 1, 1, 13},
+                          {"conv5", n, 13, 256, 256, 3, 1, 1, 1, 13}};
   const char* layouts[] = {"nhwc", "nhwc+any-weights", "blocked"};
   for (auto& c : convs) {
     memory::dims src{c.n, c.c, c.h, c.h}, wei{c.o, c.c, c.k, c.k}, dst{c.n, c.o, c.oh, c.oh};
