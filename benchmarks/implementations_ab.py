@@ -21,12 +21,11 @@ from alexnet_jax.benchmark import seed_protocol
 
 
 def compiled(variant: str, batch: int, implementation: str):
-    """(forward, forward_backward, params, images, layers' name) for ``implementation``."""
+    """``benchmark.seed_protocol`` for ``implementation``, both functions compiled."""
     seed = seed_protocol(variant, batch, implementation=implementation)
     jax.block_until_ready((seed.forward(seed.params, seed.images),
                            seed.forward_backward(seed.params, seed.images)))
-    return (seed.forward, seed.forward_backward, seed.params, seed.images,
-            seed.layout.model.layers.name)
+    return seed
 
 
 def main() -> None:
@@ -39,21 +38,25 @@ def main() -> None:
 
     names = args.implementations.split(",")
     runs = {name: compiled(args.variant, args.batch, name) for name in names}
-    gradients = [jax.tree.leaves(run[1](run[2], run[3])) for run in runs.values()]
+    gradients = [jax.tree.leaves(run.forward_backward(run.params, run.images))
+                 for run in runs.values()]
     difference = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
                      for a, b in zip(gradients[0], gradients[-1]))
-    print(f"layers: {', '.join(f'{n}: {run[4]}' for n, run in runs.items())}; largest "
-          f"gradient difference, relative to the leaf's largest value: {difference:.2g}")
-    times = {(name, part): [] for name in names for part in (0, 1)}
+    layers = ", ".join(f"{name}: {run.layout.model.layers.name}" for name, run in runs.items())
+    print(f"layers: {layers}; largest gradient difference, relative to the leaf's largest "
+          f"value: {difference:.2g}")
+    parts = ("forward", "forward_backward")
+    times = {(name, part): [] for name in names for part in parts}
     for round_ in range(args.rounds):
         for name in (names if round_ % 2 == 0 else names[::-1]):
-            for part in (0, 1):
-                function, params, images = runs[name][part], runs[name][2], runs[name][3]
+            run = runs[name]
+            for part in parts:
+                function = getattr(run, part)
                 start = time.perf_counter()
                 for _ in range(4):
-                    jax.block_until_ready(function(params, images))
+                    jax.block_until_ready(function(run.params, run.images))
                 times[(name, part)].append((time.perf_counter() - start) / 4)
-    for part, label in ((0, "forward"), (1, "forward-backward")):
+    for part, label in zip(parts, ("forward", "forward-backward")):
         last = np.array(times[(names[-1], part)])
         for name in names:
             these = np.array(times[(name, part)])

@@ -93,8 +93,11 @@ def _call(target: str, results, *operands, **attributes):
     return jax.ffi.ffi_call(target, results, vmap_method="sequential")(*operands, **attributes)
 
 
-def _like(*arrays: jax.Array):
-    return tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays)
+def _gradient_shapes(x: jax.Array | None, kernel: jax.Array):
+    """The result shapes of the backward handlers: dx (where asked), dkernel, dbias."""
+    like = [] if x is None else [jax.ShapeDtypeStruct(x.shape, x.dtype)]
+    return (*like, jax.ShapeDtypeStruct(kernel.shape, kernel.dtype),
+            jax.ShapeDtypeStruct(kernel.shape[-1:], kernel.dtype))
 
 
 def _dense(value):
@@ -137,9 +140,9 @@ def conv2d_bias(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable:
         g = _dense(g)
         if len(residuals) == 3:
             dkernel, dbias = _call("alexnet_conv_backward_weights",
-                                   _like(kernel, kernel[0, 0, 0]), x, g, **attributes)
+                                   _gradient_shapes(None, kernel), x, g, **attributes)
             return None, dkernel, dbias
-        return _call("alexnet_conv_backward", _like(x, kernel, kernel[0, 0, 0]), x, kernel, g,
+        return _call("alexnet_conv_backward", _gradient_shapes(x, kernel), x, kernel, g,
                      **attributes)
 
     conv.defvjp(conv_forward, conv_backward, symbolic_zeros=True)
