@@ -25,9 +25,9 @@ $(VENV)/installed: requirements.txt
 
 # oneDNN's convolutions for XLA:CPU (alexnet_jax/kernels/onednn.py), compiled against the
 # oneDNN wheel in .venv/.  Without a C++ compiler it says so, and XLA's own convolutions run.
-ONEDNN_KERNELS := alexnet_jax/kernels/_onednn_conv.so
+ONEDNN_KERNELS := alexnet_jax/kernels/_onednn_kernels.so
 kernels: $(ONEDNN_KERNELS)
-$(ONEDNN_KERNELS): alexnet_jax/kernels/onednn_conv.cc $(VENV)/installed
+$(ONEDNN_KERNELS): alexnet_jax/kernels/onednn_kernels.cc $(VENV)/installed
 	$(PY) -c "from alexnet_jax.kernels import onednn; onednn.main()"
 
 # Fashion-MNIST's four IDX files from Debian's dataset-fashion-mnist package; no root needed.

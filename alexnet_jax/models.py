@@ -225,12 +225,12 @@ class LocalResponseNorm(nn.Module):
     n: int = 5
     alpha: float = 1e-4
     beta: float = 0.75
+    op: Callable = kernels.local_response_norm  # a ``kernels.Layers.lrn``
 
     @nn.compact
     def __call__(self, a: jax.Array) -> jax.Array:
         compute_dtype = jnp.promote_types(a.dtype, jnp.float32)
-        b = kernels.local_response_norm(a.astype(compute_dtype), self.k, self.n, self.alpha,
-                                        self.beta)
+        b = self.op(a.astype(compute_dtype), self.k, self.n, self.alpha, self.beta)
         return b.astype(a.dtype)
 
 
@@ -273,7 +273,8 @@ class Tower(nn.Module):
     def _normalise(self, x: jax.Array, layer: str, train: bool) -> jax.Array:
         if self.config.norm == "lrn":
             k, n, alpha, beta = self.config.lrn
-            return LocalResponseNorm(k=k, n=int(n), alpha=alpha, beta=beta, name=f"lrn{layer[-1]}")(x)
+            return LocalResponseNorm(k=k, n=int(n), alpha=alpha, beta=beta, op=self.layers.lrn,
+                                     name=f"lrn{layer[-1]}")(x)
         if self.config.norm == "batchnorm":
             return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                 dtype=DTYPES[self.config.dtype],

@@ -42,6 +42,8 @@ def test_select_on_cpu_picks_the_convolution_by_grouping(implementation, grouped
     conv = layers.conv(8, (3, 3))
     assert (conv.form, conv.wide_bias) == (form, wide_bias)
     assert conv.use_onednn == (use_onednn and onednn.available())  # where built
+    assert layers.lrn is (xla_cpu.onednn_local_response_norm if conv.use_onednn
+                          else kernels.local_response_norm)
     assert layers.max_pool is xla_cpu.max_pool
     assert layers.dense(4).dot_general is xla_cpu.dense_dot_general
 
@@ -171,22 +173,84 @@ def test_onednn_convolution_and_its_gradients_equal_float64_numpy(shape, kernel,
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
 
 
+def numpy_lrn_and_gradient(a, g, k, n, alpha, beta, step=1e-6):
+    """LRN by its formula in float64, and the gradient of sum(g * LRN(a)) by central
+    differences, one input at a time."""
+    def lrn(a):
+        squares = np.pad(a * a, [(0, 0)] * 3 + [(n // 2, (n - 1) // 2)])
+        window = sum(squares[..., i:i + a.shape[-1]] for i in range(n))
+        return a / (k + alpha * window) ** beta
+
+    gradient = np.zeros_like(a)
+    for index in np.ndindex(*a.shape):
+        up, down = a.copy(), a.copy()
+        up[index] += step
+        down[index] -= step
+        # Only the pixel's own channels change.
+        pixel = index[:3]
+        gradient[index] = np.sum(g[pixel] * (lrn(up[pixel][None, None, None])
+                                             - lrn(down[pixel][None, None, None]))) / (2 * step)
+    return lrn(a), gradient
+
+
+@pytest.mark.parametrize("shape,k,n,alpha,beta", [
+    ((2, 3, 4, 48), 2.0, 5, 1e-4, 0.75),        # the paper's, one tower's conv1 width
+    ((2, 3, 3, 64), 1.0, 9, 1e-3 / 9, 0.75),    # the seed's
+    ((1, 2, 3, 16), 0.5, 41, 0.3, 0.6),         # a window wider than the channels
+])
+def test_onednn_lrn_and_its_gradient_equal_float64_numpy(shape, k, n, alpha, beta):
+    if not onednn.available():
+        pytest.skip("oneDNN's kernels are not built")
+    rng = np.random.default_rng(5)
+    a, g = 3 * rng.standard_normal(shape), rng.standard_normal(shape)
+    assert onednn.supports_lrn(jnp.zeros(shape, jnp.float32), n)
+    reference, gradient = numpy_lrn_and_gradient(a, g, k, n, alpha, beta)
+    lrn = jax.jit(onednn.local_response_norm(k, n, alpha, beta))
+    b, vjp = jax.vjp(lrn, jnp.asarray(a, jnp.float32))
+    np.testing.assert_allclose(b, reference, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vjp(jnp.asarray(g, jnp.float32))[0], gradient, rtol=1e-4,
+                               atol=1e-5 * np.abs(gradient).max())
+    # vmapped (the towers' axis): one call over the leading axes, the same numbers
+    stacked = jnp.asarray(np.stack([a, -2 * a]), jnp.float32)
+    np.testing.assert_allclose(jax.vmap(lrn)(stacked)[1], lrn(stacked[1]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("channels,n,taken", [
+    (64, 9, True), (192, 5, True), (16, 3, True),
+    (24, 9, False),   # oneDNN 3.2's gradient is wrong for this one: XLA's LRN runs
+    (64, 1, False), (64, 4, False)])
+def test_onednn_lrn_takes_only_the_shapes_it_computes_right(channels, n, taken):
+    """Where oneDNN's LRN is not used, the layer is ``lrn.local_response_norm``: the same
+    value and gradient either way."""
+    if not onednn.available():
+        pytest.skip("oneDNN's kernels are not built")
+    shape, (k, alpha, beta) = (2, 3, 2, channels), (1.0, 0.1, 0.75)
+    a = jax.random.normal(jax.random.key(2), shape) * 3
+    g = jax.random.normal(jax.random.key(3), shape)
+    assert onednn.supports_lrn(a, n) == taken
+    assert not onednn.supports_lrn(a.astype(jnp.bfloat16), n)
+    ours, vjp = jax.vjp(lambda a: xla_cpu.onednn_local_response_norm(a, k, n, alpha, beta), a)
+    theirs, reference_vjp = jax.vjp(lambda a: kernels.local_response_norm(a, k, n, alpha, beta), a)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vjp(g)[0], reference_vjp(g)[0], rtol=1e-4, atol=1e-5)
+
+
 def test_onednn_kernels_older_than_their_source_are_not_used(tmp_path, monkeypatch, caplog):
     if not onednn.LIBRARY.exists():
         pytest.skip("oneDNN's convolutions are not built")
-    source = tmp_path / "onednn_conv.cc"
+    source = tmp_path / "onednn_kernels.cc"
     source.write_text("// edited after the build")
     later = onednn.LIBRARY.stat().st_mtime + 60
     os.utime(source, (later, later))
     monkeypatch.setattr(onednn, "SOURCE", source)
     assert not onednn.available.__wrapped__()
-    assert "older than onednn_conv.cc" in caplog.text and "make kernels" in caplog.text
+    assert "older than onednn_kernels.cc" in caplog.text and "make kernels" in caplog.text
 
 
 def test_a_corrupt_onednn_build_is_reported_and_not_used(tmp_path, monkeypatch, caplog):
     if not onednn._onednn_library().exists():
         pytest.skip("oneDNN's library is not installed")
-    library = tmp_path / "_onednn_conv.so"
+    library = tmp_path / "_onednn_kernels.so"
     library.write_bytes(b"not a shared library")
     monkeypatch.setattr(onednn, "LIBRARY", library)
     assert not onednn.available.__wrapped__()

@@ -9,15 +9,15 @@ picks between them.  Checkpoints do not depend on the choice.
 
 ``implementation`` (``config.model.implementation``):
 
-* ``auto``: the CPU forms on the CPU backend, with oneDNN's convolutions where they are
-  built (``onednn.py``), the plain forms elsewhere;
+* ``auto``: the CPU forms on the CPU backend, with oneDNN's convolutions and local
+  response normalisation where they are built (``onednn.py``), the plain forms elsewhere;
 * ``plain``: the plain forms on every backend;
 * ``xla``: the CPU forms with XLA's own convolutions only;
 * ``im2col``: the CPU forms with every convolution written as patches times a matrix,
   grouped or not (one arithmetic for every layout: the layout tests use it).
 
-Local response normalisation is one op with one hand-written gradient on every backend
-(``lrn.py``).
+Local response normalisation is one op with one hand-written gradient (``lrn.py``) on
+every backend; where oneDNN's convolutions run, oneDNN's LRN takes the shapes it handles.
 """
 from __future__ import annotations
 
@@ -45,11 +45,13 @@ class Layers:
 
     ``conv`` and ``dense`` take ``flax.linen.Conv``'s and ``flax.linen.Dense``'s arguments
     and create the same parameters; ``max_pool(x, window, stride)`` pools NHWC maps with
-    VALID padding."""
+    VALID padding; ``lrn(a, k, n, alpha, beta)`` is ``lrn.local_response_norm``'s
+    arithmetic."""
 
     conv: ModuleDef = nn.Conv
     dense: ModuleDef = nn.Dense
     max_pool: Callable[[jax.Array, int, int], jax.Array] = plain.max_pool
+    lrn: Callable[[jax.Array, float, int, float, float], jax.Array] = local_response_norm
     name: str = "plain"
 
 
@@ -73,7 +75,8 @@ def select(implementation: str = "auto", grouped: bool = False,
     form = "im2col" if implementation == "im2col" else "per_tower" if grouped else "xla"
     # oneDNN's convolutions (ungrouped ones: one call per tower side by side measured
     # slower) have their own VJP; where the towers live on devices, JAX sums a replicated
-    # kernel's gradient over the data replicas only through autodiff.
+    # kernel's gradient over the data replicas only through autodiff.  oneDNN's LRN goes
+    # with its convolutions.
     use_onednn = (implementation == "auto" and form == "xla" and not towers_on_devices
                   and onednn.available())
     name = "xla_cpu" if form == "xla" else f"xla_cpu_{form}"
@@ -81,6 +84,7 @@ def select(implementation: str = "auto", grouped: bool = False,
                                          use_onednn=use_onednn),
                   dense=functools.partial(nn.Dense, dot_general=xla_cpu.dense_dot_general),
                   max_pool=xla_cpu.max_pool,
+                  lrn=xla_cpu.onednn_local_response_norm if use_onednn else local_response_norm,
                   name=f"{name}_onednn" if use_onednn else name)
 
 

@@ -1,16 +1,18 @@
-"""oneDNN's convolutions on the CPU backend, called from jitted code through XLA's FFI.
+"""oneDNN's convolutions and LRN on the CPU backend, called from jitted code through XLA's FFI.
 
 XLA:CPU convolves with Eigen's kernels; oneDNN's (the library TensorFlow's CPU build runs)
-compute the same convolutions faster on x86.  ``onednn_conv.cc`` wraps them for XLA's FFI
+compute the same convolutions faster on x86.  ``onednn_kernels.cc`` wraps them for XLA's FFI
 (the forward with the bias; the input, kernel and bias gradients in one call; the kernel
 and bias gradients alone, for an input that is not differentiated), and ``conv2d_bias``
 is their ``custom_vjp``: the same mathematics as XLA's convolution plus a bias, in another
-order of summation (``tests/test_kernels.py`` checks it against float64 NumPy).
+order of summation.  ``local_response_norm`` is oneDNN's LRN across channels, forward and
+input gradient, for the shapes ``supports_lrn`` names: one pass over the maps where XLA
+makes several.  ``tests/test_kernels.py`` checks both against float64 NumPy.
 
 The handlers are compiled against the ``onednn-devel-cpu-gomp`` wheel's headers and
 library (``requirements.txt``) by ``make`` (``make kernels``: ``main`` here).  Where the
 library or a C++ compiler is missing, or the build is older than its source,
-``available()`` is False and ``kernels.select`` keeps XLA's convolutions.
+``available()`` is False and ``kernels.select`` keeps XLA's convolutions and LRN.
 """
 from __future__ import annotations
 
@@ -27,11 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
-LIBRARY = pathlib.Path(__file__).with_name("_onednn_conv.so")
+SOURCE = pathlib.Path(__file__).with_name("onednn_kernels.cc")
+LIBRARY = pathlib.Path(__file__).with_name("_onednn_kernels.so")
 HANDLERS = {"alexnet_conv_forward": "AlexnetConvForward",
             "alexnet_conv_backward": "AlexnetConvBackward",
-            "alexnet_conv_backward_weights": "AlexnetConvBackwardWeights"}
+            "alexnet_conv_backward_weights": "AlexnetConvBackwardWeights",
+            "alexnet_lrn_forward": "AlexnetLrnForward",
+            "alexnet_lrn_backward": "AlexnetLrnBackward"}
 
 
 def _onednn_library() -> pathlib.Path:
@@ -40,7 +44,7 @@ def _onednn_library() -> pathlib.Path:
 
 
 def build(compiler: str = "g++") -> pathlib.Path:
-    """Compiles ``onednn_conv.cc`` into ``LIBRARY``; raises ``RuntimeError`` saying why not."""
+    """Compiles ``onednn_kernels.cc`` into ``LIBRARY``; raises ``RuntimeError`` saying why not."""
     include = pathlib.Path(sys.prefix) / "include"
     if not (include / "oneapi" / "dnnl" / "dnnl.hpp").exists() or not _onednn_library().exists():
         raise RuntimeError(f"oneDNN's headers or library are not under {sys.prefix}: install "
@@ -89,8 +93,8 @@ def _out_size(size: int, kernel: int, stride: int, pads: tuple[int, int]) -> int
     return (size + pads[0] + pads[1] - kernel) // stride + 1
 
 
-def _call(target: str, results, *operands, **attributes):
-    return jax.ffi.ffi_call(target, results, vmap_method="sequential")(*operands, **attributes)
+def _call(target: str, results, *operands, vmap_method: str = "sequential", **attributes):
+    return jax.ffi.ffi_call(target, results, vmap_method=vmap_method)(*operands, **attributes)
 
 
 def _gradient_shapes(x: jax.Array | None, kernel: jax.Array):
@@ -149,10 +153,41 @@ def conv2d_bias(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable:
     return conv
 
 
+@functools.lru_cache(maxsize=None)
+def local_response_norm(k: float, n: int, alpha: float, beta: float) -> Callable:
+    """``a -> b``, ``lrn.local_response_norm`` by oneDNN forward and backward, for the
+    ``a`` and ``n`` that ``supports_lrn`` takes.  oneDNN divides alpha by the window's
+    size, so it gets ``alpha * n``.  Axes before the last three count as the batch, so
+    that a vmapped call is one call.  The backward reads only ``a`` and the cotangent."""
+    attributes = dict(size=np.int64(n), alpha=np.float32(alpha * n), beta=np.float32(beta),
+                      k=np.float32(k))
+
+    def call(target, *operands):
+        like = jax.ShapeDtypeStruct(operands[0].shape, operands[0].dtype)
+        return _call(target, like, *operands, vmap_method="broadcast_all", **attributes)
+
+    @jax.custom_vjp
+    def lrn(a):
+        return call("alexnet_lrn_forward", a)
+
+    lrn.defvjp(lambda a: (call("alexnet_lrn_forward", a), a),
+               lambda a, g: (call("alexnet_lrn_backward", a, g),))
+    return lrn
+
+
 def supports(*operands: jax.Array) -> bool:
     """Whether oneDNN's handlers are built and registered (``available()``) and take these
     operands: float32 only."""
     return all(a.dtype == jnp.float32 for a in operands) and available()
+
+
+def supports_lrn(a: jax.Array, n: int) -> bool:
+    """Whether ``local_response_norm`` takes ``a`` (float32, NHWC) with an ``n``-channel
+    window: odd ``n`` of at least 3, and channels a multiple of 16.  oneDNN 3.2's LRN
+    gradient is wrong for other channel counts with windows of 7 or more, and it crashes
+    for a window of 1 (``tests/test_kernels.py`` checks the shapes taken)."""
+    return (n % 2 == 1 and n >= 3 and a.ndim >= 4 and a.shape[-1] % 16 == 0
+            and supports(a))
 
 
 def main() -> None:

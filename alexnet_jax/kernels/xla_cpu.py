@@ -29,6 +29,9 @@ one saves, measured.  Each is tested against the plain form it replaces.
   forward and gradients, by oneDNN (``onednn.py``), whose kernels beat Eigen's on x86;
   float32 only, XLA's otherwise.  The towers side by side keep XLA's: one oneDNN call per
   tower measured slower there (docs/performance.md).
+* ``onednn_local_response_norm``: local response normalisation by oneDNN where it
+  takes the shape (``onednn.supports_lrn``), ``lrn.local_response_norm`` elsewhere;
+  chosen together with oneDNN's convolutions.  No parameters, so no replica sums.
 * ``compiler_options``: XLA:CPU hands dots and convolutions to YNNPACK by default;
   Eigen's kernels are faster for this network.  ``ALEXNET_JAX_YNNPACK=1`` keeps
   YNNPACK, whose sums do not depend on how a batch is split over devices (the layout
@@ -53,6 +56,7 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
 from alexnet_jax.kernels import onednn
+from alexnet_jax.kernels.lrn import local_response_norm
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -204,6 +208,14 @@ class Conv(nn.Module):
             return onednn.conv2d_bias(stride, pads)(x, kernel, bias)  # the bias added inside
         y = conv2d(x, kernel, stride, self.padding, self.form)
         return add_channel_bias(y, bias) if self.wide_bias else y + bias
+
+
+def onednn_local_response_norm(a: jax.Array, k: float, n: int, alpha: float,
+                               beta: float) -> jax.Array:
+    """``lrn.local_response_norm`` by oneDNN where it takes ``a`` and ``n``, else XLA's."""
+    if onednn.supports_lrn(a, n):
+        return onednn.local_response_norm(k, n, alpha, beta)(a)
+    return local_response_norm(a, k, n, alpha, beta)
 
 
 def dense_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,

@@ -1,7 +1,8 @@
-// oneDNN's convolutions, called from jitted JAX code through XLA's FFI (alexnet_jax/kernels/onednn.py).
+// oneDNN's convolutions and LRN, called from jitted JAX code through XLA's FFI
+// (alexnet_jax/kernels/onednn.py).
 //
 // XLA:CPU runs convolutions with Eigen's kernels; oneDNN's direct (brgemm / jit) kernels run the
-// same convolutions faster on x86 CPUs.  Three handlers:
+// same convolutions faster on x86 CPUs.  Three handlers for them:
 //
 //   alexnet_conv_forward          (x NHWC, kernel HWIO, bias)  -> conv(x, kernel) + bias
 //   alexnet_conv_backward         (x, kernel, dy NHWC)         -> (dx NHWC, dkernel HWIO, dbias)
@@ -13,11 +14,19 @@
 // prefer (and its gradient back), which costs little next to the convolution.  Primitives are
 // built once per geometry and kept; each call brings its own scratchpad, so that calls from
 // several threads (several XLA devices) may run at once.  Float32 only.
+//
+// Two for local response normalisation across channels (NHWC, any leading axes as the batch):
+//
+//   alexnet_lrn_forward   (x)      -> y
+//   alexnet_lrn_backward  (x, dy)  -> dx
+//
+// with the window's `size` and oneDNN's `alpha` (divided by the size inside), `beta` and `k`.
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <array>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <map>
 #include <memory>
@@ -240,6 +249,107 @@ ffi::Error ConvBackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32
   });
 }
 
+// --- local response normalisation across channels --------------------------------------------
+
+// Leading dimensions (the batch, and any vmapped axes before it), height, width, channels, the
+// window's size, and alpha (oneDNN's: divided by the size inside), beta and k as their bits.
+using LrnGeometry = std::array<int64_t, 8>;
+
+struct Lrn {
+  memory::desc x;  // NHWC, the leading dimensions as the batch
+  dnnl::lrn_forward::primitive_desc inference_pd, training_pd;
+  dnnl::lrn_backward::primitive_desc backward_pd;
+  dnnl::lrn_forward inference, training;
+  dnnl::lrn_backward backward;
+
+  Lrn(const LrnGeometry& g, float alpha, float beta, float k) {
+    const auto [n, h, w, c, size] = std::array<int64_t, 5>{g[0], g[1], g[2], g[3], g[4]};
+    x = memory::desc({n, c, h, w}, kF32, Tag::nhwc);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    auto& engine = cpu_engine();
+    const auto across = dnnl::algorithm::lrn_across_channels;
+    inference_pd = dnnl::lrn_forward::primitive_desc(engine, dnnl::prop_kind::forward_inference,
+                                                     across, x, x, size, alpha, beta, k, attr);
+    training_pd = dnnl::lrn_forward::primitive_desc(engine, dnnl::prop_kind::forward_training,
+                                                    across, x, x, size, alpha, beta, k, attr);
+    backward_pd = dnnl::lrn_backward::primitive_desc(engine, across, x, x, x, size, alpha, beta,
+                                                     k, training_pd, attr);
+    inference = dnnl::lrn_forward(inference_pd);
+    training = dnnl::lrn_forward(training_pd);
+    backward = dnnl::lrn_backward(backward_pd);
+  }
+};
+
+int64_t bits(float value) {
+  int32_t b;
+  std::memcpy(&b, &value, sizeof b);
+  return b;
+}
+
+const Lrn& lrn_for(ffi::Span<const int64_t> dims, int64_t size, float alpha, float beta, float k) {
+  int64_t leading = 1;
+  for (size_t i = 0; i + 3 < dims.size(); ++i) leading *= dims[i];
+  const size_t r = dims.size();
+  const LrnGeometry g{leading, dims[r - 3], dims[r - 2], dims[r - 1], size,
+                      bits(alpha), bits(beta), bits(k)};
+  static std::mutex mutex;
+  static std::map<LrnGeometry, std::unique_ptr<Lrn>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& entry = cache[g];
+  if (!entry) entry = std::make_unique<Lrn>(g, alpha, beta, k);
+  return *entry;
+}
+
+ffi::Error check_lrn(ffi::Span<const int64_t> dims, int64_t size) {
+  if (dims.size() < 4 || size < 1 || size % 2 == 0) {
+    return ffi::Error::InvalidArgument(
+        "oneDNN LRN: expected an NHWC input (leading axes as the batch) and an odd window");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error LrnForwardImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, int64_t size,
+                          float alpha, float beta, float k) {
+  if (auto error = check_lrn(x.dimensions(), size); !error.success()) return error;
+  return guarded("alexnet_lrn_forward", [&] {
+    const auto& lrn = lrn_for(x.dimensions(), size, alpha, beta, k);
+    dnnl::stream stream(cpu_engine());
+    lrn.inference.execute(stream, {{DNNL_ARG_SRC, wrap(lrn.x, x.typed_data())},
+                                   {DNNL_ARG_DST, wrap(lrn.x, y->typed_data())},
+                                   {DNNL_ARG_SCRATCHPAD,
+                                    working_memory(0, lrn.inference_pd.scratchpad_desc())}});
+    stream.wait();
+  });
+}
+
+// The input gradient.  oneDNN's backward reads what its training forward leaves in a workspace
+// (twice the input's size); the forward is run again here, into this thread's working memory,
+// so that no workspace travels between the calls.
+ffi::Error LrnBackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                           ffi::ResultBuffer<ffi::F32> dx, int64_t size, float alpha, float beta,
+                           float k) {
+  if (auto error = check_lrn(x.dimensions(), size); !error.success()) return error;
+  return guarded("alexnet_lrn_backward", [&] {
+    const auto& lrn = lrn_for(x.dimensions(), size, alpha, beta, k);
+    dnnl::stream stream(cpu_engine());
+    memory workspace = working_memory(1, lrn.training_pd.workspace_desc());
+    // The forward's value goes into dx, which the backward then overwrites.
+    lrn.training.execute(stream, {{DNNL_ARG_SRC, wrap(lrn.x, x.typed_data())},
+                                  {DNNL_ARG_DST, wrap(lrn.x, dx->typed_data())},
+                                  {DNNL_ARG_WORKSPACE, workspace},
+                                  {DNNL_ARG_SCRATCHPAD,
+                                   working_memory(0, lrn.training_pd.scratchpad_desc())}});
+    lrn.backward.execute(stream, {{DNNL_ARG_SRC, wrap(lrn.x, x.typed_data())},
+                                  {DNNL_ARG_DIFF_DST, wrap(lrn.x, dy.typed_data())},
+                                  {DNNL_ARG_DIFF_SRC, wrap(lrn.x, dx->typed_data())},
+                                  {DNNL_ARG_WORKSPACE, workspace},
+                                  {DNNL_ARG_SCRATCHPAD,
+                                   working_memory(0, lrn.backward_pd.scratchpad_desc())}});
+    stream.wait();
+  });
+}
+
 }  // namespace
 
 #define CONV_ATTRS                                                                   \
@@ -268,3 +378,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetConvBackwardWeights, ConvBackwardWeightsImp
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() CONV_ATTRS);
+
+#define LRN_ATTRS .Attr<int64_t>("size").Attr<float>("alpha").Attr<float>("beta").Attr<float>("k")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetLrnForward, LrnForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() LRN_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetLrnBackward, LrnBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() LRN_ATTRS);
