@@ -217,9 +217,10 @@ def test_onednn_lrn_and_its_gradient_equal_float64_numpy(shape, k, n, alpha, bet
 
 @pytest.mark.parametrize("channels,n,taken", [
     (64, 9, True), (192, 5, True), (16, 3, True),
-    (24, 9, False),   # oneDNN 3.2's gradient is wrong for this one: XLA's LRN runs
-    (64, 1, False), (64, 4, False)])
-def test_onednn_lrn_takes_only_the_shapes_it_computes_right(channels, n, taken):
+    (24, 9, True),    # oneDNN 3.2's own LRN gradient was wrong here, and
+    (64, 1, True),    # crashed here
+    (64, 4, False)])  # an even window: oneDNN centres it otherwise
+def test_onednn_lrn_takes_odd_windows_in_float32(channels, n, taken):
     """Where oneDNN's LRN is not used, the layer is ``lrn.local_response_norm``: the same
     value and gradient either way."""
     if not onednn.available():

@@ -5,9 +5,9 @@ compute the same convolutions faster on x86.  ``onednn_kernels.cc`` wraps them f
 (the forward with the bias; the input, kernel and bias gradients in one call; the kernel
 and bias gradients alone, for an input that is not differentiated), and ``conv2d_bias``
 is their ``custom_vjp``: the same mathematics as XLA's convolution plus a bias, in another
-order of summation.  ``local_response_norm`` is oneDNN's LRN across channels, forward and
-input gradient, for the shapes ``supports_lrn`` names: one pass over the maps where XLA
-makes several.  ``tests/test_kernels.py`` checks both against float64 NumPy.
+order of summation.  ``local_response_norm`` is LRN across channels for an odd window:
+oneDNN's forward, and a gradient handler of our own (one pass over the maps, each where
+XLA makes several).  ``tests/test_kernels.py`` checks both against float64 NumPy.
 
 The handlers are compiled against the ``onednn-devel-cpu-gomp`` wheel's headers and
 library (``requirements.txt``) by ``make`` (``make kernels``: ``main`` here).  Where the
@@ -49,7 +49,7 @@ def build(compiler: str = "g++") -> pathlib.Path:
     if not (include / "oneapi" / "dnnl" / "dnnl.hpp").exists() or not _onednn_library().exists():
         raise RuntimeError(f"oneDNN's headers or library are not under {sys.prefix}: install "
                            "requirements.txt (onednn-cpu-gomp, onednn-devel-cpu-gomp) first.")
-    command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(SOURCE),
+    command = [compiler, "-O3", "-fno-math-errno", "-std=c++17", "-fopenmp", "-shared", "-fPIC", "-w", str(SOURCE),
                f"-I{include}", f"-I{jax.ffi.include_dir()}", f"-L{_onednn_library().parent}",
                "-ldnnl", "-o", str(LIBRARY)]
     try:
@@ -155,11 +155,11 @@ def conv2d_bias(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable:
 
 @functools.lru_cache(maxsize=None)
 def local_response_norm(k: float, n: int, alpha: float, beta: float) -> Callable:
-    """``a -> b``, ``lrn.local_response_norm`` by oneDNN forward and backward, for the
-    ``a`` and ``n`` that ``supports_lrn`` takes.  oneDNN divides alpha by the window's
-    size, so it gets ``alpha * n``.  Axes before the last three count as the batch, so
-    that a vmapped call is one call.  The backward reads only ``a`` and the cotangent."""
-    attributes = dict(size=np.int64(n), alpha=np.float32(alpha * n), beta=np.float32(beta),
+    """``a -> b``, ``lrn.local_response_norm`` by oneDNN's forward and our handler's
+    gradient, for the ``a`` and ``n`` that ``supports_lrn`` takes.  Axes before the last
+    three count as the batch, so that a vmapped call is one call.  The gradient reads only
+    ``a`` and the cotangent."""
+    attributes = dict(size=np.int64(n), alpha=np.float32(alpha), beta=np.float32(beta),
                       k=np.float32(k))
 
     def call(target, *operands):
@@ -183,11 +183,8 @@ def supports(*operands: jax.Array) -> bool:
 
 def supports_lrn(a: jax.Array, n: int) -> bool:
     """Whether ``local_response_norm`` takes ``a`` (float32, NHWC) with an ``n``-channel
-    window: odd ``n`` of at least 3, and channels a multiple of 16.  oneDNN 3.2's LRN
-    gradient is wrong for other channel counts with windows of 7 or more, and it crashes
-    for a window of 1 (``tests/test_kernels.py`` checks the shapes taken)."""
-    return (n % 2 == 1 and n >= 3 and a.ndim >= 4 and a.shape[-1] % 16 == 0
-            and supports(a))
+    window: odd ``n`` (oneDNN centres an even window otherwise than ``lrn.py``)."""
+    return n % 2 == 1 and a.ndim >= 4 and supports(a)
 
 
 def main() -> None:

@@ -15,15 +15,19 @@
 // built once per geometry and kept; each call brings its own scratchpad, so that calls from
 // several threads (several XLA devices) may run at once.  Float32 only.
 //
-// Two for local response normalisation across channels (NHWC, any leading axes as the batch):
+// Two for local response normalisation across channels (NHWC, any leading axes as the batch), as
+// alexnet_jax/kernels/lrn.py writes it (alpha not divided by the window's size), for an odd
+// window:
 //
-//   alexnet_lrn_forward   (x)      -> y
-//   alexnet_lrn_backward  (x, dy)  -> dx
+//   alexnet_lrn_forward   (x)      -> y    oneDNN's
+//   alexnet_lrn_backward  (x, dy)  -> dx   a loop of our own, one pass over x and dy
 //
-// with the window's `size` and oneDNN's `alpha` (divided by the size inside), `beta` and `k`.
+// with the window's `size`, `alpha`, `beta` and `k` as attributes.
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -32,6 +36,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -252,32 +257,24 @@ ffi::Error ConvBackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32
 // --- local response normalisation across channels --------------------------------------------
 
 // Leading dimensions (the batch, and any vmapped axes before it), height, width, channels, the
-// window's size, and alpha (oneDNN's: divided by the size inside), beta and k as their bits.
+// window's size, and alpha, beta and k as their bits.
 using LrnGeometry = std::array<int64_t, 8>;
 
 struct Lrn {
   memory::desc x;  // NHWC, the leading dimensions as the batch
-  dnnl::lrn_forward::primitive_desc inference_pd, training_pd;
-  dnnl::lrn_backward::primitive_desc backward_pd;
-  dnnl::lrn_forward inference, training;
-  dnnl::lrn_backward backward;
+  dnnl::lrn_forward::primitive_desc forward_pd;
+  dnnl::lrn_forward forward;
 
   Lrn(const LrnGeometry& g, float alpha, float beta, float k) {
     const auto [n, h, w, c, size] = std::array<int64_t, 5>{g[0], g[1], g[2], g[3], g[4]};
     x = memory::desc({n, c, h, w}, kF32, Tag::nhwc);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    auto& engine = cpu_engine();
-    const auto across = dnnl::algorithm::lrn_across_channels;
-    inference_pd = dnnl::lrn_forward::primitive_desc(engine, dnnl::prop_kind::forward_inference,
-                                                     across, x, x, size, alpha, beta, k, attr);
-    training_pd = dnnl::lrn_forward::primitive_desc(engine, dnnl::prop_kind::forward_training,
-                                                    across, x, x, size, alpha, beta, k, attr);
-    backward_pd = dnnl::lrn_backward::primitive_desc(engine, across, x, x, x, size, alpha, beta,
-                                                     k, training_pd, attr);
-    inference = dnnl::lrn_forward(inference_pd);
-    training = dnnl::lrn_forward(training_pd);
-    backward = dnnl::lrn_backward(backward_pd);
+    // oneDNN divides its alpha by the window's size.
+    forward_pd = dnnl::lrn_forward::primitive_desc(
+        cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::lrn_across_channels,
+        x, x, size, alpha * size, beta, k, attr);
+    forward = dnnl::lrn_forward(forward_pd);
   }
 };
 
@@ -304,7 +301,7 @@ const Lrn& lrn_for(ffi::Span<const int64_t> dims, int64_t size, float alpha, flo
 ffi::Error check_lrn(ffi::Span<const int64_t> dims, int64_t size) {
   if (dims.size() < 4 || size < 1 || size % 2 == 0) {
     return ffi::Error::InvalidArgument(
-        "oneDNN LRN: expected an NHWC input (leading axes as the batch) and an odd window");
+        "LRN: expected an NHWC input (leading axes as the batch) and an odd window");
   }
   return ffi::Error::Success();
 }
@@ -315,38 +312,82 @@ ffi::Error LrnForwardImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y
   return guarded("alexnet_lrn_forward", [&] {
     const auto& lrn = lrn_for(x.dimensions(), size, alpha, beta, k);
     dnnl::stream stream(cpu_engine());
-    lrn.inference.execute(stream, {{DNNL_ARG_SRC, wrap(lrn.x, x.typed_data())},
-                                   {DNNL_ARG_DST, wrap(lrn.x, y->typed_data())},
-                                   {DNNL_ARG_SCRATCHPAD,
-                                    working_memory(0, lrn.inference_pd.scratchpad_desc())}});
+    lrn.forward.execute(stream, {{DNNL_ARG_SRC, wrap(lrn.x, x.typed_data())},
+                                 {DNNL_ARG_DST, wrap(lrn.x, y->typed_data())},
+                                 {DNNL_ARG_SCRATCHPAD,
+                                  working_memory(0, lrn.forward_pd.scratchpad_desc())}});
     stream.wait();
   });
 }
 
-// The input gradient.  oneDNN's backward reads what its training forward leaves in a workspace
-// (twice the input's size); the forward is run again here, into this thread's working memory,
-// so that no workspace travels between the calls.
+#if defined(__x86_64__)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+// sum[c] = sum_{i < size} padded[c + i], for the `channels` sums of a window over a row padded
+// with size / 2 zeros on each side.
+VECTOR_CLONES void window_sums(const float* padded, int64_t channels, int64_t size, float* sum) {
+  for (int64_t c = 0; c < channels; ++c) sum[c] = padded[c];
+  for (int64_t i = 1; i < size; ++i)
+    for (int64_t c = 0; c < channels; ++c) sum[c] += padded[c + i];
+}
+
+// d^-beta for the `channels` denominators of a row; for beta = 0.75 as lrn.inverse_power does.
+VECTOR_CLONES void inverse_powers(const float* d, int64_t channels, float beta, float* s) {
+  if (beta == 0.75f) {  // rsqrt(d) * sqrt(rsqrt(d))
+    for (int64_t c = 0; c < channels; ++c) {
+      const float r = 1.0f / std::sqrt(d[c]);
+      s[c] = r * std::sqrt(r);
+    }
+  } else {
+    for (int64_t c = 0; c < channels; ++c) s[c] = std::pow(d[c], -beta);
+  }
+}
+
+// The input gradient of `pixels` rows of `channels` values, by lrn.py's formula:
+//   d = k + alpha sum_window a^2,  s = d^-beta,
+//   da[j] = g[j] s[j] - 2 alpha beta a[j] sum_{c: j in window(c)} g[c] a[c] s[c] / d[c]
+// (the window is symmetric for an odd size, so it is its own mirror).
+VECTOR_CLONES void lrn_gradient_rows(const float* a, const float* g, float* da, int64_t pixels,
+                                     int64_t channels, int64_t size, float alpha, float beta,
+                                     float k) {
+  const int64_t half = size / 2;
+  std::vector<float> padded(channels + 2 * half, 0.0f), d(channels), s(channels);
+  float* row = padded.data() + half;
+  for (int64_t p = 0; p < pixels; ++p, a += channels, g += channels, da += channels) {
+    for (int64_t c = 0; c < channels; ++c) row[c] = a[c] * a[c];
+    window_sums(padded.data(), channels, size, d.data());
+    for (int64_t c = 0; c < channels; ++c) d[c] = k + alpha * d[c];
+    inverse_powers(d.data(), channels, beta, s.data());
+    for (int64_t c = 0; c < channels; ++c) row[c] = g[c] * a[c] * s[c] / d[c];
+    window_sums(padded.data(), channels, size, d.data());  // d now holds the spread
+    for (int64_t c = 0; c < channels; ++c)
+      da[c] = g[c] * s[c] - 2.0f * alpha * beta * a[c] * d[c];
+  }
+}
+
+// The input gradient in one pass over the input and the cotangent, in place of oneDNN's LRN
+// backward: that reads a workspace of twice the input's size, which its training forward
+// writes, and oneDNN 3.2's is wrong for some channel counts and crashes for a window of 1.
 ffi::Error LrnBackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                            ffi::ResultBuffer<ffi::F32> dx, int64_t size, float alpha, float beta,
                            float k) {
   if (auto error = check_lrn(x.dimensions(), size); !error.success()) return error;
+  const int64_t channels = x.dimensions().back();
+  const int64_t pixels = channels == 0 ? 0 : static_cast<int64_t>(x.element_count()) / channels;
+  const float* a = x.typed_data();
+  const float* g = dy.typed_data();
+  float* da = dx->typed_data();
   return guarded("alexnet_lrn_backward", [&] {
-    const auto& lrn = lrn_for(x.dimensions(), size, alpha, beta, k);
-    dnnl::stream stream(cpu_engine());
-    memory workspace = working_memory(1, lrn.training_pd.workspace_desc());
-    // The forward's value goes into dx, which the backward then overwrites.
-    lrn.training.execute(stream, {{DNNL_ARG_SRC, wrap(lrn.x, x.typed_data())},
-                                  {DNNL_ARG_DST, wrap(lrn.x, dx->typed_data())},
-                                  {DNNL_ARG_WORKSPACE, workspace},
-                                  {DNNL_ARG_SCRATCHPAD,
-                                   working_memory(0, lrn.training_pd.scratchpad_desc())}});
-    lrn.backward.execute(stream, {{DNNL_ARG_SRC, wrap(lrn.x, x.typed_data())},
-                                  {DNNL_ARG_DIFF_DST, wrap(lrn.x, dy.typed_data())},
-                                  {DNNL_ARG_DIFF_SRC, wrap(lrn.x, dx->typed_data())},
-                                  {DNNL_ARG_WORKSPACE, workspace},
-                                  {DNNL_ARG_SCRATCHPAD,
-                                   working_memory(0, lrn.backward_pd.scratchpad_desc())}});
-    stream.wait();
+    constexpr int64_t kRows = 256;  // rows (pixels) per task
+#pragma omp parallel for schedule(static)
+    for (int64_t start = 0; start < pixels; start += kRows) {
+      const int64_t rows = std::min(kRows, pixels - start);
+      lrn_gradient_rows(a + start * channels, g + start * channels, da + start * channels, rows,
+                        channels, size, alpha, beta, k);
+    }
   });
 }
 
