@@ -23,8 +23,9 @@ $(VENV)/installed: requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-# oneDNN's convolutions for XLA:CPU (alexnet_jax/kernels/onednn.py), compiled against the
-# oneDNN wheel in .venv/.  Without a C++ compiler it says so, and XLA's own convolutions run.
+# oneDNN's convolutions and the LRN handlers for XLA:CPU (alexnet_jax/kernels/onednn.py),
+# compiled against the oneDNN wheel in .venv/.  Without a C++ compiler it says so, and XLA's
+# own convolutions and LRN run.
 ONEDNN_KERNELS := alexnet_jax/kernels/_onednn_kernels.so
 kernels: $(ONEDNN_KERNELS)
 $(ONEDNN_KERNELS): alexnet_jax/kernels/onednn_kernels.cc $(VENV)/installed

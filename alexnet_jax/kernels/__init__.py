@@ -17,7 +17,8 @@ picks between them.  Checkpoints do not depend on the choice.
   grouped or not (one arithmetic for every layout: the layout tests use it).
 
 Local response normalisation is one op with one hand-written gradient (``lrn.py``) on
-every backend; where oneDNN's convolutions run, oneDNN's LRN takes the shapes it handles.
+every backend; where oneDNN's convolutions run, its odd windows run in ``onednn.py``'s
+handlers (oneDNN's forward, a gradient of our own).
 """
 from __future__ import annotations
 
@@ -75,8 +76,8 @@ def select(implementation: str = "auto", grouped: bool = False,
     form = "im2col" if implementation == "im2col" else "per_tower" if grouped else "xla"
     # oneDNN's convolutions (ungrouped ones: one call per tower side by side measured
     # slower) have their own VJP; where the towers live on devices, JAX sums a replicated
-    # kernel's gradient over the data replicas only through autodiff.  oneDNN's LRN goes
-    # with its convolutions.
+    # kernel's gradient over the data replicas only through autodiff.  The LRN handlers go
+    # with them.
     use_onednn = (implementation == "auto" and form == "xla" and not towers_on_devices
                   and onednn.available())
     name = "xla_cpu" if form == "xla" else f"xla_cpu_{form}"

@@ -349,20 +349,22 @@ VECTOR_CLONES void inverse_powers(const float* d, int64_t channels, float beta, 
 // The input gradient of `pixels` rows of `channels` values, by lrn.py's formula:
 //   d = k + alpha sum_window a^2,  s = d^-beta,
 //   da[j] = g[j] s[j] - 2 alpha beta a[j] sum_{c: j in window(c)} g[c] a[c] s[c] / d[c]
-// (the window is symmetric for an odd size, so it is its own mirror).
+// (the window is symmetric for an odd size, so it is its own mirror).  `scratch` holds
+// 3 * channels + 2 * (size / 2) floats, the first channels + 2 * (size / 2) of them zeros.
 VECTOR_CLONES void lrn_gradient_rows(const float* a, const float* g, float* da, int64_t pixels,
                                      int64_t channels, int64_t size, float alpha, float beta,
-                                     float k) {
-  const int64_t half = size / 2;
-  std::vector<float> padded(channels + 2 * half, 0.0f), d(channels), s(channels);
-  float* row = padded.data() + half;
+                                     float k, float* scratch) {
+  float* padded = scratch;  // a row with size / 2 zeros on each side
+  float* row = padded + size / 2;
+  float* d = padded + channels + 2 * (size / 2);
+  float* s = d + channels;
   for (int64_t p = 0; p < pixels; ++p, a += channels, g += channels, da += channels) {
     for (int64_t c = 0; c < channels; ++c) row[c] = a[c] * a[c];
-    window_sums(padded.data(), channels, size, d.data());
+    window_sums(padded, channels, size, d);
     for (int64_t c = 0; c < channels; ++c) d[c] = k + alpha * d[c];
-    inverse_powers(d.data(), channels, beta, s.data());
+    inverse_powers(d, channels, beta, s);
     for (int64_t c = 0; c < channels; ++c) row[c] = g[c] * a[c] * s[c] / d[c];
-    window_sums(padded.data(), channels, size, d.data());  // d now holds the spread
+    window_sums(padded, channels, size, d);  // d now holds the spread
     for (int64_t c = 0; c < channels; ++c)
       da[c] = g[c] * s[c] - 2.0f * alpha * beta * a[c] * d[c];
   }
@@ -380,15 +382,29 @@ ffi::Error LrnBackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   const float* a = x.typed_data();
   const float* g = dy.typed_data();
   float* da = dx->typed_data();
-  return guarded("alexnet_lrn_backward", [&] {
-    constexpr int64_t kRows = 256;  // rows (pixels) per task
-#pragma omp parallel for schedule(static)
-    for (int64_t start = 0; start < pixels; start += kRows) {
-      const int64_t rows = std::min(kRows, pixels - start);
-      lrn_gradient_rows(a + start * channels, g + start * channels, da + start * channels, rows,
-                        channels, size, alpha, beta, k);
+  constexpr int64_t kRows = 256;  // rows (pixels) per task
+  bool failed = false;
+#pragma omp parallel
+  {
+    // Each thread's scratch.  No exception may leave the region, and every thread must reach
+    // the loop's barrier: a thread without scratch says so and skips its rows.
+    std::vector<float> scratch;
+    try {
+      scratch.resize(3 * channels + 2 * (size / 2));
+    } catch (const std::bad_alloc&) {
+#pragma omp atomic write
+      failed = true;
     }
-  });
+#pragma omp for schedule(static)
+    for (int64_t start = 0; start < pixels; start += kRows) {
+      if (scratch.empty()) continue;
+      lrn_gradient_rows(a + start * channels, g + start * channels, da + start * channels,
+                        std::min(kRows, pixels - start), channels, size, alpha, beta, k,
+                        scratch.data());
+    }
+  }
+  if (failed) return ffi::Error::Internal("alexnet_lrn_backward: out of memory");
+  return ffi::Error::Success();
 }
 
 }  // namespace

@@ -29,9 +29,10 @@ one saves, measured.  Each is tested against the plain form it replaces.
   forward and gradients, by oneDNN (``onednn.py``), whose kernels beat Eigen's on x86;
   float32 only, XLA's otherwise.  The towers side by side keep XLA's: one oneDNN call per
   tower measured slower there (docs/performance.md).
-* ``onednn_local_response_norm``: local response normalisation by oneDNN where it
-  takes the shape (``onednn.supports_lrn``), ``lrn.local_response_norm`` elsewhere;
-  chosen together with oneDNN's convolutions.  No parameters, so no replica sums.
+* ``onednn_local_response_norm``: local response normalisation by ``onednn.py``'s
+  handlers (oneDNN's forward, a one-pass gradient of our own) where they take the shape
+  (``onednn.supports_lrn``: odd windows), ``lrn.local_response_norm`` elsewhere; chosen
+  together with oneDNN's convolutions.  No parameters, so no replica sums.
 * ``compiler_options``: XLA:CPU hands dots and convolutions to YNNPACK by default;
   Eigen's kernels are faster for this network.  ``ALEXNET_JAX_YNNPACK=1`` keeps
   YNNPACK, whose sums do not depend on how a batch is split over devices (the layout
@@ -212,7 +213,8 @@ class Conv(nn.Module):
 
 def onednn_local_response_norm(a: jax.Array, k: float, n: int, alpha: float,
                                beta: float) -> jax.Array:
-    """``lrn.local_response_norm`` by oneDNN where it takes ``a`` and ``n``, else XLA's."""
+    """``lrn.local_response_norm`` by ``onednn.py``'s handlers where they take ``a`` and
+    ``n``, else by XLA."""
     if onednn.supports_lrn(a, n):
         return onednn.local_response_norm(k, n, alpha, beta)(a)
     return local_response_norm(a, k, n, alpha, beta)
