@@ -35,6 +35,7 @@ cores one H100 would need.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -150,11 +151,12 @@ def with_rates(timing: dict[str, float], flops: float, ceiling: float) -> dict[s
 
 
 def seed_protocol(variant: str, batch: int, dtype: str = "float32",
-                  implementation: str = "auto") -> SimpleNamespace:
+                  implementation: str = "auto", xla_lrn: bool = False) -> SimpleNamespace:
     """The seed's two timed functions on one device, jitted as the steps are: ``forward``
     (the softmax output) and ``forward_backward`` (the parameters' gradient of half its sum
     of squares), each called as ``f(params, images)``; with ``layout``, ``params`` and
-    synthetic ``images``."""
+    synthetic ``images``.  ``xla_lrn``: LRN by ``kernels.local_response_norm`` whatever
+    ``implementation`` chose (to time the LRN handlers against it)."""
     import jax
     import jax.numpy as jnp
 
@@ -163,6 +165,9 @@ def seed_protocol(variant: str, batch: int, dtype: str = "float32",
 
     layout = parallel.create("single", model_config(variant, dtype=dtype),
                              implementation=implementation)
+    if xla_lrn:
+        layers = dataclasses.replace(layout.model.layers, lrn=kernels.local_response_norm)
+        layout = dataclasses.replace(layout, model=layout.model.clone(layers=layers))
     model, config = layout.model, layout.model.config
 
     def softmax_output(params, images):

@@ -5,8 +5,9 @@
 
 The seed's protocol (softmax output; the gradient of half its sum of squares), as
 ``alexnet_jax.benchmark`` times it, for each implementation (``kernels.select``: ``auto``
-runs oneDNN's convolutions where they are built, ``xla`` XLA's own), compiled in one process
-and timed in alternating rounds of 4 calls, the order flipped every round, so that this
+runs oneDNN's convolutions and the LRN handlers where they are built, ``xla`` XLA's own;
+a name ending in ``+xla_lrn``, e.g. ``auto+xla_lrn``, keeps ``lrn.py``'s LRN), compiled in
+one process and timed in alternating rounds of 4 calls, the order flipped every round, so that this
 machine's drift hits both alike.  Prints each one's median seconds and the per-round ratio
 to the last one, and the largest relative difference of their gradients.
 """
@@ -20,9 +21,13 @@ import numpy as np
 from alexnet_jax.benchmark import seed_protocol
 
 
-def compiled(variant: str, batch: int, implementation: str):
-    """``benchmark.seed_protocol`` for ``implementation``, both functions compiled."""
-    seed = seed_protocol(variant, batch, implementation=implementation)
+def compiled(variant: str, batch: int, name: str):
+    """``benchmark.seed_protocol`` for the implementation ``name``, both functions compiled."""
+    implementation, _, option = name.partition("+")
+    if option not in ("", "xla_lrn"):
+        raise SystemExit(f"unknown option {option!r} in {name!r}: only +xla_lrn")
+    seed = seed_protocol(variant, batch, implementation=implementation,
+                         xla_lrn=option == "xla_lrn")
     jax.block_until_ready((seed.forward(seed.params, seed.images),
                            seed.forward_backward(seed.params, seed.images)))
     return seed
