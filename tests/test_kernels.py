@@ -221,8 +221,8 @@ def test_onednn_lrn_and_its_gradient_equal_float64_numpy(shape, k, n, alpha, bet
     (64, 1, True),    # crashed here
     (64, 4, False)])  # an even window: oneDNN centres it otherwise
 def test_onednn_lrn_takes_odd_windows_in_float32(channels, n, taken):
-    """Where oneDNN's LRN is not used, the layer is ``lrn.local_response_norm``: the same
-    value and gradient either way."""
+    """Where the LRN handlers are not used, the layer is ``lrn.local_response_norm``: the
+    same value and gradient either way."""
     if not onednn.available():
         pytest.skip("oneDNN's kernels are not built")
     shape, (k, alpha, beta) = (2, 3, 2, channels), (1.0, 0.1, 0.75)
