@@ -7,8 +7,8 @@ The seed's protocol (softmax output; the gradient of half its sum of squares), a
 ``alexnet_jax.benchmark`` times it, for each implementation (``kernels.select``: ``auto``
 runs oneDNN's convolutions and the LRN handlers where they are built, ``xla`` XLA's own;
 a name ending in ``+xla_lrn``, e.g. ``auto+xla_lrn``, keeps ``lrn.py``'s LRN), compiled in
-one process and timed in alternating rounds of 4 calls, the order flipped every round, so that this
-machine's drift hits both alike.  Prints each one's median seconds and the per-round ratio
+one process and timed in alternating rounds of 4 calls, the order flipped every round, so
+that this machine's drift hits both alike.  Prints each one's median seconds and the per-round ratio
 to the last one, and the largest relative difference of their gradients.
 """
 import argparse

@@ -50,8 +50,8 @@ def build(compiler: str = "g++") -> pathlib.Path:
         raise RuntimeError(f"oneDNN's headers or library are not under {sys.prefix}: install "
                            "requirements.txt (onednn-cpu-gomp, onednn-devel-cpu-gomp) first.")
     command = [compiler, "-O3", "-fno-math-errno", "-fopenmp", "-std=c++17", "-shared", "-fPIC",
-               "-w", str(SOURCE), f"-I{include}", f"-I{jax.ffi.include_dir()}", f"-L{_onednn_library().parent}",
-               "-ldnnl", "-o", str(LIBRARY)]
+               "-w", str(SOURCE), f"-I{include}", f"-I{jax.ffi.include_dir()}",
+               f"-L{_onednn_library().parent}", "-ldnnl", "-o", str(LIBRARY)]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
     except FileNotFoundError as error:

@@ -92,15 +92,19 @@ struct Convolution {
   }
 };
 
-// The primitives of a geometry, built on first use (oneDNN generates their code then).
-const Convolution& convolution_for(const Geometry& g) {
+// The primitives for `key`, built on first use (oneDNN generates their code then) from `key`
+// and `args`, and kept: one cache per kind of primitives.
+template <typename Primitives, typename Key, typename... Args>
+const Primitives& built_once(const Key& key, const Args&... args) {
   static std::mutex mutex;
-  static std::map<Geometry, std::unique_ptr<Convolution>> cache;
+  static std::map<Key, std::unique_ptr<Primitives>> cache;
   std::lock_guard<std::mutex> lock(mutex);
-  auto& entry = cache[g];
-  if (!entry) entry = std::make_unique<Convolution>(g);
+  auto& entry = cache[key];
+  if (!entry) entry = std::make_unique<Primitives>(key, args...);
   return *entry;
 }
+
+const Convolution& convolution_for(const Geometry& g) { return built_once<Convolution>(g); }
 
 memory wrap(const memory::desc& desc, const void* data) {
   return memory(desc, cpu_engine(), const_cast<void*>(data));
@@ -290,12 +294,7 @@ const Lrn& lrn_for(ffi::Span<const int64_t> dims, int64_t size, float alpha, flo
   const size_t r = dims.size();
   const LrnGeometry g{leading, dims[r - 3], dims[r - 2], dims[r - 1], size,
                       bits(alpha), bits(beta), bits(k)};
-  static std::mutex mutex;
-  static std::map<LrnGeometry, std::unique_ptr<Lrn>> cache;
-  std::lock_guard<std::mutex> lock(mutex);
-  auto& entry = cache[g];
-  if (!entry) entry = std::make_unique<Lrn>(g, alpha, beta, k);
-  return *entry;
+  return built_once<Lrn>(g, alpha, beta, k);
 }
 
 ffi::Error check_lrn(ffi::Span<const int64_t> dims, int64_t size) {
