@@ -1,5 +1,8 @@
-"""Helpers the tests share: tiny configs and a run's pieces built as the trainer builds them."""
+"""Helpers the tests share: tiny configs, a run's pieces built as the trainer builds them, and
+LRN by the paper's formula."""
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from alexnet_jax import models, parallel, train
 from alexnet_jax.config_base import base_config
@@ -43,3 +46,20 @@ def build(config: Any, steps_per_epoch: int = 10, parallelism: str = "single",
     tx = train.create_optimizer(config, model_config, steps_per_epoch)
     return Run(layout, tx, train.make_steps(layout, tx), train.create_train_state(config.seed,
                                                                                     layout, tx))
+
+
+def lrn_loop(a, k, n, alpha, beta, xp=np):
+    """The paper's formula, one channel at a time (float64 with NumPy; traceable with jnp)."""
+    if xp is np:
+        a = np.asarray(a, np.float64)
+    channels = a.shape[-1]
+    out = []
+    for c in range(channels):
+        lo, hi = max(0, c - n // 2), min(channels - 1, c + (n - 1) // 2)
+        s = xp.sum(a[..., lo:hi + 1] ** 2, axis=-1)
+        out.append(a[..., c] / (k + alpha * s) ** beta)
+    return xp.stack(out, axis=-1)
+
+
+def lrn_numpy(a, k, n, alpha, beta):
+    return lrn_loop(a, k, n, alpha, beta, np)

@@ -11,6 +11,7 @@ from jax.test_util import check_grads
 
 from alexnet_jax import kernels
 from alexnet_jax.kernels import onednn, plain, xla_cpu
+from support import lrn_numpy
 
 PLAIN_DOT = (((1,), (0,)), ((), ()))
 
@@ -174,12 +175,10 @@ def test_onednn_convolution_and_its_gradients_equal_float64_numpy(shape, kernel,
 
 
 def numpy_lrn_and_gradient(a, g, k, n, alpha, beta, step=1e-6):
-    """LRN by its formula in float64, and the gradient of sum(g * LRN(a)) by central
-    differences, one input at a time."""
+    """LRN by its formula in float64 (``support.lrn_numpy``), and the gradient of
+    sum(g * LRN(a)) by central differences, one input at a time."""
     def lrn(a):
-        squares = np.pad(a * a, [(0, 0)] * 3 + [(n // 2, (n - 1) // 2)])
-        window = sum(squares[..., i:i + a.shape[-1]] for i in range(n))
-        return a / (k + alpha * window) ** beta
+        return lrn_numpy(a, k, n, alpha, beta)
 
     gradient = np.zeros_like(a)
     for index in np.ndindex(*a.shape):

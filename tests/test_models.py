@@ -9,6 +9,7 @@ from jax import lax
 from alexnet_jax import kernels, models
 from alexnet_jax.kernels import onednn, xla_cpu
 from alexnet_jax.models import LocalResponseNorm, create_model
+from support import lrn_loop, lrn_numpy
 
 IM2COL = kernels.select("im2col", grouped=True, backend="cpu")
 
@@ -70,23 +71,6 @@ def test_towers_knob_keeps_per_tower_widths():
 
 
 # --- LRN -------------------------------------------------------------------------------
-
-def lrn_loop(a, k, n, alpha, beta, xp=np):
-    """The paper's formula, one channel at a time (float64 with NumPy; traceable with jnp)."""
-    if xp is np:
-        a = np.asarray(a, np.float64)
-    channels = a.shape[-1]
-    out = []
-    for c in range(channels):
-        lo, hi = max(0, c - n // 2), min(channels - 1, c + (n - 1) // 2)
-        s = xp.sum(a[..., lo:hi + 1] ** 2, axis=-1)
-        out.append(a[..., c] / (k + alpha * s) ** beta)
-    return xp.stack(out, axis=-1)
-
-
-def lrn_numpy(a, k, n, alpha, beta):
-    return lrn_loop(a, k, n, alpha, beta, np)
-
 
 @pytest.mark.parametrize("k,n,alpha,beta", [(2.0, 5, 1e-4, 0.75), (1.0, 9, 1e-3 / 9, 0.75),
                                             (2.0, 4, 1e-2, 0.6)])
