@@ -151,12 +151,14 @@ def with_rates(timing: dict[str, float], flops: float, ceiling: float) -> dict[s
 
 
 def seed_protocol(variant: str, batch: int, dtype: str = "float32",
-                  implementation: str = "auto", xla_lrn: bool = False) -> SimpleNamespace:
+                  implementation: str = "auto",
+                  xla_layers: tuple[str, ...] = ()) -> SimpleNamespace:
     """The seed's two timed functions on one device, jitted as the steps are: ``forward``
     (the softmax output) and ``forward_backward`` (the parameters' gradient of half its sum
     of squares), each called as ``f(params, images)``; with ``layout``, ``params`` and
-    synthetic ``images``.  ``xla_lrn``: LRN by ``kernels.local_response_norm`` whatever
-    ``implementation`` chose (to time the LRN handlers against it)."""
+    synthetic ``images``.  ``xla_layers``: fields of ``kernels.Layers`` (``lrn``,
+    ``max_pool``, ``dense``) taken from the ``xla`` implementation's whatever
+    ``implementation`` chose, to time a handler against XLA's form in one process."""
     import jax
     import jax.numpy as jnp
 
@@ -165,8 +167,10 @@ def seed_protocol(variant: str, batch: int, dtype: str = "float32",
 
     layout = parallel.create("single", model_config(variant, dtype=dtype),
                              implementation=implementation)
-    if xla_lrn:
-        layers = dataclasses.replace(layout.model.layers, lrn=kernels.local_response_norm)
+    if xla_layers:
+        xla = kernels.select("xla")
+        layers = dataclasses.replace(layout.model.layers,
+                                     **{field: getattr(xla, field) for field in xla_layers})
         layout = dataclasses.replace(layout, model=layout.model.clone(layers=layers))
     model, config = layout.model, layout.model.config
 

@@ -5,11 +5,12 @@
 
 The seed's protocol (softmax output; the gradient of half its sum of squares), as
 ``alexnet_jax.benchmark`` times it, for each implementation (``kernels.select``: ``auto``
-runs oneDNN's convolutions and the LRN handlers where they are built, ``xla`` XLA's own;
-a name ending in ``+xla_lrn``, e.g. ``auto+xla_lrn``, keeps ``lrn.py``'s LRN), compiled in
-one process and timed in alternating rounds of 4 calls, the order flipped every round, so
-that this machine's drift hits both alike.  Prints each one's median seconds and the per-round ratio
-to the last one, and the largest relative difference of their gradients.
+runs the handlers of ``onednn.py`` where they are built, ``xla`` XLA's own forms;
+``+xla_lrn``, ``+xla_max_pool`` and ``+xla_dense`` after a name, e.g. ``auto+xla_lrn``,
+keep that layer in XLA's form), compiled in one process and timed in alternating rounds
+of 4 calls, the order flipped every round, so that this machine's drift hits both alike.
+Prints each one's median seconds and the per-round ratio to the last one, and the largest
+relative difference of their gradients.
 """
 import argparse
 import time
@@ -20,14 +21,18 @@ import numpy as np
 
 from alexnet_jax.benchmark import seed_protocol
 
+XLA_LAYERS = ("lrn", "max_pool", "dense")
+
 
 def compiled(variant: str, batch: int, name: str):
     """``benchmark.seed_protocol`` for the implementation ``name``, both functions compiled."""
-    implementation, _, option = name.partition("+")
-    if option not in ("", "xla_lrn"):
-        raise SystemExit(f"unknown option {option!r} in {name!r}: only +xla_lrn")
-    seed = seed_protocol(variant, batch, implementation=implementation,
-                         xla_lrn=option == "xla_lrn")
+    implementation, *options = name.split("+")
+    layers = tuple(option.removeprefix("xla_") for option in options)
+    if unknown := [f"+{option}" for option, field in zip(options, layers)
+                   if option == field or field not in XLA_LAYERS]:
+        raise SystemExit(f"unknown option {', '.join(unknown)} in {name!r}: options are "
+                         f"{', '.join('+xla_' + field for field in XLA_LAYERS)}")
+    seed = seed_protocol(variant, batch, implementation=implementation, xla_layers=layers)
     jax.block_until_ready((seed.forward(seed.params, seed.images),
                            seed.forward_backward(seed.params, seed.images)))
     return seed

@@ -45,8 +45,9 @@ def test_select_on_cpu_picks_the_convolution_by_grouping(implementation, grouped
     assert conv.use_onednn == (use_onednn and onednn.available())  # where built
     assert layers.lrn is (xla_cpu.onednn_local_response_norm if conv.use_onednn
                           else kernels.local_response_norm)
-    assert layers.max_pool is xla_cpu.max_pool
-    assert layers.dense(4).dot_general is xla_cpu.dense_dot_general
+    assert layers.max_pool is (xla_cpu.onednn_max_pool if conv.use_onednn else xla_cpu.max_pool)
+    assert layers.dense(4).dot_general is (xla_cpu.onednn_dense_dot_general if conv.use_onednn
+                                           else xla_cpu.dense_dot_general)
 
 
 def test_select_rejects_an_unknown_implementation_listing_the_valid_ones():
@@ -235,6 +236,88 @@ def test_onednn_lrn_takes_odd_windows_in_float32(channels, n, taken):
     np.testing.assert_allclose(vjp(g)[0], reference_vjp(g)[0], rtol=1e-4, atol=1e-5)
 
 
+def lowered_calls(function, *args) -> set[str]:
+    """The FFI targets that ``function``'s lowering for ``args`` calls."""
+    return set(re.findall(r"custom_call @(\w+)", jax.jit(function).lower(*args).as_text()))
+
+
+@pytest.mark.parametrize("batch,inputs,outputs", [(4, 37, 19), (32, 300, 70), (1, 16, 1)])
+def test_onednn_matmul_and_its_gradients_equal_float64_numpy(batch, inputs, outputs):
+    if not onednn.available():
+        pytest.skip("oneDNN's kernels are not built")
+    rng = np.random.default_rng(batch)
+    x, w, g = (rng.standard_normal(shape) for shape in
+               ((batch, inputs), (inputs, outputs), (batch, outputs)))
+    as_f32 = [jnp.asarray(a, jnp.float32) for a in (x, w, g)]
+    y, vjp = jax.vjp(jax.jit(onednn.matmul), *as_f32[:2])
+    dx, dw = vjp(as_f32[2])
+    for ours, theirs in ((y, x @ w), (dx, g @ w.T), (dw, x.T @ g)):
+        assert ours.shape == theirs.shape
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
+    # the dense layer's product goes through it, and its vmap (one product per example)
+    assert lowered_calls(lambda x, w: xla_cpu.onednn_dense_dot_general(x, w, PLAIN_DOT),
+                         *as_f32[:2]) == {"alexnet_matmul"}
+    stacked = jnp.stack([as_f32[0], -as_f32[0]])
+    np.testing.assert_allclose(jax.vmap(onednn.matmul, (0, None))(stacked, as_f32[1])[1], -y,
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_onednn_dense_product_falls_back_to_xla_outside_float32_matrices():
+    if not onednn.available():
+        pytest.skip("oneDNN's kernels are not built")
+    dot = xla_cpu.onednn_dense_dot_general
+    x, w = jnp.ones((2, 3, 4)), jnp.ones((4, 5))
+    three_d = (((2,), (0,)), ((), ()))
+    assert lowered_calls(lambda x, w: dot(x, w, three_d), x, w) == set()
+    np.testing.assert_array_equal(dot(x, w, three_d), x @ w)
+    half = jnp.ones((3, 4), jnp.bfloat16)
+    assert lowered_calls(lambda x: dot(x, half.T, PLAIN_DOT), half) == set()
+    np.testing.assert_array_equal(onednn.matmul(jnp.ones((3, 0)), jnp.ones((0, 4))),
+                                  np.zeros((3, 4)))  # an empty sum is zeros, as XLA's
+
+
+POOL_FORMS = {"xla": xla_cpu.max_pool, "handler": xla_cpu.onednn_max_pool}
+
+
+@pytest.mark.parametrize("form", POOL_FORMS)
+@pytest.mark.parametrize("shape,window,stride", [
+    ((2, 13, 13, 5), 3, 2), ((2, 13, 13, 37), 3, 2),  # 37: 16 channels at a time, and the rest
+    ((2, 13, 13, 5), 2, 2), ((2, 14, 15, 16), 3, 2), ((1, 9, 10, 3), 3, 1),
+    ((1, 14, 15, 3), 5, 3)])
+def test_max_pool_forms_and_gradients_agree_on_random_input(form, shape, window, stride):
+    x = jax.random.normal(jax.random.key(12), shape)
+    pool = POOL_FORMS[form]
+
+    def loss(pool):
+        return lambda x: jnp.sum(jnp.sin(pool(x, window, stride)))
+
+    np.testing.assert_array_equal(pool(x, window, stride), plain.max_pool(x, window, stride))
+    np.testing.assert_allclose(jax.grad(loss(pool))(x), jax.grad(loss(plain.max_pool))(x),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_handler_is_used_for_float32_maps():
+    if not onednn.available():
+        pytest.skip("oneDNN's kernels are not built")
+    x = jnp.ones((2, 13, 13, 4))
+    for window in (3, 11):  # 11 x 11 taps: the most an int8 counts (XLA's form's limit too)
+        calls = lowered_calls(jax.grad(lambda x: jnp.sum(xla_cpu.onednn_max_pool(x, window, 1))),
+                              x)
+        assert calls == {"alexnet_max_pool", "alexnet_max_pool_backward"}
+    assert not onednn.supports_max_pool(x, 12)
+    assert lowered_calls(lambda x: xla_cpu.onednn_max_pool(x, 3, 2), x.astype(jnp.bfloat16)) \
+        == set()
+    # under vmap: one call, the mapped axis as more batch
+    maps = jax.random.normal(jax.random.key(5), (3, 2, 13, 13, 20))
+    pooled, vjp = jax.vjp(jax.vmap(lambda x: xla_cpu.onednn_max_pool(x, 3, 2)), maps)
+    reference, reference_vjp = jax.vjp(lambda x: plain.max_pool(x.reshape(6, 13, 13, 20), 3, 2),
+                                       maps)
+    np.testing.assert_array_equal(pooled.reshape(reference.shape), reference)
+    g = jax.random.normal(jax.random.key(6), reference.shape)
+    np.testing.assert_allclose(vjp(g.reshape(pooled.shape))[0], reference_vjp(g)[0],
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_onednn_kernels_older_than_their_source_are_not_used(tmp_path, monkeypatch, caplog):
     if not onednn.LIBRARY.exists():
         pytest.skip("oneDNN's convolutions are not built")
@@ -281,37 +364,29 @@ def test_per_tower_convolution_outside_vmap_is_xlas():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("shape,window,stride", [
-    ((2, 13, 13, 5), 3, 2), ((2, 13, 13, 5), 2, 2), ((2, 14, 15, 3), 3, 2),
-    ((1, 9, 10, 3), 3, 1), ((1, 14, 15, 3), 5, 3)])
-def test_max_pool_forms_and_gradients_agree_on_random_input(shape, window, stride):
-    x = jax.random.normal(jax.random.key(12), shape)
-
-    def loss(pool):
-        return lambda x: jnp.sum(jnp.sin(pool(x, window, stride)))
-
-    np.testing.assert_array_equal(xla_cpu.max_pool(x, window, stride),
-                                  plain.max_pool(x, window, stride))
-    np.testing.assert_allclose(jax.grad(loss(xla_cpu.max_pool))(x),
-                               jax.grad(loss(plain.max_pool))(x), rtol=1e-6, atol=1e-6)
-
-
-def test_max_pool_gradient_goes_where_select_and_scatter_sends_it_at_ties():
+@pytest.mark.parametrize("form", POOL_FORMS)
+def test_max_pool_gradient_goes_where_select_and_scatter_sends_it_at_ties(form):
     """ReLU maps are full of tied zeros, and rounded inputs of tied values: each window's
     gradient must go to its first maximum in row-major order, as XLA's own does."""
     key_x, key_g = jax.random.split(jax.random.key(3))
-    x = jnp.maximum(jnp.round(jax.random.normal(key_x, (2, 15, 15, 4)) * 2) / 2, 0.0)
-    g = jax.random.normal(key_g, (2, 7, 7, 4))
+    x = jnp.maximum(jnp.round(jax.random.normal(key_x, (2, 15, 15, 20)) * 2) / 2, 0.0)
+    g = jax.random.normal(key_g, (2, 7, 7, 20))
     gradients = [jax.vjp(lambda x: pool(x, 3, 2), x)[1](g)[0]
-                 for pool in (xla_cpu.max_pool, plain.max_pool)]
+                 for pool in (POOL_FORMS[form], plain.max_pool)]
     assert float(jnp.mean(x == 0)) > 0.4
     np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-6, atol=1e-6)
 
 
-def test_max_pool_of_a_nan_is_nan():
-    x = jnp.zeros((1, 5, 5, 2)).at[0, 2, 3, 1].set(jnp.nan)
-    y = xla_cpu.max_pool(x, 3, 2)
-    assert np.isnan(y[0, :, 1, 1]).all() and not np.isnan(y[..., 0]).any()
+@pytest.mark.parametrize("form", POOL_FORMS)
+def test_max_pool_of_a_nan_is_nan(form):
+    """Channel 1 of one window holds a NaN among numbers; channel 17 one among -inf (16
+    channels at a time: the handler's second block); channel 0 none."""
+    x = jnp.zeros((1, 5, 5, 20)).at[0, 2, 3, 1].set(jnp.nan)
+    x = x.at[0, :, :, 17].set(-jnp.inf).at[0, 0, 0, 17].set(jnp.nan)
+    y = POOL_FORMS[form](x, 3, 2)
+    assert np.isnan(y[0, :, 1, 1]).all() and not np.isnan(y[0, :, 0, 1]).any()
+    assert np.isnan(y[0, 0, 0, 17]) and (y[0, 1:, :, 17] == -np.inf).all()
+    assert not np.isnan(y[..., 0]).any()
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's compiled form")

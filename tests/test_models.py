@@ -1,4 +1,6 @@
 """The model family: shapes, sizes, LRN against independent references, the tower split."""
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,7 @@ import pytest
 from jax import lax
 
 from alexnet_jax import kernels, models
-from alexnet_jax.kernels import onednn, xla_cpu
+from alexnet_jax.kernels import onednn
 from alexnet_jax.models import LocalResponseNorm, create_model
 from support import lrn_loop, lrn_numpy
 
@@ -168,17 +170,18 @@ def assert_gradients_equal_reference(model, params, x):
 def test_lone_tower_and_its_gradients_equal_the_reference_network():
     """A one-tower model runs its Tower unmapped (no size-1 vmap): same function, same
     gradients, and the parameter tree keeps its leading tower axis of 1."""
-    # conv1 and conv2 16 and 32 wide: LRN by oneDNN where its kernels are built
+    # Where oneDNN's kernels are built, every layer runs in onednn.py's handlers.
     model = create_model("small", kernels.select("auto", grouped=False), init="scaled", towers=1,
                          conv_channels=(16, 32, 8, 8, 6), hidden_units=(16, 16))
     x = jax.random.normal(jax.random.key(4), (4, *model.config.input_shape))
     params = init(model, x, 5)["params"]
     assert params["towers"]["conv1"]["kernel"].shape == (1, 5, 5, 1, 16)
-    taken = onednn.supports_lrn(jnp.zeros((1, 1, 1, 16)), 5) and onednn.supports_lrn(
-        jnp.zeros((1, 1, 1, 32)), 5)
-    assert model.layers.lrn is xla_cpu.onednn_local_response_norm and taken or not onednn.available()
     params = jax.tree.map(lambda v: v + 0.01 * jax.random.normal(jax.random.key(6), v.shape),
                           params)
+    if onednn.available():
+        gradient = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x))))
+        calls = re.findall(r"custom_call @(\w+)", gradient.lower(params).as_text())
+        assert set(calls) == set(onednn.HANDLERS), calls
     np.testing.assert_allclose(jax.jit(model.apply)({"params": params}, x),
                                jax.jit(grouped_reference, static_argnums=2)(params, x, model),
                                rtol=2e-4, atol=1e-5)

@@ -9,8 +9,9 @@ picks between them.  Checkpoints do not depend on the choice.
 
 ``implementation`` (``config.model.implementation``):
 
-* ``auto``: the CPU forms on the CPU backend, with oneDNN's convolutions and local
-  response normalisation where they are built (``onednn.py``), the plain forms elsewhere;
+* ``auto``: the CPU forms on the CPU backend, with the handlers of ``onednn.py`` where
+  they are built (oneDNN's convolutions, dense products and local response normalisation,
+  and max-pooling), the plain forms elsewhere;
 * ``plain``: the plain forms on every backend;
 * ``xla``: the CPU forms with XLA's own convolutions only;
 * ``im2col``: the CPU forms with every convolution written as patches times a matrix,
@@ -76,15 +77,16 @@ def select(implementation: str = "auto", grouped: bool = False,
     form = "im2col" if implementation == "im2col" else "per_tower" if grouped else "xla"
     # oneDNN's convolutions (ungrouped ones: one call per tower side by side measured
     # slower) have their own VJP; where the towers live on devices, JAX sums a replicated
-    # kernel's gradient over the data replicas only through autodiff.  The LRN handlers go
-    # with them.
+    # kernel's gradient over the data replicas only through autodiff.  The dense, LRN and
+    # pooling handlers go with them.
     use_onednn = (implementation == "auto" and form == "xla" and not towers_on_devices
                   and onednn.available())
     name = "xla_cpu" if form == "xla" else f"xla_cpu_{form}"
+    dot_general = xla_cpu.onednn_dense_dot_general if use_onednn else xla_cpu.dense_dot_general
     return Layers(conv=functools.partial(xla_cpu.Conv, form=form, wide_bias=not grouped,
                                          use_onednn=use_onednn),
-                  dense=functools.partial(nn.Dense, dot_general=xla_cpu.dense_dot_general),
-                  max_pool=xla_cpu.max_pool,
+                  dense=functools.partial(nn.Dense, dot_general=dot_general),
+                  max_pool=xla_cpu.onednn_max_pool if use_onednn else xla_cpu.max_pool,
                   lrn=xla_cpu.onednn_local_response_norm if use_onednn else local_response_norm,
                   name=f"{name}_onednn" if use_onednn else name)
 

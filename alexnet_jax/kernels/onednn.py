@@ -1,18 +1,22 @@
-"""oneDNN's convolutions and LRN on the CPU backend, called from jitted code through XLA's FFI.
+"""oneDNN's convolutions, matrix products and LRN on the CPU backend, and loops of our own
+beside them, called from jitted code through XLA's FFI.
 
 XLA:CPU convolves with Eigen's kernels; oneDNN's (the library TensorFlow's CPU build runs)
 compute the same convolutions faster on x86.  ``onednn_kernels.cc`` wraps them for XLA's FFI
 (the forward with the bias; the input, kernel and bias gradients in one call; the kernel
 and bias gradients alone, for an input that is not differentiated), and ``conv2d_bias``
 is their ``custom_vjp``: the same mathematics as XLA's convolution plus a bias, in another
-order of summation.  ``local_response_norm`` is LRN across channels for an odd window:
-oneDNN's forward, and a gradient handler of our own (one pass over the maps, each where
-XLA makes several).  ``tests/test_kernels.py`` checks both against float64 NumPy.
+order of summation.  ``matmul`` is a dense layer's product by oneDNN's sgemm, forward and
+gradients.  ``local_response_norm`` is LRN across channels for an odd window: oneDNN's
+forward, and a gradient handler of our own (one pass over the maps, each where XLA makes
+several).  ``max_pool`` is max-pooling by a handler of our own that also keeps each
+window's winning tap, and its gradient, which routes the cotangent there: one pass each.
+``tests/test_kernels.py`` checks them against float64 NumPy or XLA's own forms.
 
 The handlers are compiled against the ``onednn-devel-cpu-gomp`` wheel's headers and
 library (``requirements.txt``) by ``make`` (``make kernels``: ``main`` here).  Where the
 library or a C++ compiler is missing, or the build is older than its source,
-``available()`` is False and ``kernels.select`` keeps XLA's convolutions and LRN.
+``available()`` is False and ``kernels.select`` keeps XLA's forms.
 """
 from __future__ import annotations
 
@@ -35,7 +39,10 @@ HANDLERS = {"alexnet_conv_forward": "AlexnetConvForward",
             "alexnet_conv_backward": "AlexnetConvBackward",
             "alexnet_conv_backward_weights": "AlexnetConvBackwardWeights",
             "alexnet_lrn_forward": "AlexnetLrnForward",
-            "alexnet_lrn_backward": "AlexnetLrnBackward"}
+            "alexnet_lrn_backward": "AlexnetLrnBackward",
+            "alexnet_matmul": "AlexnetMatmul",
+            "alexnet_max_pool": "AlexnetMaxPool",
+            "alexnet_max_pool_backward": "AlexnetMaxPoolBackward"}
 
 
 def _onednn_library() -> pathlib.Path:
@@ -175,6 +182,56 @@ def local_response_norm(k: float, n: int, alpha: float, beta: float) -> Callable
     return lrn
 
 
+def _matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False,
+            transpose_b: bool = False) -> jax.Array:
+    rows = a.shape[1] if transpose_a else a.shape[0]
+    columns = b.shape[0] if transpose_b else b.shape[1]
+    return _call("alexnet_matmul", jax.ShapeDtypeStruct((rows, columns), a.dtype), a, b,
+                 transpose_a=transpose_a, transpose_b=transpose_b)
+
+
+@jax.custom_vjp
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x @ kernel`` for float32 matrices, (batch, in) x (in, out), by oneDNN's sgemm,
+    forward and gradients.  The input gradient is computed as kernel @ g^T, (in, batch),
+    the orientation sgemm runs fastest for a small batch.  Needs ``available()``."""
+    return _matmul(x, kernel)
+
+
+matmul.defvjp(lambda x, kernel: (_matmul(x, kernel), (x, kernel)),
+              lambda residuals, g: (_matmul(residuals[1], g.T).T,
+                                    _matmul(residuals[0], g, transpose_a=True)))
+
+
+@functools.lru_cache(maxsize=None)
+def max_pool(window: int, stride: int, height: int, width: int) -> Callable:
+    """``x -> y``: max-pooling of NHWC ``x`` maps ``height`` x ``width`` over VALID
+    ``window`` x ``window`` windows, by a handler of our own, and its gradient, which sends
+    each output's cotangent to the first input of its window that holds the max (in
+    row-major order, as XLA's select-and-scatter does).  NaNs win, as in XLA's max.  Axes
+    before the last three count as the batch."""
+    attributes = dict(window=np.int64(window), stride=np.int64(stride))
+
+    def pool_with_taps(x):
+        shape = (*x.shape[:-3], (height - window) // stride + 1,
+                 (width - window) // stride + 1, x.shape[-1])
+        return _call("alexnet_max_pool", (jax.ShapeDtypeStruct(shape, x.dtype),
+                                          jax.ShapeDtypeStruct(shape, jnp.int8)),
+                     x, vmap_method="broadcast_all", **attributes)
+
+    def gradient(first, g):
+        like = jax.ShapeDtypeStruct((*g.shape[:-3], height, width, g.shape[-1]), g.dtype)
+        return (_call("alexnet_max_pool_backward", like, first, g,
+                      vmap_method="broadcast_all", **attributes),)
+
+    @jax.custom_vjp
+    def pool(x):
+        return pool_with_taps(x)[0]
+
+    pool.defvjp(pool_with_taps, gradient)  # (y, first) is (output, residual)
+    return pool
+
+
 def supports(*operands: jax.Array) -> bool:
     """Whether oneDNN's handlers are built and registered (``available()``) and take these
     operands: float32 only."""
@@ -185,6 +242,12 @@ def supports_lrn(a: jax.Array, n: int) -> bool:
     """Whether ``local_response_norm`` takes ``a`` (float32, NHWC) with an ``n``-channel
     window: odd ``n`` (oneDNN centres an even window otherwise than ``lrn.py``)."""
     return n % 2 == 1 and a.ndim >= 4 and supports(a)
+
+
+def supports_max_pool(x: jax.Array, window: int) -> bool:
+    """Whether ``max_pool`` takes ``x`` (float32, NHWC) with ``window`` x ``window``
+    windows: up to 11 x 11 (the winning tap is an int8)."""
+    return 1 <= window <= 11 and x.ndim >= 4 and supports(x)
 
 
 def main() -> None:

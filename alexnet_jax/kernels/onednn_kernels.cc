@@ -1,5 +1,5 @@
-// oneDNN's convolutions and LRN, called from jitted JAX code through XLA's FFI
-// (alexnet_jax/kernels/onednn.py).
+// oneDNN's convolutions, matrix products and LRN, and loops of our own beside them, called from
+// jitted JAX code through XLA's FFI (alexnet_jax/kernels/onednn.py).
 //
 // XLA:CPU runs convolutions with Eigen's kernels; oneDNN's direct (brgemm / jit) kernels run the
 // same convolutions faster on x86 CPUs.  Three handlers for them:
@@ -22,8 +22,22 @@
 //   alexnet_lrn_forward   (x)      -> y    oneDNN's
 //   alexnet_lrn_backward  (x, dy)  -> dx   a loop of our own, one pass over x and dy
 //
-// with the window's `size`, `alpha`, `beta` and `k` as attributes.
+// with the window's `size`, `alpha`, `beta` and `k` as attributes.  One for dense layers:
+//
+//   alexnet_matmul        (a, b)   -> op(a) @ op(b)   oneDNN's sgemm; `transpose_a`, `transpose_b`
+//
+// and two for max-pooling over VALID windows (NHWC, leading axes as the batch), loops of our own:
+//
+//   alexnet_max_pool           (x)         -> (y, first)  the max, and its window's first
+//                                                         winning tap (int8, row-major)
+//   alexnet_max_pool_backward  (first, dy) -> dx          dy routed to those taps
+//
+// with the `window` and `stride` as attributes.
 #include <oneapi/dnnl/dnnl.hpp>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -406,6 +420,179 @@ ffi::Error LrnBackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   return ffi::Error::Success();
 }
 
+
+// --- matrix products ---------------------------------------------------------------------------
+
+// c = op(a) @ op(b) for row-major matrices, op transposing where asked, by oneDNN's sgemm (the
+// kernel of its inner product, which TensorFlow's dense layers run).
+ffi::Error MatmulImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                      ffi::ResultBuffer<ffi::F32> c, bool transpose_a, bool transpose_b) {
+  const auto ad = a.dimensions(), bd = b.dimensions(), cd = c->dimensions();
+  if (ad.size() != 2 || bd.size() != 2 || cd.size() != 2) {
+    return ffi::Error::InvalidArgument("alexnet_matmul: expected matrices");
+  }
+  const int64_t m = transpose_a ? ad[1] : ad[0], k = transpose_a ? ad[0] : ad[1];
+  const int64_t n = transpose_b ? bd[0] : bd[1];
+  if ((transpose_b ? bd[1] : bd[0]) != k || cd[0] != m || cd[1] != n) {
+    return ffi::Error::InvalidArgument("alexnet_matmul: the matrices' shapes do not agree");
+  }
+  if (m == 0 || n == 0) return ffi::Error::Success();
+  if (k == 0) {
+    std::fill_n(c->typed_data(), m * n, 0.0f);
+    return ffi::Error::Success();
+  }
+  const dnnl_status_t status =
+      dnnl_sgemm(transpose_a ? 'T' : 'N', transpose_b ? 'T' : 'N', m, n, k, 1.0f, a.typed_data(),
+                 ad[1], b.typed_data(), bd[1], 0.0f, c->typed_data(), n);
+  if (status != dnnl_success) {
+    return ffi::Error::Internal("alexnet_matmul: oneDNN's sgemm failed with status " +
+                                std::to_string(static_cast<int>(status)));
+  }
+  return ffi::Error::Success();
+}
+
+// --- max-pooling -------------------------------------------------------------------------------
+
+// Whether the max so far, `m`, gives way to `v`: a greater value, or the first NaN (XLA's max
+// propagates NaNs).
+inline bool takes_over(float v, float m) { return v > m || (v != v && m == m); }
+
+// Channels from `c` of one output pixel: the max over the taps' input pixels, and the first
+// tap that holds it.
+void pool_channels(const float* const* taps, int64_t count, int64_t c, int64_t channels,
+                   float* y, int8_t* first) {
+  for (; c < channels; ++c) {
+    y[c] = taps[0][c];
+    first[c] = 0;
+    for (int64_t t = 1; t < count; ++t) {
+      if (takes_over(taps[t][c], y[c])) {
+        y[c] = taps[t][c];
+        first[c] = static_cast<int8_t>(t);
+      }
+    }
+  }
+}
+
+#if defined(__x86_64__)
+// The same, sixteen channels at a time in AVX-512 registers (the compiler's own vectorization
+// of pool_channels falls back to scalar code).
+__attribute__((target("avx512f"))) void pool_channels_avx512(const float* const* taps,
+                                                             int64_t count, int64_t channels,
+                                                             float* y, int8_t* first) {
+  int64_t c = 0;
+  for (; c + 16 <= channels; c += 16) {
+    __m512 m = _mm512_loadu_ps(taps[0] + c);
+    __m512i winner = _mm512_setzero_si512();
+    for (int64_t t = 1; t < count; ++t) {
+      const __m512 v = _mm512_loadu_ps(taps[t] + c);
+      const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) |
+                             (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) &
+                              _mm512_cmp_ps_mask(m, m, _CMP_ORD_Q));
+      m = _mm512_mask_blend_ps(take, m, v);
+      winner = _mm512_mask_blend_epi32(take, winner, _mm512_set1_epi32(static_cast<int>(t)));
+    }
+    _mm512_storeu_ps(y + c, m);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(first + c), _mm512_cvtepi32_epi8(winner));
+  }
+  pool_channels(taps, count, c, channels, y, first);
+}
+#endif
+
+// One output pixel's `channels` values.
+void pool_pixel(const float* const* taps, int64_t count, int64_t channels, float* y,
+                int8_t* first) {
+#if defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) return pool_channels_avx512(taps, count, channels, y, first);
+#endif
+  pool_channels(taps, count, 0, channels, y, first);
+}
+
+// dx_row += g where first == tap, for `channels` values.
+VECTOR_CLONES void route_row(const float* __restrict g, const int8_t* __restrict first, int8_t tap,
+                             int64_t channels, float* __restrict dx) {
+  for (int64_t c = 0; c < channels; ++c) dx[c] += first[c] == tap ? g[c] : 0.0f;
+}
+
+struct Pooling {
+  int64_t images, height, width, channels, out_height, out_width;
+};
+
+ffi::Error pooling(ffi::Span<const int64_t> x, ffi::Span<const int64_t> y, int64_t window,
+                   int64_t stride, Pooling* p) {
+  const size_t r = x.size();
+  if (r < 4 || y.size() != r || window < 1 || stride < 1 || window * window > 127) {
+    return ffi::Error::InvalidArgument(
+        "max-pooling: expected NHWC maps (leading axes as the batch) and a window of 1-11");
+  }
+  int64_t images = 1;
+  for (size_t i = 0; i + 3 < r; ++i) {
+    if (x[i] != y[i]) return ffi::Error::InvalidArgument("max-pooling: batch axes differ");
+    images *= x[i];
+  }
+  *p = {images, x[r - 3], x[r - 2], x[r - 1], y[r - 3], y[r - 2]};
+  if (y[r - 1] != p->channels || (p->out_height - 1) * stride + window > p->height ||
+      (p->out_width - 1) * stride + window > p->width) {
+    return ffi::Error::InvalidArgument("max-pooling: the output's shape does not fit the input");
+  }
+  return ffi::Error::Success();
+}
+
+// The pooled maps (VALID windows) and each output's first winning tap (row-major in the window).
+ffi::Error MaxPoolImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
+                       ffi::ResultBuffer<ffi::S8> first, int64_t window, int64_t stride) {
+  Pooling p;
+  if (auto error = pooling(x.dimensions(), y->dimensions(), window, stride, &p); !error.success())
+    return error;
+  const int64_t rows = p.images * p.out_height, count = window * window, c = p.channels;
+  const float* in = x.typed_data();
+  float* out = y->typed_data();
+  int8_t* taps_out = first->typed_data();
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t image = row / p.out_height, oh = row % p.out_height;
+    std::array<const float*, 128> taps;
+    for (int64_t ow = 0; ow < p.out_width; ++ow) {
+      for (int64_t i = 0; i < window; ++i)
+        for (int64_t j = 0; j < window; ++j)
+          taps[i * window + j] =
+              in + ((image * p.height + oh * stride + i) * p.width + ow * stride + j) * c;
+      const int64_t o = (row * p.out_width + ow) * c;
+      pool_pixel(taps.data(), count, c, out + o, taps_out + o);
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// The input gradient: each output's cotangent to its first winning tap.  Images run in
+// parallel; within one, windows that overlap add into the same inputs in order.
+ffi::Error MaxPoolBackwardImpl(ffi::Buffer<ffi::S8> first, ffi::Buffer<ffi::F32> dy,
+                               ffi::ResultBuffer<ffi::F32> dx, int64_t window, int64_t stride) {
+  Pooling p;
+  if (auto error = pooling(dx->dimensions(), dy.dimensions(), window, stride, &p);
+      !error.success())
+    return error;
+  const int64_t c = p.channels, image_size = p.height * p.width * c;
+  const int64_t out_size = p.out_height * p.out_width * c;
+  const float* g = dy.typed_data();
+  const int8_t* taps = first.typed_data();
+  float* grad = dx->typed_data();
+#pragma omp parallel for schedule(static)
+  for (int64_t image = 0; image < p.images; ++image) {
+    float* d = grad + image * image_size;
+    std::fill_n(d, image_size, 0.0f);
+    for (int64_t oh = 0; oh < p.out_height; ++oh)
+      for (int64_t ow = 0; ow < p.out_width; ++ow) {
+        const int64_t o = image * out_size + (oh * p.out_width + ow) * c;
+        for (int64_t i = 0; i < window; ++i)
+          for (int64_t j = 0; j < window; ++j)
+            route_row(g + o, taps + o, static_cast<int8_t>(i * window + j), c,
+                      d + ((oh * stride + i) * p.width + ow * stride + j) * c);
+      }
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 #define CONV_ATTRS                                                                   \
@@ -447,3 +634,25 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetLrnBackward, LrnBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() LRN_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetMatmul, MatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("transpose_a")
+                                  .Attr<bool>("transpose_b"));
+
+#define POOL_ATTRS .Attr<int64_t>("window").Attr<int64_t>("stride")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetMaxPool, MaxPoolImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S8>>() POOL_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetMaxPoolBackward, MaxPoolBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() POOL_ATTRS);

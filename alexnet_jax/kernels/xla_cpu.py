@@ -29,6 +29,11 @@ one saves, measured.  Each is tested against the plain form it replaces.
   forward and gradients, by oneDNN (``onednn.py``), whose kernels beat Eigen's on x86;
   float32 only, XLA's otherwise.  The towers side by side keep XLA's: one oneDNN call per
   tower measured slower there (docs/performance.md).
+* ``onednn_dense_dot_general`` and ``onednn_max_pool``: dense layers' products by
+  oneDNN's sgemm, and max-pooling (the pooled map with each window's first winning tap,
+  and the gradient routed to it) by a handler of our own, in one pass each, where
+  XLA:CPU makes several; chosen together with oneDNN's convolutions, XLA's forms above
+  elsewhere.
 * ``onednn_local_response_norm``: local response normalisation by ``onednn.py``'s
   handlers (oneDNN's forward, a one-pass gradient of our own) where they take the shape
   (``onednn.supports_lrn``: odd windows), ``lrn.local_response_norm`` elsewhere; chosen
@@ -233,6 +238,24 @@ def dense_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
     lhs_t = jax.lax.optimization_barrier(lhs.T)
     return jax.lax.dot_general(rhs, lhs_t, (((0,), (0,)), ((), ())), precision=precision,
                                preferred_element_type=preferred_element_type).T
+
+
+def onednn_dense_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
+                             precision: Any = None,
+                             preferred_element_type: Any = None) -> jax.Array:
+    """``dense_dot_general``, by ``onednn.matmul`` (oneDNN's sgemm, forward and gradients)
+    for a float32 (batch, in) x (in, out) product."""
+    if (lhs.ndim == 2 and rhs.ndim == 2 and dimension_numbers == (((1,), (0,)), ((), ()))
+            and preferred_element_type in (None, jnp.float32) and onednn.supports(lhs, rhs)):
+        return onednn.matmul(lhs, rhs)
+    return dense_dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type)
+
+
+def onednn_max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+    """``max_pool`` by ``onednn.max_pool``'s handlers for float32 maps, else by XLA."""
+    if onednn.supports_max_pool(x, window):
+        return onednn.max_pool(window, stride, x.shape[-3], x.shape[-2])(x)
+    return max_pool(x, window, stride)
 
 
 def _window_taps(x: jax.Array, window: int, stride: int) -> list[jax.Array]:
