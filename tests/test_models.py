@@ -181,7 +181,9 @@ def test_lone_tower_and_its_gradients_equal_the_reference_network():
     if onednn.available():
         gradient = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x))))
         calls = re.findall(r"custom_call @(\w+)", gradient.lower(params).as_text())
-        assert set(calls) == set(onednn.HANDLERS), calls
+        pooling = {"alexnet_max_pool", "alexnet_max_pool_backward"}
+        assert set(calls) == set(onednn.HANDLERS) - (
+            set() if onednn.max_pool_vectorized() else pooling), calls
     np.testing.assert_allclose(jax.jit(model.apply)({"params": params}, x),
                                jax.jit(grouped_reference, static_argnums=2)(params, x, model),
                                rtol=2e-4, atol=1e-5)

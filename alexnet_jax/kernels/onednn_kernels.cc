@@ -498,12 +498,20 @@ __attribute__((target("avx512f"))) void pool_channels_avx512(const float* const*
 }
 #endif
 
+bool pooling_vectorized() {
+#if defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512;
+#else
+  return false;
+#endif
+}
+
 // One output pixel's `channels` values.
 void pool_pixel(const float* const* taps, int64_t count, int64_t channels, float* y,
                 int8_t* first) {
 #if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return pool_channels_avx512(taps, count, channels, y, first);
+  if (pooling_vectorized()) return pool_channels_avx512(taps, count, channels, y, first);
 #endif
   pool_channels(taps, count, 0, channels, y, first);
 }
@@ -572,6 +580,9 @@ ffi::Error MaxPoolBackwardImpl(ffi::Buffer<ffi::S8> first, ffi::Buffer<ffi::F32>
   if (auto error = pooling(dx->dimensions(), dy.dimensions(), window, stride, &p);
       !error.success())
     return error;
+  if (first.element_count() != dy.element_count()) {
+    return ffi::Error::InvalidArgument("max-pooling: the winning taps and dy differ in shape");
+  }
   const int64_t c = p.channels, image_size = p.height * p.width * c;
   const int64_t out_size = p.out_height * p.out_width * c;
   const float* g = dy.typed_data();
@@ -594,6 +605,9 @@ ffi::Error MaxPoolBackwardImpl(ffi::Buffer<ffi::S8> first, ffi::Buffer<ffi::F32>
 }
 
 }  // namespace
+
+// Whether max-pooling runs vectorized here (AVX-512); XLA's form is faster than the scalar loop.
+extern "C" int AlexnetMaxPoolVectorized() { return pooling_vectorized() ? 1 : 0; }
 
 #define CONV_ATTRS                                                                   \
   .Attr<int64_t>("stride").Attr<int64_t>("pad_top").Attr<int64_t>("pad_bottom")      \

@@ -252,7 +252,8 @@ def onednn_dense_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: 
 
 
 def onednn_max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
-    """``max_pool`` by ``onednn.max_pool``'s handlers for float32 maps, else by XLA."""
+    """``max_pool`` by ``onednn.max_pool``'s handlers where they take ``x``
+    (``onednn.supports_max_pool``: float32 maps, an AVX-512 CPU), else by XLA."""
     if onednn.supports_max_pool(x, window):
         return onednn.max_pool(window, stride, x.shape[-3], x.shape[-2])(x)
     return max_pool(x, window, stride)
