@@ -47,9 +47,9 @@ import time
 from types import SimpleNamespace
 from typing import Any, Callable
 
-if __name__ == "__main__" and "--compare" not in sys.argv:  # see kernels/huge_pages.py;
-    from alexnet_jax.kernels import huge_pages                # --compare only starts processes
-    huge_pages.restart_with_huge_pages()
+if __name__ == "__main__" and "--compare" not in sys.argv:  # see kernels/malloc_tunables.py;
+    from alexnet_jax.kernels import malloc_tunables           # --compare only starts processes
+    malloc_tunables.restart_with_malloc_tunables()
 
 from absl import app, flags
 

@@ -21,9 +21,9 @@ import os
 import re
 import sys
 
-if __name__ == "__main__":  # before JAX starts: see kernels/huge_pages.py
-    from alexnet_jax.kernels import huge_pages
-    huge_pages.restart_with_huge_pages()
+if __name__ == "__main__":  # before JAX starts: see kernels/malloc_tunables.py
+    from alexnet_jax.kernels import malloc_tunables
+    malloc_tunables.restart_with_malloc_tunables()
 
 import jax
 from absl import app, flags, logging

@@ -76,6 +76,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from alexnet_jax.kernels import huge_pages  # as the trainer and the benchmark run
-    huge_pages.restart_with_huge_pages()
+    from alexnet_jax.kernels import malloc_tunables  # as the trainer and the benchmark run
+    malloc_tunables.restart_with_malloc_tunables()
     main()
