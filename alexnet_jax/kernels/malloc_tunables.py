@@ -7,8 +7,7 @@ in and zeroes, every step (docs/performance.md).  These tunables keep freed memo
 instead: one arena (``arena_max=1``), grown and never unmapped (``mmap_max=0``) or
 trimmed (``trim_threshold``), whose blocks the next step reuses.  A process's footprint
 is then its peak.  (Transparent huge pages, ``glibc.malloc.hugetlb=1``, made the faults
-cheaper, but with memory kept they gave nothing, and some steps took ~1.3x while the
-kernel found huge pages.)  glibc reads tunables only at start-up, so ``python -m
+cheaper; with memory kept they gave nothing, and some steps still took ~1.3x with them.)  glibc reads tunables only at start-up, so ``python -m
 alexnet_jax.main`` and ``python -m alexnet_jax.benchmark`` restart themselves with them.
 The benchmark's peers keep the environment they were given.
 """
