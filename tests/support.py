@@ -1,7 +1,9 @@
-"""Helpers the tests share: tiny configs, a run's pieces built as the trainer builds them, and
-LRN by the paper's formula."""
+"""Helpers the tests share: tiny configs, a run's pieces built as the trainer builds them,
+LRN by the paper's formula, and the FFI handlers a lowering calls."""
+import re
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from alexnet_jax import models, parallel, train
@@ -63,3 +65,8 @@ def lrn_loop(a, k, n, alpha, beta, xp=np):
 
 def lrn_numpy(a, k, n, alpha, beta):
     return lrn_loop(a, k, n, alpha, beta, np)
+
+
+def lowered_calls(function, *args) -> set[str]:
+    """The FFI targets that ``function``'s lowering for ``args`` calls."""
+    return set(re.findall(r"custom_call @(\w+)", jax.jit(function).lower(*args).as_text()))

@@ -11,7 +11,7 @@ from jax.test_util import check_grads
 
 from alexnet_jax import kernels
 from alexnet_jax.kernels import onednn, plain, xla_cpu
-from support import lrn_numpy
+from support import lowered_calls, lrn_numpy
 
 PLAIN_DOT = (((1,), (0,)), ((), ()))
 
@@ -234,11 +234,6 @@ def test_onednn_lrn_takes_odd_windows_in_float32(channels, n, taken):
     theirs, reference_vjp = jax.vjp(lambda a: kernels.local_response_norm(a, k, n, alpha, beta), a)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(vjp(g)[0], reference_vjp(g)[0], rtol=1e-4, atol=1e-5)
-
-
-def lowered_calls(function, *args) -> set[str]:
-    """The FFI targets that ``function``'s lowering for ``args`` calls."""
-    return set(re.findall(r"custom_call @(\w+)", jax.jit(function).lower(*args).as_text()))
 
 
 @pytest.mark.parametrize("batch,inputs,outputs", [(4, 37, 19), (32, 300, 70), (1, 16, 1)])

@@ -225,14 +225,18 @@ def onednn_local_response_norm(a: jax.Array, k: float, n: int, alpha: float,
     return local_response_norm(a, k, n, alpha, beta)
 
 
+def _matrix_product(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any) -> bool:
+    """Whether ``dot_general``'s arguments are a plain (batch, in) x (in, out) product."""
+    return lhs.ndim == 2 and rhs.ndim == 2 and dimension_numbers == (((1,), (0,)), ((), ()))
+
+
 def dense_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
                       precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
     """``lax.dot_general`` for ``nn.Dense(dot_general=...)``: a (batch, in) x (in, out)
     product computed as (rhs^T lhs^T)^T, so that autodiff's input gradient comes out as
     rhs @ g^T, (in, batch).  The barrier keeps XLA from folding the transposes back.
     The same products and sums as the plain form."""
-    plain = lhs.ndim == 2 and rhs.ndim == 2 and dimension_numbers == (((1,), (0,)), ((), ()))
-    if not plain:
+    if not _matrix_product(lhs, rhs, dimension_numbers):
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type)
     lhs_t = jax.lax.optimization_barrier(lhs.T)
@@ -245,7 +249,7 @@ def onednn_dense_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: 
                              preferred_element_type: Any = None) -> jax.Array:
     """``dense_dot_general``, by ``onednn.matmul`` (oneDNN's sgemm, forward and gradients)
     for a float32 (batch, in) x (in, out) product."""
-    if (lhs.ndim == 2 and rhs.ndim == 2 and dimension_numbers == (((1,), (0,)), ((), ()))
+    if (_matrix_product(lhs, rhs, dimension_numbers)
             and preferred_element_type in (None, jnp.float32) and onednn.supports(lhs, rhs)):
         return onednn.matmul(lhs, rhs)
     return dense_dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type)
