@@ -302,11 +302,16 @@ int64_t bits(float value) {
   return b;
 }
 
+// The product of the axes before an NHWC map's last three: its images, counting vmapped axes.
+int64_t leading_images(ffi::Span<const int64_t> dims) {
+  int64_t images = 1;
+  for (size_t i = 0; i + 3 < dims.size(); ++i) images *= dims[i];
+  return images;
+}
+
 const Lrn& lrn_for(ffi::Span<const int64_t> dims, int64_t size, float alpha, float beta, float k) {
-  int64_t leading = 1;
-  for (size_t i = 0; i + 3 < dims.size(); ++i) leading *= dims[i];
   const size_t r = dims.size();
-  const LrnGeometry g{leading, dims[r - 3], dims[r - 2], dims[r - 1], size,
+  const LrnGeometry g{leading_images(dims), dims[r - 3], dims[r - 2], dims[r - 1], size,
                       bits(alpha), bits(beta), bits(k)};
   return built_once<Lrn>(g, alpha, beta, k);
 }
@@ -533,12 +538,10 @@ ffi::Error pooling(ffi::Span<const int64_t> x, ffi::Span<const int64_t> y, int64
     return ffi::Error::InvalidArgument(
         "max-pooling: expected NHWC maps (leading axes as the batch) and a window of 1-11");
   }
-  int64_t images = 1;
-  for (size_t i = 0; i + 3 < r; ++i) {
-    if (x[i] != y[i]) return ffi::Error::InvalidArgument("max-pooling: batch axes differ");
-    images *= x[i];
+  if (!std::equal(x.begin(), x.end() - 3, y.begin())) {
+    return ffi::Error::InvalidArgument("max-pooling: batch axes differ");
   }
-  *p = {images, x[r - 3], x[r - 2], x[r - 1], y[r - 3], y[r - 2]};
+  *p = {leading_images(x), x[r - 3], x[r - 2], x[r - 1], y[r - 3], y[r - 2]};
   if (y[r - 1] != p->channels || (p->out_height - 1) * stride + window > p->height ||
       (p->out_width - 1) * stride + window > p->width) {
     return ffi::Error::InvalidArgument("max-pooling: the output's shape does not fit the input");
