@@ -21,6 +21,7 @@ recomputes them; a checkpoint whose bytes changed on disk is moved aside to
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -264,10 +265,20 @@ def drop_closed_loop_callbacks() -> None:
     closed loop (``call_soon_threadsafe``), which raises "Event loop is closed" in a
     background thread, and Python prints it as an ignored exception: tracebacks after
     the error that already says what was wrong.  This ``sys.unraisablehook`` drops
-    exactly those and passes every other one on.  Installed once, on the first failure."""
+    exactly those and passes every other one on.  The failed read's sibling tasks, when
+    collected, log their own DATA_LOSS as "Task exception was never retrieved" through
+    the ``asyncio`` logger: a filter there drops those and keeps every other record.
+    Installed once, on the first failure."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_closed_loop_callbacks", False):
         return
+
+    def unretrieved_damaged_read(record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.getMessage().startswith("Task exception was never retrieved")
+                    and "DATA_LOSS" in str(error))
+
+    logging.getLogger("asyncio").addFilter(unretrieved_damaged_read)
 
     def hook(unraisable: Any) -> None:
         error = unraisable.exc_value
