@@ -132,14 +132,20 @@ class CheckpointManager:
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self.every_steps = config.checkpoint.every_steps
         self.seconds_blocked = 0.0  # time the training loop spent in save()
-        options = dict(enable_async_checkpointing=config.checkpoint.async_save, create=True)
-        self.latest = _orbax_manager(
-            os.path.join(self.directory, "latest"),
-            ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, **options))
-        self.best = _orbax_manager(
-            os.path.join(self.directory, "best"), ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=_selection_error, best_mode="min",
-                keep_checkpoints_without_metrics=False, **options))
+        def options(name: str, **settings: Any) -> ocp.CheckpointManagerOptions:
+            # Both managers save the same step at an epoch's end; in a multi-host run each
+            # save synchronises the processes at barriers named after the step, so each
+            # manager's barriers carry its own name or the two saves collide.
+            return ocp.CheckpointManagerOptions(
+                enable_async_checkpointing=config.checkpoint.async_save, create=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=name), **settings)
+
+        self.latest = _orbax_manager(os.path.join(self.directory, "latest"),
+                                     options("latest", max_to_keep=config.checkpoint.keep))
+        self.best = _orbax_manager(os.path.join(self.directory, "best"), options(
+            "best", max_to_keep=1, best_fn=_selection_error, best_mode="min",
+            keep_checkpoints_without_metrics=False))
 
     def should_save(self, step: int) -> bool:
         return bool(self.every_steps) and step % self.every_steps == 0
