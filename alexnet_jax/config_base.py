@@ -10,6 +10,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from alexnet_jax import components
+
 
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -27,10 +29,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.variant = "paper"  # paper | one_tower | tf_benchmark | small
-    config.model.norm = "lrn"  # lrn | batchnorm | none
+    config.model.norm = "lrn"  # a name in components.NORMS
     config.model.norm_position = "after_relu"  # after_relu | before_relu
-    config.model.pool = "overlapping"  # overlapping (3/2) | non_overlapping (2/2)
-    config.model.activation = "relu"  # relu | tanh
+    config.model.pool = "overlapping"  # a name in components.POOLS
+    config.model.activation = "relu"  # a name in components.ACTIVATIONS
     config.model.towers = config_dict.placeholder(int)  # default: the variant's
     config.model.dropout_rate = config_dict.placeholder(float)
     config.model.num_classes = config_dict.placeholder(int)  # default: the dataset's
@@ -39,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # computation: float32 | bfloat16; params stay float32
     config.model.implementation = "auto"  # auto | plain | xla | im2col: the layers (kernels/)
     config.model.sync_batch_stats = True  # BatchNorm statistics over the global batch
+    # Each normalisation's own settings (components.Norm.options), with their defaults.
+    for key, default in components.all_norm_options().items():
+        config.model[key] = default
 
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "fashion_mnist"  # fashion_mnist | cifar10 | imagenet2012 | image_folder
@@ -116,10 +121,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
             raise ConfigError(f"config.{key}={value!r} must be in {text}.")
 
     choice("model.variant", tuple(models.VARIANTS))
-    choice("model.norm", models.NORMS)
+    choice("model.norm", tuple(components.NORMS))
     choice("model.norm_position", models.NORM_POSITIONS)
-    choice("model.pool", tuple(models.POOLS))
-    choice("model.activation", tuple(models.ACTIVATIONS))
+    choice("model.pool", tuple(components.POOLS))
+    choice("model.activation", tuple(components.ACTIVATIONS))
     choice("model.dtype", tuple(models.DTYPES))
     choice("model.implementation", kernels.IMPLEMENTATIONS)
     if config.model.init is not None:
@@ -180,8 +185,10 @@ def _validate_input_size(config, models, input_pipeline) -> None:
     if len(shape) != 3 or min(shape) < 1:
         raise ConfigError(f"config.model.input_shape={tuple(shape)!r} must be three positive "
                           "sizes: (height, width, channels).")
-    model = models.model_config(config.model.variant, input_shape=tuple(shape), num_classes=10,
-                                towers=config.model.towers, pool=config.model.pool)
+    try:  # the network this config describes, as the trainer builds it
+        model = models.config_from(config.model, tuple(shape), 10)
+    except ValueError as error:
+        raise ConfigError(f"config.model: {error}") from None
     smallest = model.smallest_input()
     if min(shape[:2]) >= smallest:
         return

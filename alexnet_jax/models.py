@@ -17,7 +17,8 @@ axis name ``TOWER_AXIS`` where that axis is created; ``parallel.py`` reads the m
 put each tower on its own device, where ``Tower`` alone runs: the paper's two-GPU split.
 
 The layers come in as a ``kernels.Layers`` value, chosen for the backend by
-``kernels.select``; the parameters do not depend on it.
+``kernels.select``; the parameters do not depend on it.  The interchangeable parts
+(normalisation, activation, pooling) are entries of ``components.py``'s registries.
 
 Randomness does not depend on the layout: the dropout mask of example i in tower t is
 drawn from ``fold_in(fold_in(key, t), i)`` with i the example's index in the global
@@ -35,15 +36,12 @@ import jax
 import jax.numpy as jnp
 from flax.core import meta
 
-from alexnet_jax import kernels
+from alexnet_jax import components, kernels
 
 MODEL_AXIS = "model"  # the towers' named axis, which their collectives cross
 TOWER_AXIS = "tower"  # the logical name of the leading axis of every variable a tower holds
 
-NORMS = ("lrn", "batchnorm", "none")
 NORM_POSITIONS = ("after_relu", "before_relu")
-POOLS = {"overlapping": (3, 2), "non_overlapping": (2, 2)}
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"relu": nn.relu, "tanh": jnp.tanh}
 INITS = ("paper", "scaled")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -72,8 +70,11 @@ class ModelConfig:
     """Everything that defines the network: a row of ``VARIANTS`` with the knobs applied.
 
     Widths are per tower, so ``towers=1`` on the paper's row is its one-GPU ablation, a
-    single tower of half the kernels.  ``lrn`` is (k, n, alpha, beta).  Parameters are
-    always float32; ``dtype`` is the computation's.
+    single tower of half the kernels.  ``lrn`` is (k, n, alpha, beta).  ``norm``,
+    ``activation`` and ``pool`` name entries of ``components.py``'s registries;
+    ``norm_options`` holds the normalisation's own settings ((key, value) pairs, see
+    ``components.Norm.options``).  Parameters are always float32; ``dtype`` is the
+    computation's.
     """
 
     input_shape: tuple[int, int, int]
@@ -86,6 +87,7 @@ class ModelConfig:
     num_classes: int
     lrn: tuple[float, int, float, float] = (2.0, 5, 1e-4, 0.75)
     norm: str = "lrn"
+    norm_options: tuple[tuple[str, Any], ...] = ()
     norm_position: str = "after_relu"
     pool: str = "overlapping"
     activation: str = "relu"
@@ -94,10 +96,10 @@ class ModelConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        check_choice("norm", self.norm, NORMS)
+        components.NORMS.check(self.norm)
         check_choice("norm_position", self.norm_position, NORM_POSITIONS)
-        check_choice("pool", self.pool, tuple(POOLS))
-        check_choice("activation", self.activation, tuple(ACTIVATIONS))
+        components.POOLS.check(self.pool)
+        components.ACTIVATIONS.check(self.activation)
         check_choice("init", self.init, INITS)
         check_choice("dtype", self.dtype, tuple(DTYPES))
         if self.towers < 1:
@@ -106,6 +108,15 @@ class ModelConfig:
             raise ValueError(f"dropout_rate must be in [0, 1); got {self.dropout_rate}.")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2; got {self.num_classes}.")
+        norm = components.NORMS[self.norm]
+        given = dict(self.norm_options)
+        unknown = set(given) - set(norm.options)
+        if unknown:
+            raise ValueError(f"norm={self.norm} has no setting(s) {sorted(unknown)}; its "
+                             f"settings are: {', '.join(norm.options) or 'none'}.")
+        resolved = tuple((key, given.get(key, default)) for key, default in norm.options.items())
+        norm.check(dict(resolved))
+        object.__setattr__(self, "norm_options", resolved)  # the defaults filled in
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -113,13 +124,13 @@ class ModelConfig:
     def pooled_size(self, size: int) -> int:
         """The height (or width) of pool5's maps for an input ``size`` pixels high (or wide):
         0 where the input is too small for the network."""
-        window, stride = POOLS[self.pool]
+        pooling = components.POOLS[self.pool]
         for i, kernel in enumerate(self.conv_kernels, start=1):
             if i == 1:
                 low, high = _padding_pair(self.conv1_padding, size, kernel, self.conv1_stride)
                 size = max(0, (size + low + high - kernel) // self.conv1_stride + 1)
             if f"conv{i}" in POOLED_LAYERS:
-                size = max(0, (size - window) // stride + 1)
+                size = max(0, (size - pooling.window) // pooling.stride + 1)
         return size
 
     def smallest_input(self) -> int:
@@ -187,6 +198,7 @@ def config_from(model: Any, input_shape: Sequence[int] | None = None,
     """The ``ModelConfig`` an experiment's ``config.model`` describes, for data of
     ``input_shape`` and ``num_classes`` where the config leaves those unset."""
     knobs = {k: model.get(k) for k in KNOBS}
+    knobs["norm_options"] = components.norm_options(model.get("norm", "lrn"), model)
     if knobs["input_shape"] is None and input_shape is not None:
         knobs["input_shape"] = tuple(input_shape)
     if knobs["num_classes"] is None:
@@ -200,38 +212,26 @@ def _frozen(value: Any) -> Any:
 
 # --- the layers ----------------------------------------------------------------------
 
-class LocalResponseNorm(nn.Module):
-    """Local response normalisation across channels, exactly as the paper writes it.
+def norm_site(config: ModelConfig, index: int, layers: kernels.Layers = kernels.PLAIN,
+              train: bool = False, batch_norm_axis: str | None = None) -> components.NormSite:
+    """Where conv``index``'s normalisation is built: one tower's maps and the settings."""
+    return components.NormSite(index=index, channels=config.conv_channels[index - 1],
+                               train=train, dtype=DTYPES[config.dtype], lrn=config.lrn,
+                               lrn_op=layers.lrn, batch_norm_axis=batch_norm_axis,
+                               options=dict(config.norm_options))
 
-        b[c] = a[c] / (k + alpha * sum_{c' in window(c)} a[c']^2) ** beta
 
-    The window holds ``n`` adjacent channels centred on c (for even n: n//2 before,
-    (n-1)//2 after, as PyTorch does) and is clipped at the first and last channel.
-    alpha is NOT divided by n.  Defaults are the paper's: k=2, n=5, alpha=1e-4, beta=0.75.
-
-    The same operation in other libraries (they disagree on dividing alpha by n):
-
-    * ``tf.nn.lrn(x, depth_radius=(n-1)//2, bias=k, alpha=alpha, beta=beta)`` (odd n);
-      the paper's LRN is ``depth_radius=2, bias=2, alpha=1e-4, beta=0.75``.
-    * ``torch.nn.LocalResponseNorm(size=n, alpha=alpha*n, beta=beta, k=k)``; the
-      paper's is ``size=5, alpha=5e-4, beta=0.75, k=2``.
-    * Caffe ``LRN`` (ACROSS_CHANNELS): ``local_size=n, alpha=alpha*n, beta=beta, k=k``;
-      its default k=1 is not the paper's, so k must be set to 2.
-
-    The sum of squares is accumulated in at least float32 whatever the input dtype.
-    """
-
-    k: float = 2.0
-    n: int = 5
-    alpha: float = 1e-4
-    beta: float = 0.75
-    op: Callable = kernels.local_response_norm  # a ``kernels.Layers.lrn``
-
-    @nn.compact
-    def __call__(self, a: jax.Array) -> jax.Array:
-        compute_dtype = jnp.promote_types(a.dtype, jnp.float32)
-        b = self.op(a.astype(compute_dtype), self.k, self.n, self.alpha, self.beta)
-        return b.astype(a.dtype)
+def norm_facts(config: ModelConfig) -> dict[str, dict[str, Any]]:
+    """What each normalisation layer resolved from its settings, by layer name (a
+    group count fitted to the tower's channels, say); empty where there is nothing."""
+    norm = components.NORMS[config.norm]
+    facts = {}
+    for layer in NORMALISED_LAYERS:
+        index = int(layer[-1])
+        found = norm.facts(norm_site(config, index))
+        if found:
+            facts[f"{norm.layer}{index}"] = found
+    return facts
 
 
 def _kernel_init(init: str, scaled_gain: float) -> Callable:
@@ -270,17 +270,11 @@ class Tower(nn.Module):
             return x
         return jax.lax.all_gather(x, self.model_axis, axis=x.ndim - 1, tiled=True)
 
-    def _normalise(self, x: jax.Array, layer: str, train: bool) -> jax.Array:
-        if self.config.norm == "lrn":
-            k, n, alpha, beta = self.config.lrn
-            return LocalResponseNorm(k=k, n=int(n), alpha=alpha, beta=beta, op=self.layers.lrn,
-                                     name=f"lrn{layer[-1]}")(x)
-        if self.config.norm == "batchnorm":
-            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                dtype=DTYPES[self.config.dtype],
-                                axis_name=self.batch_norm_axis if train else None,
-                                use_fast_variance=False, name=f"bn{layer[-1]}")(x)
-        return x
+    def _normalise(self, x: jax.Array, index: int, train: bool) -> jax.Array:
+        norm = components.NORMS[self.config.norm]
+        site = norm_site(self.config, index, self.layers, train, self.batch_norm_axis)
+        layer = norm.build(site, f"{norm.layer}{index}")
+        return x if layer is None else layer(x)
 
     def _dropout(self, x: jax.Array, layer: int, key: jax.Array | None,
                  example_offset: jax.Array | int) -> jax.Array:
@@ -302,9 +296,9 @@ class Tower(nn.Module):
         ``x``'s first row (non-zero on data-parallel replicas)."""
         config, layers = self.config, self.layers
         dtype = DTYPES[config.dtype]
-        act = ACTIVATIONS[config.activation]
-        window, stride = POOLS[config.pool]
-        kernel_init = _kernel_init(config.init, 2.0 if config.activation == "relu" else 1.0)
+        activation = components.ACTIVATIONS[config.activation]
+        pooling = components.POOLS[config.pool]
+        kernel_init = _kernel_init(config.init, activation.gain)
         x = x.astype(dtype)
         for i, (channels, size) in enumerate(zip(config.conv_channels, config.conv_kernels),
                                              start=1):
@@ -319,13 +313,14 @@ class Tower(nn.Module):
                             name=layer)(x)
             normalised = layer in NORMALISED_LAYERS
             if normalised and config.norm_position == "before_relu":
-                x = self._record(f"norm{i}", self._normalise(x, layer, train))
-            x = self._record(layer, act(x))
+                x = self._record(f"norm{i}", self._normalise(x, i, train))
+            x = self._record(layer, activation.fn(x))
             if normalised and config.norm_position == "after_relu":
-                x = self._record(f"norm{i}", self._normalise(x, layer, train))
+                x = self._record(f"norm{i}", self._normalise(x, i, train))
             if layer in POOLED_LAYERS:
                 with jax.named_scope(f"pool{i}"):  # names its ops for profiles
-                    x = self._record(f"pool{i}", layers.max_pool(x, window, stride))
+                    x = self._record(f"pool{i}", layers.max_pool(x, pooling.window,
+                                                                 pooling.stride))
         for i, units in enumerate(config.hidden_units, start=6):
             layer = f"fc{i}"
             # Gathering pool5's maps before flattening keeps fc6's rows in the (h, w, c)
@@ -334,7 +329,7 @@ class Tower(nn.Module):
             x = x.reshape(x.shape[0], -1)
             x = layers.dense(units, dtype=dtype, kernel_init=kernel_init,
                              bias_init=_bias_init(config.init, layer), name=layer)(x)
-            x = act(x)
+            x = activation.fn(x)
             x = self._record(layer, self._dropout(x, i, dropout_key if train else None,
                                                   example_offset))
         partial_logits = layers.dense(config.num_classes, use_bias=False, dtype=dtype,

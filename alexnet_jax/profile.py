@@ -31,10 +31,14 @@ from typing import Any, Callable
 
 import jax
 
+from alexnet_jax import components
+
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _OP_NAME = re.compile(r"metadata=\{[^}]*op_name=\"([^\"]*)\"")
 _OPERAND = re.compile(r"%([\w.\-]+)")
-_LAYER = re.compile(r"/(conv\d+|fc\d+|output|lrn\d+|bn\d+|pool\d+)(?:/|$)")
+# A layer's name in an op's path: the network's own layers, and every normalisation's.
+_LAYER = re.compile(r"/((?:conv|fc|pool|" + "|".join(components.norm_layer_names())
+                    + r")\d+|output)(?:/|$)")
 
 
 def _instructions(compiled_text: str) -> tuple[dict[str, str | None], dict[str, list[str]]]:

@@ -23,12 +23,11 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from alexnet_jax import input_pipeline
-from alexnet_jax.models import DTYPES, AlexNet, ModelConfig, config_from
+from alexnet_jax import components, input_pipeline
+from alexnet_jax.models import DTYPES, AlexNet, ModelConfig, config_from, norm_facts
 
 _STAGE = re.compile(r"(conv|norm|pool|fc)(\d+)_out")
 _KIND_ORDER = {"conv": 0, "fc": 0, "norm": 1, "pool": 2}
-_NORM_PARAMS = ("lrn", "bn")
 
 
 def _size(tree: Any) -> int:
@@ -55,15 +54,18 @@ def layer_table(config: ModelConfig) -> list[dict[str, Any]]:
         kind, index = _STAGE.fullmatch(name).groups()
         return int(index), _KIND_ORDER[kind]
 
+    facts = norm_facts(config)
     rows = []
     for name in sorted(stages, key=order):
         kind, index = _STAGE.fullmatch(name).groups()
         shape = tuple(stages[name][0].shape[2:])  # drop the tower and batch axes
         layer = f"{kind}{index}"
+        row_facts = {}
         if kind == "norm":
-            owned = [tower_params[p + index] for p in _NORM_PARAMS if p + index in tower_params]
-            layer_params = _size(owned)
+            own = f"{components.NORMS[config.norm].layer}{index}"
+            layer_params = _size(tower_params.get(own, {}))
             macs = 0
+            row_facts = facts.get(own, {})
         elif kind == "pool":
             layer_params, macs = 0, 0
         else:
@@ -72,7 +74,8 @@ def layer_table(config: ModelConfig) -> list[dict[str, Any]]:
             # kernel.size already sums the towers (leading tower axis).
             spatial = math.prod(shape[:-1]) if kind == "conv" else 1
             macs = spatial * math.prod(kernel.shape)
-        rows.append(dict(name=layer, shape=shape, params=layer_params, macs=macs))
+        rows.append(dict(name=layer, shape=shape, params=layer_params, macs=macs,
+                         **({"facts": row_facts} if row_facts else {})))
     output_kernel = tower_params["output"]["kernel"]
     rows.append(dict(name="output", shape=(config.num_classes,),
                      params=math.prod(output_kernel.shape) + config.num_classes,
@@ -140,7 +143,9 @@ def format_table(rows: list[dict[str, Any]], towers: int) -> str:
         shape = "x".join(map(str, r["shape"]))
         if r["name"] != "output" and towers > 1:
             shape = f"{towers} x {shape}"
-        lines.append(f"{r['name']:<8} {shape:>22} {r['params']:>13,} {r['macs']:>15,}")
+        facts = ", ".join(f"{k} {v}" for k, v in r.get("facts", {}).items())
+        lines.append(f"{r['name']:<8} {shape:>22} {r['params']:>13,} {r['macs']:>15,}"
+                     + (f"  ({facts})" if facts else ""))
     lines.append(f"{'total':<8} {'':>22} {sum(r['params'] for r in rows):>13,} "
                  f"{sum(r['macs'] for r in rows):>15,}")
     return "\n".join(lines)

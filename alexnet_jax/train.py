@@ -308,7 +308,8 @@ HPARAM_METRICS = ("test_top1_error", "test_top5_error", "test_loss", "validation
 
 
 def hyperparameters(config: Any, model_config: models.ModelConfig) -> dict[str, Any]:
-    """``HPARAMS`` as plain values, the model's resolved where the config leaves them unset."""
+    """``HPARAMS`` as plain values, the model's resolved where the config leaves them unset,
+    and the normalisation's own settings (``components.Norm.options``)."""
     values = {}
     for key in HPARAMS:
         value = config
@@ -317,6 +318,7 @@ def hyperparameters(config: Any, model_config: models.ModelConfig) -> dict[str, 
         if value is None:
             value = getattr(model_config, key.split(".")[-1])
         values[key] = value
+    values.update({f"model.{key}": value for key, value in model_config.norm_options})
     return values
 
 
@@ -527,6 +529,9 @@ def _train_and_evaluate(config: Any, workdir: str, stop: StopSignals) -> dict[st
     summary = _summary(run.history, step, run.wall_s(), pipeline, config)
     summary["checkpoint_s"] = manager.seconds_blocked  # this session's, for the overhead
     summary["layout"], summary["devices"] = layout.kind, layout.num_devices
+    norm_layers = models.norm_facts(model_config)  # what they resolved, e.g. a group count
+    if norm_layers:
+        summary["norm_layers"] = norm_layers
     _write_json(workdir, "summary.json", summary)
     print(f"Test top-1 error {summary['test_top1_error']:.4f}, top-5 "
           f"{summary['test_top5_error']:.4f} after {step} steps; {workdir}/summary.json")

@@ -1,6 +1,7 @@
 """The config schema and its validation: every bad value named, with its fix, before any work."""
 import pytest
 
+from alexnet_jax import components
 from alexnet_jax.config_base import ConfigError, base_config, validate
 
 
@@ -29,8 +30,8 @@ def test_the_experiments_defaults_are_valid():
     ({"batch_size": -1}, r"config.batch_size=-1 must be at least 1"),
     ({"eval_batch_size": 0}, r"config.eval_batch_size=0 must be at least 1"),
     ({"num_epochs": 0}, r"config.num_epochs=0 must be at least 1"),
-    ({"model.norm": "layernorm"}, r"config.model.norm='layernorm' is not one of: lrn, "
-                                  r"batchnorm, none"),
+    ({"model.norm": "layernorm"}, r"config.model.norm='layernorm' is not one of: "
+                                  + ", ".join(components.NORMS)),
     ({"model.variant": "seed"}, r"config.model.variant='seed' is not one of: paper, one_tower, "
                                 r"tf_benchmark, small"),
     ({"data.dataset": "mnist"}, r"config.data.dataset='mnist' is not one of"),

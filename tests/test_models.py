@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from jax import lax
 
-from alexnet_jax import kernels, models
+from alexnet_jax import components, kernels, models
 from alexnet_jax.kernels import onednn
-from alexnet_jax.models import LocalResponseNorm, create_model
+from alexnet_jax.components import LocalResponseNorm
+from alexnet_jax.models import create_model
 from support import lowered_calls, lrn_loop, lrn_numpy
 
 IM2COL = kernels.select("im2col", grouped=True, backend="cpu")
@@ -261,8 +262,9 @@ def test_paper_init_biases_and_weight_scale():
 # --- bad input -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("knob,value,listed", [
-    ("norm", "layernorm", "lrn, batchnorm, none"), ("pool", "avg", "overlapping, non_overlapping"),
-    ("activation", "gelu", "relu, tanh"), ("init", "xavier", "paper, scaled"),
+    ("norm", "layernorm", ", ".join(components.NORMS)),
+    ("pool", "avg", ", ".join(components.POOLS)),
+    ("activation", "gelu", ", ".join(components.ACTIVATIONS)), ("init", "xavier", "paper, scaled"),
     ("dtype", "float16", "float32, bfloat16")])
 def test_unknown_choices_list_the_valid_ones(knob, value, listed):
     with pytest.raises(ValueError, match=f"{value}.*{listed}"):
@@ -294,15 +296,25 @@ def test_smallest_input_is_where_pool5_becomes_empty(variant, smallest):
         assert config.pooled_size(size) == pooled
 
 
-@pytest.mark.parametrize("norm", ["lrn", "batchnorm"])
+@pytest.mark.parametrize("norm", list(components.NORMS))
 def test_every_variable_a_tower_holds_is_marked_where_its_tower_axis_is_created(norm):
+    """Every variable of every layer gets the tower axis's mark, the normalisation's too:
+    in the collections its entry names, under its layer name."""
+    entry = components.NORMS[norm]
+
+    def leaves(tree):
+        return jax.tree.leaves(tree, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+
     for towers in (1, 2):
         model = create_model("small", norm=norm, towers=towers)
         x = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
         specs = nn.get_partition_spec(jax.eval_shape(model.init, jax.random.key(0), x))
-        tower_specs = jax.tree.leaves({k: specs[k]["towers"] for k in ("params", "batch_stats")
-                                       if k in specs},
-                                      is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
-        assert len(tower_specs) == (15 if norm == "lrn" else 23)  # 15 params, BN: +4 and 4 stats
-        assert all(s[0] == models.TOWER_AXIS and set(s[1:]) <= {None} for s in tower_specs)
+        assert set(specs) == {"params", *entry.collections}
+        norm_layers = {f"{entry.layer}1", f"{entry.layer}2"}
+        for collection in specs:
+            tower = specs[collection]["towers"]
+            assert norm_layers <= set(tower) or collection not in entry.collections
+            assert all(s[0] == models.TOWER_AXIS and set(s[1:]) <= {None} for s in leaves(tower))
+        network = {k: v for k, v in specs["params"]["towers"].items() if k not in norm_layers}
+        assert len(leaves(network)) == 15  # conv1-5, fc6, fc7: kernel, bias; output: kernel
         assert specs["params"]["output_bias"] == jax.sharding.PartitionSpec()

@@ -2,7 +2,7 @@
 
     b[c] = a[c] / (k + alpha * sum_{c' in window(c)} a[c']^2) ** beta
 
-``models.LocalResponseNorm`` documents the conventions; this is its arithmetic.
+``components.LocalResponseNorm`` documents the conventions; this is its arithmetic.
 """
 from __future__ import annotations
 
