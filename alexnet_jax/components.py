@@ -132,12 +132,38 @@ def _batch_norm(site: NormSite, name: str) -> Callable:
                         use_fast_variance=False, name=name)
 
 
+def fitted_groups(site: NormSite) -> int:
+    """GroupNorm's group count for one tower's maps: the largest divisor of its channels
+    that is at most ``norm_groups`` (groups must be of equal size).  Wu & He (2018) use 32
+    groups; a tower of 24 maps then gets 24 (one map a group), one of 48 gets 24 (two)."""
+    limit = min(site.options["norm_groups"], site.channels)
+    return max(g for g in range(1, limit + 1) if site.channels % g == 0)
+
+
+def _group_norm(site: NormSite, name: str) -> Callable:
+    """Per-example statistics over each group of maps and all positions: no batch
+    statistics, so each example's output is independent of the rest of its batch."""
+    return nn.GroupNorm(num_groups=fitted_groups(site), epsilon=1e-5, dtype=site.dtype,
+                        use_fast_variance=False, name=name)
+
+
+def _check_groups(options: Mapping[str, Any]) -> None:
+    groups = options["norm_groups"]
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"norm_groups must be a whole number of at least 1; got {groups!r}.")
+
+
 NORMS: Registry[Norm] = Registry("norm", {
     "lrn": Norm("lrn", _lrn, doc="the paper's local response normalisation (its constants "
                 "are the variant's `lrn`)"),
     "batchnorm": Norm("bn", _batch_norm, ("params", "batch_stats"),
                       doc="BatchNorm (Ioffe & Szegedy 2015); statistics over the global batch "
                       "with `model.sync_batch_stats`"),
+    "groupnorm": Norm("gn", _group_norm, ("params",), options={"norm_groups": 32},
+                      check=_check_groups,
+                      facts=lambda site: {"groups": fitted_groups(site), "channels": site.channels},
+                      doc="GroupNorm (Wu & He 2018), `model.norm_groups` fitted to each "
+                      "tower's maps"),
     "none": Norm("", lambda site, name: None, doc="no normalisation"),
 })
 

@@ -17,7 +17,8 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import checkpoints, kernels, models, optim, parallel, train  # noqa: E402
+from alexnet_jax import (checkpoints, components, kernels, models, optim, parallel,  # noqa: E402
+                         train)
 from alexnet_jax.config_base import base_config  # noqa: E402
 from alexnet_jax.kernels import onednn  # noqa: E402
 from support import build, tiny_config  # noqa: E402
@@ -88,7 +89,7 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-7):
     jax.tree_util.tree_map_with_path(check, a, b)
 
 
-@pytest.mark.parametrize("norm", ["lrn", "batchnorm"])
+@pytest.mark.parametrize("norm", list(components.NORMS))
 def test_every_layout_trains_to_the_same_parameters_and_metrics(norm, order_keeping_kernels):
     """Same global batch, seed and dropout: after 1 step and after 20, the same parameters,
     BatchNorm statistics and metrics under single, model (2 devices), data_model (8) and
