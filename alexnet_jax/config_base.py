@@ -7,6 +7,10 @@ dataset's value are typed placeholders: unset means "take it from there".
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Any
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -91,6 +95,43 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint.async_save = True
 
     return config
+
+
+# Keys that change how a run is carried out, not what it computes: a run that differs from
+# another only in these is the same run (``config_hash``).
+UNHASHED_KEYS = ("progress_bar", "checkpoint.async_save", "checkpoint.keep",
+                 "checkpoint.every_steps", "data.data_dir", "data.service_address",
+                 "config_hash")
+
+
+def config_hash(config: Any) -> str:
+    """The identity of a run's results: 16 hex digits of the SHA-256 of its resolved config
+    (a ConfigDict, or a run's ``config.json`` as a dict) without ``UNHASHED_KEYS``.
+
+    A key the config does not have takes today's default, so that a key added since a run
+    was written (with a default that keeps what runs computed before) leaves its hash as
+    it was.  Tuples and lists hash alike (JSON has only lists)."""
+    if isinstance(config, ml_collections.ConfigDict):
+        config = json.loads(config.to_json_best_effort())
+    resolved = _with_defaults(json.loads(base_config().to_json_best_effort()), config)
+    for key in UNHASHED_KEYS:
+        *parents, leaf = key.split(".")
+        node = resolved
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    text = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _with_defaults(defaults: dict, given: dict) -> dict:
+    merged = dict(defaults)
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            merged[key] = _with_defaults(defaults[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 class ConfigError(ValueError):

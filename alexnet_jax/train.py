@@ -220,9 +220,13 @@ def check_workdir(workdir: str) -> None:
 
 
 def write_config(workdir: str, config: Any) -> None:
+    """``config.json``: the resolved config, and its ``config_hash`` (the run's identity
+    for sweeps, ``config_base.config_hash``)."""
     if jax.process_index() == 0:
+        record = {**json.loads(config.to_json_best_effort()),
+                  "config_hash": config_base.config_hash(config)}
         with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+            json.dump(record, f, indent=2)
 
 
 class _Progress:
@@ -528,6 +532,7 @@ def _train_and_evaluate(config: Any, workdir: str, stop: StopSignals) -> dict[st
         writer.close()
     summary = _summary(run.history, step, run.wall_s(), pipeline, config)
     summary["checkpoint_s"] = manager.seconds_blocked  # this session's, for the overhead
+    summary["config_hash"] = config_base.config_hash(config)
     summary["layout"], summary["devices"] = layout.kind, layout.num_devices
     norm_layers = models.norm_facts(model_config)  # what they resolved, e.g. a group count
     if norm_layers:

@@ -11,11 +11,12 @@ for run in "$source"/*/; do
   name=$(basename "$run")
   if [ -f "$run/summary.json" ]; then
     mkdir -p "$dest/$name"
-    cp "$run"/summary.json "$run"/config.json "$run"/metrics.jsonl "$dest/$name/"
+    cp "$run"/summary.json "$run"/metrics.jsonl "$dest/$name/"
   elif ! grep -q "^error: Training loss became" "$run/console.log" 2>/dev/null; then
     continue  # unfinished: it starts again; a diverged run is a result, kept below
   fi
   mkdir -p "$dest/$name"
+  cp "$run"/config.json "$dest/$name/"  # its config hash: what the sweep checks it by
   grep -v "^[IW][0-9]\{4\} " "$run/console.log" > "$dest/$name/console.log" || true
 done
 for file in results.md results.csv curves.png bars.png; do

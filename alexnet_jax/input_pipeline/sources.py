@@ -36,14 +36,16 @@ class DatasetInfo:
     train_split: str
     test_split: str
     family: str  # the preprocessing: "small_images" or "imagenet"
+    sizes: tuple[int, int] = (0, 0)  # the published (train, test) example counts; 0: unknown
 
 
 DATASETS = {
     "fashion_mnist": DatasetInfo("fashion_mnist", (28, 28, 1), 10, "train", "test",
-                                 "small_images"),
-    "cifar10": DatasetInfo("cifar10", (32, 32, 3), 10, "train", "test", "small_images"),
+                                 "small_images", (60_000, 10_000)),
+    "cifar10": DatasetInfo("cifar10", (32, 32, 3), 10, "train", "test", "small_images",
+                           (50_000, 10_000)),
     "imagenet2012": DatasetInfo("imagenet2012", (224, 224, 3), 1000, "train", "validation",
-                                "imagenet"),
+                                "imagenet", (1_281_167, 50_000)),
     # Any class-per-folder dataset (Imagenette, a subset of ImageNet...); the number of
     # classes is the number of folders (the pipeline's num_classes).
     "image_folder": DatasetInfo("image_folder", (224, 224, 3), 0, "train", "val", "imagenet"),
@@ -82,7 +84,7 @@ FETCH_FASHION_MNIST = (
     "`make data` (or by hand: apt-get download dataset-fashion-mnist && "
     "dpkg-deb -x dataset-fashion-mnist_*.deb /tmp/fm && mkdir -p {raw} && "
     "cp /tmp/fm/usr/share/datasets/fashion-mnist/*.gz {raw}/)")
-FASHION_MNIST_SIZES = {"train": 60_000, "test": 10_000}
+FASHION_MNIST_SIZES = dict(zip(("train", "test"), DATASETS["fashion_mnist"].sizes))
 
 
 def read_idx(path: str) -> np.ndarray:

@@ -12,11 +12,20 @@ A sweep file defines ``get_sweep()`` returning a dict:
   first seed; each variant's setting is chosen on ``select`` (a key of the runs'
   ``summary.json``, lowest wins; default ``validation_top1_error``: the validation
   split's error at the end, never test), then the other seeds run at that setting;
-* ``quick``: further overrides under ``--quick`` (smoke tests).
+* ``quick``: further overrides under ``--quick`` (smoke tests);
+* ``precision``: optional, in points of top-1 error: the half-width of the paired 95%
+  interval against the baseline that settles a variant; seeds are then added in rounds
+  (``precision.py``), up to ``max_seeds`` (default 10) per variant, ``seeds`` being the
+  first round.
+
+A run is identified by its resolved config (``config_base.config_hash``), not by its
+name: ``resolved_config`` builds it as the trainer will.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import importlib.util
 import itertools
 import json
@@ -26,8 +35,14 @@ import sys
 from typing import Any, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KEYS = {"base", "variants", "grid", "seeds", "baseline", "overrides", "tune", "select", "quick"}
+KEYS = {"base", "variants", "grid", "seeds", "baseline", "overrides", "tune", "select", "quick",
+        "precision", "max_seeds"}
 DEFAULT_SELECT = "validation_top1_error"
+DEFAULT_MAX_SEEDS = 10
+
+
+class SweepError(ValueError):
+    """A sweep that cannot run as written; the message names the run or key and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +82,18 @@ def load_sweep(path: str) -> dict[str, Any]:
     if "tune" in sweep and not sweep.get("overrides", {}).get("data.validation_examples"):
         raise ValueError(f"{path}: tuning chooses on a validation split; set "
                          "'data.validation_examples' in 'overrides'.")
+    if "precision" in sweep:
+        if not sweep["precision"] > 0:
+            raise ValueError(f"{path}: 'precision' is the interval's half-width in points of "
+                             f"top-1 error and must be positive; got {sweep['precision']!r}.")
+        if len(sweep.get("seeds", [0])) < 2 or max_seeds(sweep) < len(sweep["seeds"]):
+            raise ValueError(f"{path}: 'precision' needs at least 2 'seeds' in the first round "
+                             "(an interval needs two differences) and 'max_seeds' no fewer.")
     return sweep
+
+
+def max_seeds(sweep: dict[str, Any]) -> int:
+    return sweep.get("max_seeds", DEFAULT_MAX_SEEDS)
 
 
 def _value_name(value: Any) -> str:
@@ -112,17 +138,55 @@ def plan(sweep: dict[str, Any], quick: bool = False) -> list[Run]:
     if "tune" in sweep:
         return [_run(sweep, variant, overrides, seeds[0], setting, quick)
                 for variant, overrides in expand(sweep) for setting in tuning_settings(sweep)]
-    return [_run(sweep, variant, overrides, seed, (), quick)
-            for variant, overrides in expand(sweep) for seed in seeds]
+    return plan_seeds(sweep, {variant: () for variant, _ in expand(sweep)}, quick)
 
 
-def plan_seeds(sweep: dict[str, Any], choices: dict[str, tuple], quick: bool = False
-               ) -> list[Run]:
-    """The second stage of a tuned sweep: each variant's every seed at its chosen setting
-    (the first seed's run is the tuning run of that setting)."""
+def plan_seeds(sweep: dict[str, Any], choices: dict[str, tuple], quick: bool = False,
+               seeds: dict[str, list[int]] | None = None) -> list[Run]:
+    """Each variant's seeds at its chosen setting (``()`` without tuning; in a tuned
+    sweep, the first seed's run is the tuning run of that setting): the sweep's
+    ``seeds``, or ``seeds[variant]`` in a later round of a precision sweep."""
+    default = sweep.get("seeds", [0])
     return [_run(sweep, variant, overrides, seed, choices[variant], quick)
             for variant, overrides in expand(sweep) if variant in choices
-            for seed in sweep.get("seeds", [0])]
+            for seed in (seeds or {}).get(variant, default)]
+
+
+@functools.lru_cache(maxsize=None)
+def _experiment(path: str) -> Any:
+    spec = importlib.util.spec_from_file_location("sweep_base_experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def resolved_config(sweep: dict[str, Any], run: Run) -> Any:
+    """The config the run trains with: the base experiment with the run's overrides, as
+    ``python -m alexnet_jax.main`` builds it from ``command``'s flags.  A key the config
+    does not have is a ``SweepError`` naming the run."""
+    config = _experiment(os.path.join(REPO, sweep["base"])).get_config()
+    config.progress_bar = False
+    config.lock()  # as config_flags locks it
+    for key, _ in run.overrides:
+        _check_key(config, key, run)
+    try:
+        config.update_from_flattened_dict(dict(run.overrides))
+    except (KeyError, AttributeError, TypeError, ValueError) as error:
+        raise SweepError(f"variant {run.variant!r} (run {run.name}): "
+                         f"{' '.join(str(error).split())}") from None
+    return config
+
+
+def _check_key(config: Any, key: str, run: Run) -> None:
+    node, path = config, []
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            close = difflib.get_close_matches(part, list(node.keys()) if hasattr(node, "keys")
+                                              else [], n=1)
+            hint = f"; did you mean {'.'.join([*path, close[0]])!r}" if close else ""
+            raise SweepError(f"variant {run.variant!r} (run {run.name}): the config has no key "
+                             f"{key!r}{hint}? (alexnet_jax/config_base.py lists every key.)")
+        node, path = node[part], [*path, part]
 
 
 def read_summary(workdir: str, run: Run) -> dict[str, Any] | None:
@@ -173,13 +237,17 @@ def _flag_value(value: Any) -> str:
 def is_finished(workdir: str, run: Run) -> bool:
     """Its summary is written, or it diverged (a result too: running it again would not
     change it)."""
-    return os.path.exists(os.path.join(workdir, run.name, "summary.json")) or diverged(workdir,
-                                                                                      run)
+    path = os.path.join(workdir, run.name)
+    return os.path.exists(os.path.join(path, "summary.json")) or diverged_at(path)
 
 
 def why_unfinished(workdir: str, run: Run) -> str:
     """The run's own last word: its ``error:`` line (a NaN loss, say), or that it has not run."""
-    path = os.path.join(workdir, run.name, "console.log")
+    return _last_word(os.path.join(workdir, run.name))
+
+
+def _last_word(run_dir: str) -> str:
+    path = os.path.join(run_dir, "console.log")
     if not os.path.exists(path):
         return "not run yet"
     with open(path) as f:
@@ -189,6 +257,10 @@ def why_unfinished(workdir: str, run: Run) -> str:
 
 def diverged(workdir: str, run: Run) -> bool:
     """Its loss became NaN or infinite (its console's last ``error:`` line says so)."""
-    last_word = why_unfinished(workdir, run)
+    return diverged_at(os.path.join(workdir, run.name))
+
+
+def diverged_at(run_dir: str) -> bool:
+    last_word = _last_word(run_dir)
     return last_word.startswith("error:") and ("became nan" in last_word
                                                or "became inf" in last_word)

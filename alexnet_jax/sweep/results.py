@@ -1,9 +1,10 @@
 """A sweep's results: per-run records, statistics over seeds, tables and plots.
 
 ``results.md`` holds the final table (test error mean ± std over seeds, the paired
-difference to the baseline with its 95% interval, steps to 25% training error) and, for
-a tuned sweep, the tuning grid: each variant's validation error per setting, the
-setting chosen, and the settings that diverged.  ``results.csv`` has every run.
+difference to the baseline with its 95% interval and the verdict it supports
+(``precision.py``), steps to 25% training error) and, for a tuned sweep, the tuning grid:
+each variant's validation error per setting, the setting chosen, and the settings that
+diverged.  ``results.csv`` has every run.
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import math
 import os
 from typing import Any, Sequence
 
-from alexnet_jax.sweep.plan import Run, diverged, expand, setting_name, why_unfinished
+from alexnet_jax.sweep.plan import (Run, SweepError, diverged, expand, setting_name,
+                                    why_unfinished)
+from alexnet_jax.sweep.precision import Verdict, difference_interval, mean_std
 
 TRAIN_ERROR_THRESHOLD = 0.25  # the paper's Figure 1: steps to reach 25% training error
 
@@ -58,31 +61,10 @@ def _param_count(config_json: dict[str, Any]) -> int:
     return summary.summarize(ml_collections.ConfigDict(config_json))["params"]
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
-    return mean, std
-
-
-def difference_interval(values: Sequence[float], baseline: Sequence[float]
-                        ) -> tuple[float, float]:
-    """Mean difference and the half-width of its 95% confidence interval (Student's t).
-
-    ``values[i]`` and ``baseline[i]`` share seed i: the difference is paired, which
-    removes what the seed does to both (data order, initialisation).
-    """
-    from scipy import stats
-    differences = [v - b for v, b in zip(values, baseline)]
-    mean, std = mean_std(differences)
-    n = len(differences)
-    if n < 2:
-        return mean, float("nan")
-    return mean, stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
-
-
-def aggregate(records: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
-    """One row per variant: mean +/- std over seeds, and the paired difference to baseline."""
+def aggregate(records: list[dict[str, Any]], baseline: str, precision: float | None = None
+              ) -> list[dict[str, Any]]:
+    """One row per variant: mean +/- std over seeds, and the paired difference to baseline
+    with its verdict at ``precision`` (in error fractions; None: significance only)."""
     by_variant: dict[str, dict[int, dict]] = {}
     for record in records:
         by_variant.setdefault(record["variant"], {})[record["seed"]] = record
@@ -101,6 +83,7 @@ def aggregate(records: list[dict[str, Any]], baseline: str) -> list[dict[str, An
             row["difference"] = difference_interval(
                 [seeds[s]["test_top1_error"] for s in paired],
                 [base[s]["test_top1_error"] for s in paired])
+            row["verdict"] = Verdict(len(paired), *row["difference"], precision)
         rows.append(row)
     return rows
 
@@ -126,10 +109,11 @@ def _percent(pair: tuple[float, float]) -> str:
 def markdown_table(rows: list[dict[str, Any]], baseline: str, title: str) -> str:
     lines = [f"### {title}", "",
              f"Test error in % (mean ± std over seeds); difference to `{baseline}` in points of "
-             "top-1 error, paired by seed, with its 95% confidence interval (Student's t).", "",
+             "top-1 error, paired by seed, with its 95% confidence interval (Student's t), and "
+             "the verdict it supports.", "",
              "| variant | seeds | params | top-1 error | top-5 error | Δ top-1 vs baseline "
-             "| steps to 25% train error | wall s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| verdict | steps to 25% train error | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "difference" in row:
             mean, half = row["difference"]
@@ -139,9 +123,10 @@ def markdown_table(rows: list[dict[str, Any]], baseline: str, title: str) -> str
             diff = "(baseline)" if row["variant"] == baseline else "n/a"
         steps = row["steps_to_25pct_train_error"]
         steps_text = f"{steps[0]:.0f}" if steps else "not reached"
+        verdict = row["verdict"].text() if "verdict" in row else ""
         lines.append(f"| {row['variant']} | {row['seeds']} | {row['params']:,} | "
                      f"{_percent(row['test_top1_error'])} | {_percent(row['test_top5_error'])} | "
-                     f"{diff} | {steps_text} | {row['wall_s'][0]:.0f} |")
+                     f"{diff} | {verdict} | {steps_text} | {row['wall_s'][0]:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -169,7 +154,8 @@ def plot(records: list[dict[str, Any]], rows: list[dict[str, Any]], workdir: str
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_ylim(0, min(100, ax.get_ylim()[1]))
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.suptitle("Per variant: mean over seeds, band = min to max")
     fig.tight_layout()
     paths.append(os.path.join(workdir, "curves.png"))
@@ -241,10 +227,12 @@ def report(sweep: dict[str, Any], runs: Sequence[Run], workdir: str, title: str,
         if record and record["run"] not in final_names:
             tuning_records.append({**record, "stage": "tuning"})
     if not records and not tuning_records:
-        raise RuntimeError(f"No finished runs under {workdir}: nothing to report.")
+        raise SweepError(f"No run under {workdir} has finished: nothing to report yet. Run "
+                         "the sweep first (the same command without --report).")
     write_csv(os.path.join(workdir, "results.csv"), tuning_records + records)
     baseline = sweep.get("baseline") or expand(sweep)[0][0]
-    rows = aggregate(records, baseline)
+    precision = sweep.get("precision")
+    rows = aggregate(records, baseline, precision / 100 if precision else None)
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(markdown_table(rows, baseline, title) if rows else
                 f"### {title}\n\nNo run of the final stage has finished yet.\n")

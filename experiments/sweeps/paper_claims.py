@@ -41,5 +41,5 @@ def get_sweep():
                       "log_every_steps": 10},
         "tune": {"optim.learning_rate": [0.01, 0.03, 0.1]},
         "quick": {"data.max_train_examples": 512, "data.max_test_examples": 256,
-                  "data.validation_examples": 256, "checkpoint.async_save": False},
+                  "data.validation_examples": 256},
     }

@@ -1,0 +1,82 @@
+"""How long a sweep's runs will take, before they start.
+
+From the runs already finished where there are any (each variant's mean ``wall_s``, else
+the mean over every finished run in the directory), otherwise from a short probe: the
+trainer's own step timed on synthetic data (``benchmark.time_train_step``) times the
+run's steps, plus its evaluations at a third of a training step's cost per image.  The
+figures are machine time: what the runs take one after another on this machine.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Sequence
+
+from alexnet_jax.sweep.plan import Run, resolved_config
+
+PROBE_STEPS = 5
+
+
+def finished_wall_times(workdir: str, runs: Sequence[Run]) -> dict[str, list[float]]:
+    """Variant -> the wall times of its runs with a summary ("*" -> every finished run in
+    the directory, of this sweep or not)."""
+    times: dict[str, list[float]] = {"*": []}
+    names = {run.name: run.variant for run in runs}
+    if not os.path.isdir(workdir):
+        return times
+    for name in sorted(os.listdir(workdir)):
+        path = os.path.join(workdir, name, "summary.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                wall = json.load(f).get("wall_s")
+            if wall:
+                times["*"].append(wall)
+                if name in names:
+                    times.setdefault(names[name], []).append(wall)
+    return times
+
+
+def probe_seconds(config: Any) -> float:
+    """One run of ``config`` alone on this machine, estimated from a few timed training
+    steps of its model (single device) on synthetic data."""
+    import time
+
+    from alexnet_jax import benchmark, input_pipeline, models, parallel
+
+    info = input_pipeline.info(config.data.dataset)
+    model = models.config_from(config.model, info.image_shape, info.num_classes or 1000)
+    layout = parallel.create("single", model, implementation=config.model.implementation)
+    started = time.perf_counter()
+    timing = benchmark.time_train_step(layout, config.batch_size, PROBE_STEPS, burn_in=1,
+                                       name="probe: train step")
+    compile_s = time.perf_counter() - started - PROBE_STEPS * timing["mean_s"]
+    train, test = info.sizes
+    if config.data.max_train_examples:
+        train = min(train, config.data.max_train_examples)
+    train -= config.data.validation_examples
+    if config.data.max_test_examples:
+        test = min(test, config.data.max_test_examples)
+    steps = config.num_epochs * (train // config.batch_size)
+    evaluated = (test + config.data.validation_examples) * math.ceil(
+        config.num_epochs / config.eval_every_epochs)
+    per_image = timing["mean_s"] / config.batch_size
+    return compile_s + steps * timing["mean_s"] + evaluated * per_image / 3
+
+
+def estimate(sweep: dict[str, Any], runs: Sequence[Run], workdir: str
+             ) -> tuple[dict[str, float], str]:
+    """Variant -> estimated seconds of one of its runs, and where the figure comes from."""
+    times = finished_wall_times(workdir, runs)
+    variants = list(dict.fromkeys(run.variant for run in runs))
+    if times["*"]:
+        overall = sum(times["*"]) / len(times["*"])
+        source = (f"the mean wall time of the {len(times['*'])} finished runs in {workdir}, "
+                  "per variant where it has some, at the pace they ran")
+        return {v: (sum(times[v]) / len(times[v]) if times.get(v) else overall)
+                for v in variants}, source
+    first = next(run for run in runs if run.variant == variants[0])
+    seconds = probe_seconds(resolved_config(sweep, first))
+    return dict.fromkeys(variants, seconds), (
+        f"a {PROBE_STEPS}-step probe of {first.variant}'s training step on synthetic data "
+        "(no run has finished yet)")
