@@ -127,9 +127,14 @@ def _selection_error(metrics: dict[str, float]) -> float:
     return metrics.get("selection_top1_error", metrics.get("test_top1_error"))
 
 
+def directory_of(workdir: str) -> str:
+    """Where a run's checkpoints live."""
+    return os.path.abspath(os.path.join(workdir, "checkpoints"))
+
+
 class CheckpointManager:
     def __init__(self, workdir: str, config: Any):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = directory_of(workdir)
         self.every_steps = config.checkpoint.every_steps
         self.seconds_blocked = 0.0  # time the training loop spent in save()
         def options(name: str, **settings: Any) -> ocp.CheckpointManagerOptions:
@@ -171,6 +176,25 @@ class CheckpointManager:
                 f"{error}. Free disk space or fix permissions; the earlier checkpoints are intact "
                 "(orbax renames a step into place only once it is complete).") from error
         self.seconds_blocked += time.perf_counter() - started
+
+    def resume(self, state: Any, plateau: PlateauPolicy, restore_from: str = ""
+               ) -> tuple[Any, PlateauPolicy, list[dict], float]:
+        """Where a run starts: its newest intact checkpoint (removing what killed saves left
+        unfinished), else ``restore_from``'s weights, else the given fresh state; says
+        which.  (state, plateau policy, evaluation history, wall time so far.)"""
+        try:
+            state, plateau, history, wall_s = self.restore_or_keep(state, plateau)
+        except CheckpointError:
+            self.close()
+            raise
+        for name in self.remove_unfinished():
+            print(f"Removed {name}, a checkpoint a killed save left unfinished.")
+        if int(state.step):
+            print(f"Resuming from the checkpoint of step {int(state.step)} in {self.directory}.")
+        elif restore_from:
+            state = state.replace(**load_weights(restore_from, state))
+            print(f"Starting from the weights in {restore_from}.")
+        return state, plateau, history, wall_s
 
     def restore_or_keep(self, state: Any, plateau: PlateauPolicy
                         ) -> tuple[Any, PlateauPolicy, list[dict], float]:

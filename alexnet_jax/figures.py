@@ -55,7 +55,7 @@ def make_feature_extractor(model: Any, state: train.TrainState):
 
     @jax.jit
     def extract(images):
-        variables = train._variables(state, state.params)
+        variables = train.variables_of(state, state.params)
         logits, inter = model.apply(variables, images, mutable=["intermediates"])
         stages = inter["intermediates"]["towers"]
         last = sorted(k for k in stages if k.startswith("fc"))[-1]

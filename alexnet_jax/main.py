@@ -6,20 +6,24 @@
 Running it again on the same workdir resumes from the latest checkpoint.  Multi-host:
 start one process per host with ``--coordinator_address=HOST:PORT --num_processes=N
 --process_id=I`` (or ``--distributed`` where JAX detects the cluster: Cloud TPU,
-SLURM, Open MPI); see README "Multi-device and multi-host".
+SLURM, Open MPI); see README "Multi-device and multi-host".  Each such process trains in
+a child that ``supervisor.py`` watches, so that a lost process ends the others with one
+line.
 
 A bad command ends as one line on stderr, without a traceback (``--verbose`` or
 ``ALEXNET_JAX_VERBOSE=1`` shows it), and its exit status says what happened:
 
 * 2: the command was rejected (a bad flag or config value, a checkpoint that does not
   fit the config); nothing of the workdir was changed;
-* 1: the run failed (missing or corrupt data, a non-finite loss, no intact checkpoint);
+* 1: the run failed (missing or corrupt data, a non-finite loss, no intact checkpoint,
+  another process of a multi-host run lost);
 * 143 (SIGTERM) or 130 (SIGINT): the run was interrupted after writing a checkpoint;
   the same command resumes it.
 """
 import os
 import re
 import sys
+import time
 
 if __name__ == "__main__":  # before JAX starts: see kernels/malloc_tunables.py
     from alexnet_jax.kernels import malloc_tunables
@@ -29,7 +33,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import checkpoints, config_base, input_pipeline, parallel, train
+from alexnet_jax import (checkpoints, config_base, input_pipeline, parallel, run_io, supervisor,
+                         train)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -40,6 +45,12 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-host: number of
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Multi-host with the cluster detected by jax.distributed.")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 60, "Multi-host: seconds without a process's heartbeats after "
+    "which the others stop, saying it was lost.")
+_STOP_DEADLINE = flags.DEFINE_float(
+    "stop_deadline_s", run_io.STOP_DEADLINE_S, "After SIGTERM or SIGINT, seconds a process "
+    "may take to reach a step where every process saves, before it exits without saving.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of an error.")
 
 COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax", "xla")
@@ -83,6 +94,19 @@ def _flag_message(error: BaseException, argv: list[str]) -> str:
     return message
 
 
+def lost_peer(error: Exception) -> None:
+    """A collective failed in a multi-host run: another process is gone.  Under the
+    supervisor, which names it, wait for the runtime to confirm (it ends this process
+    once the lost one's heartbeats are overdue); alone, say so and end."""
+    supervisor.report(supervisor.LOST)
+    if supervisor.supervised():
+        time.sleep(_HEARTBEAT_TIMEOUT.value + 30)
+    print(f"error: A collective with another process failed ({str(error).splitlines()[0]}): "
+          "a process of this run was lost. Restart every process with the same command to "
+          "resume from its last checkpoint.", file=sys.stderr, flush=True)
+    os._exit(FAILED)  # not through jax.distributed's shutdown, which would wait for it
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax narrates every save at INFO
     if len(argv) > 1:
@@ -92,13 +116,22 @@ def main(argv):
     if jax.config.jax_compilation_cache_dir is None:
         # Steps are compiled per run; a resumed or repeated run loads them from here.
         jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
-    if (_DISTRIBUTED.value or _COORDINATOR.value or _NUM_PROCESSES.value
-            or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+    multi_host = bool(_DISTRIBUTED.value or _COORDINATOR.value or _NUM_PROCESSES.value
+                      or os.environ.get("JAX_COORDINATOR_ADDRESS"))
+    if multi_host and not supervisor.supervised():
+        sys.exit(supervisor.supervise(
+            [sys.executable, *sys.orig_argv[1:]], checkpoints.directory_of(_WORKDIR.value),
+            *parallel.process_identity(_PROCESS_ID.value, _NUM_PROCESSES.value)))
+    if multi_host:
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                        _PROCESS_ID.value)
+                                        _PROCESS_ID.value, _HEARTBEAT_TIMEOUT.value)
     try:
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except train.TrainingInterrupted as stop:
+        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STOP_DEADLINE.value)
+    except jax.errors.JaxRuntimeError as error:
+        if jax.process_count() == 1:
+            raise
+        lost_peer(error)
+    except run_io.TrainingInterrupted as stop:
         print(stop, file=sys.stderr)
         sys.exit(128 + stop.signum)
     except REJECTIONS as error:

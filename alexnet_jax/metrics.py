@@ -8,6 +8,10 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+TEN_CROP = "10crop_"  # the prefix of the metrics of the paper's 10-patch evaluation
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
@@ -20,6 +24,19 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
     return -jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=1)[:, 0]
+
+
+def first_non_finite(window: list[dict]) -> int | None:
+    """The index of the first step of ``window`` (per-step metrics) whose loss is not finite."""
+    losses = np.asarray(jax.device_get([m["loss"] for m in window]), np.float64)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return int(bad[0]) if bad.size else None
+
+
+def mean_metrics(window: list[dict]) -> dict[str, float]:
+    """Each metric's mean over ``window``'s steps, fetched from the devices at once."""
+    fetched = jax.device_get(window)
+    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
 class MetricWriter:

@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from alexnet_jax import kernels
@@ -152,6 +153,18 @@ class Layout:
 
         return jax.tree.map(put, tree, specs)
 
+    def place_state(self, state: Any, tx: Any) -> Any:
+        """Places a training state (``train.TrainState``) by its PartitionSpecs: the model's
+        variables by their marks, the optimiser's (``tx``'s) copies of the parameters
+        likewise, everything else replicated."""
+        specs, replicated = self.variable_specs, P()
+        opt_specs = optax.tree_map_params(
+            tx, lambda _, spec: spec, state.opt_state, specs["params"],
+            transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, P))
+        return self.place(state, state.replace(
+            step=replicated, params=specs["params"], opt_state=opt_specs, rng=replicated,
+            batch_stats=specs["batch_stats"] if state.batch_stats else {}))
+
     def shard_batch(self, batch: dict[str, np.ndarray]) -> Any:
         """This process's rows of a global batch -> global arrays split over "data"."""
         if self.mesh is None:
@@ -224,17 +237,26 @@ def create(parallelism: str, config: ModelConfig, num_devices: int = 0,
     return Layout(kind, AlexNet(config, layers, batch_norm_axis), Mesh(grid, (DATA_AXIS,)), specs)
 
 
+def process_identity(process_id: int = -1, num_processes: int = 0) -> tuple[int, int]:
+    """(this process's index, the number of processes) as given or in the environment
+    (-1 and 0 where JAX will detect them)."""
+    index = process_id if process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", -1))
+    return index, num_processes or int(os.environ.get("JAX_NUM_PROCESSES", 0))
+
+
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
-                           process_id: int = -1) -> None:
+                           process_id: int = -1, heartbeat_timeout_s: int = 60) -> None:
     """Starts ``jax.distributed`` (one process per host) before any other JAX call.
 
     Arguments left unset are read from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``
     and ``JAX_PROCESS_ID``; where those are unset too, JAX detects the cluster itself
-    (Cloud TPU, SLURM, Open MPI).  CPU processes exchange data through gloo.
+    (Cloud TPU, SLURM, Open MPI).  CPU processes exchange data through gloo.  A process
+    whose heartbeats stop for ``heartbeat_timeout_s`` is taken for lost, and the others
+    end (``supervisor.py``).
     """
     address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
-    count = num_processes or int(os.environ.get("JAX_NUM_PROCESSES", 0)) or None
-    index = process_id if process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", -1))
+    index, count = process_identity(process_id, num_processes)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU backend only
-    jax.distributed.initialize(coordinator_address=address, num_processes=count,
-                               process_id=None if index < 0 else index)
+    jax.distributed.initialize(coordinator_address=address, num_processes=count or None,
+                               process_id=None if index < 0 else index,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s)

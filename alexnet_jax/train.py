@@ -1,20 +1,16 @@
-"""The one trainer: TrainState, the pure step functions, and train_and_evaluate.
+"""The one trainer: TrainState, the pure step functions, and the training loop.
 
 Every model, dataset and layout goes through ``train_and_evaluate(config, workdir)``;
 sweeps, benchmarks and figures call it or its pieces.  The step functions are pure
 (``train_step``, ``eval_step``); ``make_steps`` jit-compiles them for one run, closed
 over that run's model (its layout's ``apply``) and optimiser, so the state holds arrays
-only.  The loop is a list of periodic actions: log, evaluate, checkpoint, stop.
+only.  ``Trainer.train`` is the loop; what a run does around it (files, the console,
+signals) is ``run_io.py``'s.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
-import signal
-import tempfile
-import threading
 import time
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -25,10 +21,10 @@ import numpy as np
 import optax
 
 from alexnet_jax import (checkpoints, config_base, input_pipeline, kernels, models, optim,
-                         parallel, visualize)
-from alexnet_jax.metrics import MetricWriter, cross_entropy, topk_correct
+                         parallel, run_io, supervisor, visualize)
+from alexnet_jax.metrics import (TEN_CROP, MetricWriter, cross_entropy, first_non_finite,
+                                 mean_metrics, topk_correct)
 
-TEN_CROP = "10crop_"  # the prefix of the metrics of the paper's 10-patch evaluation
 
 
 @flax.struct.dataclass
@@ -47,7 +43,8 @@ class TrainState:
     rng: jax.Array
 
 
-def _variables(state: TrainState, params: Any) -> dict[str, Any]:
+def variables_of(state: TrainState, params: Any) -> dict[str, Any]:
+    """The model's variables: ``params`` and the state's BatchNorm statistics, if any."""
     if state.batch_stats:
         return {"params": params, "batch_stats": state.batch_stats}
     return {"params": params}
@@ -62,7 +59,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Call
     images = batch["image"] if augmentation is None else augmentation.train(batch)
 
     def loss_fn(params):
-        logits, updates = apply_fn(_variables(state, params), images, train=True,
+        logits, updates = apply_fn(variables_of(state, params), images, train=True,
                                    rngs={"dropout": dropout_key}, mutable=["batch_stats"])
         return cross_entropy(logits, batch["label"]).mean(), (logits, updates)
 
@@ -91,7 +88,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Calla
     labels, mask = batch["label"], batch["mask"]
     views = images.shape[1] if images.ndim == 5 else 1
     flat = images.reshape(-1, *images.shape[-3:])
-    logits = apply_fn(_variables(state, state.params), flat, train=False)
+    logits = apply_fn(variables_of(state, state.params), flat, train=False)
     logits = logits.reshape(images.shape[0], views, -1)
     sums = _masked_sums(logits[:, center_view if views > 1 else 0], labels, mask)
     if views > 1:
@@ -151,22 +148,7 @@ def create_train_state(seed: int, layout: parallel.Layout,
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
                        rng=run_key)
-    return layout.place(state, state_specs(layout, tx, state))
-
-
-def state_specs(layout: parallel.Layout, tx: optax.GradientTransformation,
-                state: TrainState) -> TrainState:
-    """The PartitionSpecs of ``state``: the model's variables by their marks, the
-    optimiser's copies of the parameters likewise, everything else replicated."""
-    specs = layout.variable_specs
-    replicated = jax.sharding.PartitionSpec()
-    opt_specs = optax.tree_map_params(
-        tx, lambda _, spec: spec, state.opt_state, specs["params"],
-        transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-    return TrainState(step=replicated, params=specs["params"],
-                      batch_stats=specs["batch_stats"] if state.batch_stats else {},
-                      opt_state=opt_specs, rng=replicated)
+    return layout.place_state(state, tx)
 
 
 def evaluate(eval_step: Callable, state: TrainState, batches: Iterator[dict],
@@ -190,218 +172,82 @@ def evaluate(eval_step: Callable, state: TrainState, batches: Iterator[dict],
     return result
 
 
-
 class EvaluationInterrupted(Exception):
     """A stop was requested during an evaluation, which was abandoned."""
 
 
-def first_non_finite(window: list[dict]) -> int | None:
-    """The index of the first step of ``window`` (per-step metrics) whose loss is not finite."""
-    losses = np.asarray(jax.device_get([m["loss"] for m in window]), np.float64)
-    bad = np.flatnonzero(~np.isfinite(losses))
-    return int(bad[0]) if bad.size else None
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """What one session of training works with, fixed while it trains."""
+
+    config: Any
+    pipeline: input_pipeline.Pipeline
+    layout: parallel.Layout
+    steps: Steps
+    manager: checkpoints.CheckpointManager
+    writer: MetricWriter
+    stop: run_io.StopSignals
 
 
-def _mean_metrics(history: list[dict]) -> dict[str, float]:
-    fetched = jax.device_get(history)
-    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+class Trainer:
+    """The loop, and what it changes: the state, the plateau policy, the evaluations."""
 
-
-def check_workdir(workdir: str) -> None:
-    """That the workdir can be written (created if missing), leaving nothing behind."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        # A probe of its own per process: the processes of a multi-host run share the workdir.
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test."):
-            pass
-    except OSError as error:
-        raise PermissionError(f"Cannot write to workdir {workdir!r} ({error.strerror}); choose "
-                              "another --workdir or fix its permissions.") from error
-
-
-def write_config(workdir: str, config: Any) -> None:
-    """``config.json``: the resolved config, and its ``config_hash`` (the run's identity
-    for sweeps, ``config_base.config_hash``)."""
-    if jax.process_index() == 0:
-        record = {**json.loads(config.to_json_best_effort()),
-                  "config_hash": config_base.config_hash(config)}
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(record, f, indent=2)
-
-
-class _Progress:
-    """A console progress bar with loss, error, images/s and time left (tqdm)."""
-
-    def __init__(self, enabled: bool, total: int, initial: int):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-
-    def update(self, steps: int, metrics: dict[str, float] | None = None) -> None:
-        if self.bar is None:
-            return
-        self.bar.update(steps)
-        if metrics:
-            self.bar.set_postfix(loss=f"{metrics['train_loss']:.3f}",
-                                 err=f"{metrics['train_top1_error']:.3f}",
-                                 img_s=f"{metrics['images_per_s']:.0f}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class TrainingInterrupted(Exception):
-    """SIGTERM or SIGINT arrived; the latest checkpoint is complete and the run resumes."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
-
-
-class StopSignals:
-    """Turns SIGTERM and SIGINT into a request to stop at the next safe point: after the
-    current step, between evaluation batches, or between the steps of start-up."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def check(self, where: str) -> None:
-        """Raises ``TrainingInterrupted`` if a signal arrived (before any checkpoint)."""
-        if self.received is not None:
-            raise TrainingInterrupted(f"Stopped by {signal.Signals(self.received).name} "
-                                      f"{where}.", self.received)
-
-
-def _truncate_metrics(workdir: str, step: int) -> None:
-    """Drops records written after ``step`` by a run that died before its next checkpoint,
-    so that the resumed run's records follow on without duplicates."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if jax.process_index() != 0 or not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(lines)
-    os.replace(path + ".tmp", path)
-
-
-# The hyperparameters every run declares for TensorBoard's HParams view, and its results.
-HPARAMS = ("model.variant", "model.norm", "model.norm_position", "model.pool",
-           "model.activation", "model.towers", "model.dropout_rate", "optim.learning_rate",
-           "optim.schedule", "batch_size", "num_epochs", "seed")
-HPARAM_METRICS = ("test_top1_error", "test_top5_error", "test_loss", "validation_top1_error",
-                  "validation_loss", "train_loss", "train_top1_error")
-
-
-def hyperparameters(config: Any, model_config: models.ModelConfig) -> dict[str, Any]:
-    """``HPARAMS`` as plain values, the model's resolved where the config leaves them unset,
-    and the normalisation's own settings (``components.Norm.options``)."""
-    values = {}
-    for key in HPARAMS:
-        value = config
-        for part in key.split("."):
-            value = value[part]
-        if value is None:
-            value = getattr(model_config, key.split(".")[-1])
-        values[key] = value
-    values.update({f"model.{key}": value for key, value in model_config.norm_options})
-    return values
-
-
-@dataclasses.dataclass
-class Periodic:
-    """An action of the training loop, taken after every step where ``due(step)`` holds."""
-
-    name: str
-    due: Callable[[int], bool]
-    run: Callable[[int], None]
-
-
-class _TrainingRun:
-    """One session of training: the state, what has been logged, and the loop's actions."""
-
-    def __init__(self, config: Any, pipeline: Any, layout: parallel.Layout, steps: Steps,
-                 manager: checkpoints.CheckpointManager, state: TrainState,
-                 plateau: optim.PlateauPolicy, history: list[dict], writer: MetricWriter,
-                 wall_before: float, start_time: float, stop: StopSignals):
-        self.config, self.pipeline, self.layout = config, pipeline, layout
-        self.steps, self.manager, self.stop, self.writer = steps, manager, stop, writer
-        self.state, self.plateau, self.history = state, plateau, history
-        self.steps_per_epoch = pipeline.steps_per_epoch
-        self.start_time, self.wall_before = start_time, wall_before
-        self.progress = _Progress(config.progress_bar, self.steps_per_epoch * config.num_epochs,
-                                  int(state.step))
-        self.window: list[dict] = []
+    def __init__(self, session: Session, state: TrainState, plateau: optim.PlateauPolicy,
+                 history: list[dict], wall_before: float, started: float):
+        self.session, self.state, self.plateau, self.history = session, state, plateau, history
+        self.config, self.pipeline = session.config, session.pipeline
+        self.steps_per_epoch = session.pipeline.steps_per_epoch
+        self.started, self.wall_before = started, wall_before
+        self.progress = run_io.Progress(self.config.progress_bar,
+                                        self.steps_per_epoch * self.config.num_epochs,
+                                        int(state.step))
+        self.window: list[dict] = []  # the steps' metrics since the last log
         self.window_start = time.time()
 
     def wall_s(self) -> float:
-        return self.wall_before + time.time() - self.start_time
-
-    def end_of_epoch(self, step: int) -> bool:
-        return step % self.steps_per_epoch == 0
+        return self.wall_before + time.time() - self.started
 
     def evaluation_due(self, step: int) -> bool:
-        epoch = step // self.steps_per_epoch
-        return step > 0 and self.end_of_epoch(step) and (
-            epoch % self.config.eval_every_epochs == 0 or epoch == self.config.num_epochs)
-
-    def actions(self) -> list[Periodic]:
-        """In this order after a step: log the training metrics (also before a checkpoint,
-        whose state must have a finite loss), evaluate at the end of evaluation epochs,
-        checkpoint, and stop when a signal asked for it."""
-        config, every = self.config, self.config.checkpoint.every_steps
-
-        def checkpoint_due(step: int) -> bool:
-            return bool(every and step % every == 0) or self.end_of_epoch(step) \
-                or self.stop.received is not None
-
-        return [
-            Periodic("log", lambda step: step % config.log_every_steps == 0
-                     or checkpoint_due(step), self.log),
-            Periodic("evaluate", self.evaluation_due, self.evaluate),
-            Periodic("checkpoint", checkpoint_due, self.checkpoint),
-            Periodic("stop", lambda step: self.stop.received is not None, self.interrupt),
-        ]
-
-    def batches(self) -> Iterator[dict]:
-        step = int(self.state.step)
-        for epoch in range(step // self.steps_per_epoch, self.config.num_epochs):
-            yield from self.pipeline.train_batches(epoch, start_step=step % self.steps_per_epoch)
-            step = 0
+        epoch, config = step // self.steps_per_epoch, self.config
+        return step > 0 and step % self.steps_per_epoch == 0 and (
+            epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs)
 
     def train(self) -> int:
-        """Trains to the end of the last epoch; returns the step reached."""
-        actions = self.actions()
+        """Trains to the end of the last epoch; returns the step reached.  After each step,
+        in this order: log the metrics (also before a checkpoint, whose state must have
+        had a finite loss), evaluate at the end of an evaluation epoch, checkpoint every
+        ``checkpoint.every_steps`` and at each epoch's end.  A stop (``run_io.StopSignals``)
+        is taken between steps, at a step every process agrees on, with a checkpoint."""
         step = int(self.state.step)
         if self.evaluation_due(step) and not (self.history and self.history[-1]["step"] == step):
             self.evaluate(step)  # one a stop cut short: the resumed run evaluates first
             self.checkpoint(step)
-        for batch in self.batches():
-            self.state, metrics = self.steps.train(self.state, self.layout.shard_batch(batch))
+        batches = self.batches(step)
+        while not self.session.stop.stop_here(step):
+            batch = next(batches, None)
+            if batch is None:
+                return step
+            self.state, metrics = self.session.steps.train(
+                self.state, self.session.layout.shard_batch(batch))
             self.window.append(metrics)
             step += 1
-            for action in actions:
-                if action.due(step):
-                    action.run(step)
-        return step
+            supervisor.report(str(step))
+            checkpoint_due = (self.session.manager.should_save(step)
+                              or step % self.steps_per_epoch == 0)
+            if step % self.config.log_every_steps == 0 or checkpoint_due:
+                self.log(step)
+            if self.evaluation_due(step):
+                self.evaluate(step)
+            if checkpoint_due:
+                self.checkpoint(step)
+        self.log(step)
+        self.checkpoint(step)
+        self.interrupt(step)
+
+    def batches(self, step: int) -> Iterator[dict]:
+        for epoch in range(step // self.steps_per_epoch, self.config.num_epochs):
+            yield from self.pipeline.train_batches(epoch, start_step=step % self.steps_per_epoch)
+            step = 0
 
     def log(self, step: int) -> None:
         if not self.window:
@@ -414,39 +260,38 @@ class _TrainingRun:
                 f"Training loss became {loss} at step {first}; stopping. Nothing from that "
                 "step on was saved: the run's checkpoints are those before it. Lower the "
                 "learning rate, or check the data.")
-        means = _mean_metrics(self.window)
-        elapsed = time.time() - self.window_start
+        means = mean_metrics(self.window)
         record = {"epoch": step / self.steps_per_epoch,
                   **{f"train_{k}": v for k, v in means.items() if k != "learning_rate"},
                   "learning_rate": means["learning_rate"],
-                  "images_per_s": len(self.window) * self.config.batch_size / elapsed}
-        self.writer.write(step, record)
+                  "images_per_s": len(self.window) * self.config.batch_size
+                  / (time.time() - self.window_start)}
+        self.session.writer.write(step, record)
         self.progress.update(len(self.window), record)
         self.window, self.window_start = [], time.time()
 
     def evaluate(self, step: int) -> None:
         """Every evaluation split (validation where held out, then test); the plateau policy
         and "best" read the validation error where there is one."""
-        epoch = step // self.steps_per_epoch
-        stop = lambda: self.stop.received is not None  # noqa: E731
         results = {}
         try:
             for split in self.pipeline.evaluation_splits:
-                results[split] = evaluate(self.steps.eval, self.state, self.pipeline.eval_batches(
-                    self.config.eval_batch_size, split), self.layout, stop)
+                results[split] = evaluate(
+                    self.session.steps.eval, self.state,
+                    self.pipeline.eval_batches(self.config.eval_batch_size, split),
+                    self.session.layout, self.session.stop.interrupts_evaluation)
         except EvaluationInterrupted:
             self.checkpoint(step)  # without this evaluation: the resumed run does it first
             self.interrupt(step)
         test = results["test"]
-        entry = {"step": step, "epoch": epoch, **test,
-                 **{f"validation_{k}": v for k, v in results.get("validation", {}).items()}}
-        entry["selection_top1_error"] = results.get("validation", test)["top1_error"]
+        entry = {"step": step, "epoch": step // self.steps_per_epoch, **test,
+                 **{f"validation_{k}": v for k, v in results.get("validation", {}).items()},
+                 "selection_top1_error": results.get("validation", test)["top1_error"]}
         self.history.append(entry)
-        self.writer.write(step, {"epoch": epoch, **{f"{split}_{k}": v for split in results
-                                                    for k, v in results[split].items()}})
-        kernels = np.asarray(jax.device_get(self.state.params["towers"]["conv1"]["kernel"]))
-        self.writer.image(step, "conv1_kernels", visualize.figure_pixels(
-            visualize.conv1_figure(kernels, step)))
+        self.session.writer.write(step, {"epoch": entry["epoch"], **{
+            f"{split}_{k}": v for split in results for k, v in results[split].items()}})
+        self.session.writer.image(step, "conv1_kernels",
+                                  visualize.conv1_pixels(self.state.params, step))
         if self.config.optim.schedule == "plateau" and \
                 self.plateau.update(entry["selection_top1_error"]):
             self.state = self.state.replace(opt_state=optim.scale_learning_rate(
@@ -454,34 +299,33 @@ class _TrainingRun:
         self.window_start = time.time()
 
     def checkpoint(self, step: int) -> None:
-        self.manager.save(step, self.state, self.plateau, self.history, self.wall_s())
+        self.session.manager.save(step, self.state, self.plateau, self.history, self.wall_s())
         self.window_start = time.time()
 
     def interrupt(self, step: int) -> None:
-        name = signal.Signals(self.stop.received).name
-        raise TrainingInterrupted(
-            f"Stopped by {name} at step {step}; its checkpoint is in {self.manager.directory}. "
-            "Run the same command again to resume.", self.stop.received)
-
-    def close(self) -> None:
-        self.progress.close()
+        signum = self.session.stop.received
+        raise run_io.TrainingInterrupted(
+            f"Stopped by {run_io.signal_name(signum)} at step {step}; its checkpoint is in "
+            f"{self.session.manager.directory}. Run the same command again to resume.", signum)
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: Any, workdir: str,
+                       stop_deadline_s: float = run_io.STOP_DEADLINE_S) -> dict[str, Any]:
     """Trains ``config``'s experiment in ``workdir`` (resuming what is there), evaluates it,
-    and writes ``summary.json``; returns the summary.
+    and writes ``summary.json``; returns the summary.  A signal stops it within
+    ``stop_deadline_s`` (``run_io.StopSignals``).
 
     Nothing in the workdir changes before the config has been checked, the data read and
     the checkpoint being resumed found to fit the config: a rejected command leaves an
     existing run as it was."""
     config_base.validate(config, jax.device_count(), jax.process_count())
-    with StopSignals() as stop:
+    with run_io.StopSignals(stop_deadline_s, checkpoints.directory_of(workdir)) as stop:
         return _train_and_evaluate(config, workdir, stop)
 
 
-def _train_and_evaluate(config: Any, workdir: str, stop: StopSignals) -> dict[str, Any]:
-    start_time = time.time()
-    check_workdir(workdir)
+def _train_and_evaluate(config: Any, workdir: str, stop: run_io.StopSignals) -> dict[str, Any]:
+    started = time.time()
+    run_io.check_workdir(workdir)
     pipeline = input_pipeline.create_pipeline(config, jax.process_index(), jax.process_count())
     stop.check("while reading the data; nothing was changed")
     model_config = models.config_from(config.model, pipeline.image_shape, pipeline.num_classes)
@@ -490,21 +334,10 @@ def _train_and_evaluate(config: Any, workdir: str, stop: StopSignals) -> dict[st
     tx = create_optimizer(config, model_config, pipeline.steps_per_epoch)
     steps = make_steps(layout, tx, pipeline.center_view, pipeline.device)
     manager = checkpoints.CheckpointManager(workdir, config)
-    try:
-        state, plateau, history, wall_before = manager.restore_or_keep(
-            create_train_state(config.seed, layout, tx),
-            optim.PlateauPolicy.from_config(config.optim))
-    except checkpoints.CheckpointError:
-        manager.close()
-        raise
+    state, plateau, history, wall_before = manager.resume(
+        create_train_state(config.seed, layout, tx), optim.PlateauPolicy.from_config(config.optim),
+        config.restore_from)
     step = int(state.step)
-    for name in manager.remove_unfinished():
-        print(f"Removed {name}, a checkpoint a killed save left unfinished.")
-    if step:
-        print(f"Resuming from the checkpoint of step {step} in {manager.directory}.")
-    elif config.restore_from:
-        state = state.replace(**checkpoints.load_weights(config.restore_from, state))
-        print(f"Starting from the weights in {config.restore_from}.")
     if config.eval_only:
         manager.close()
         if not step and not config.restore_from:
@@ -512,41 +345,33 @@ def _train_and_evaluate(config: Any, workdir: str, stop: StopSignals) -> dict[st
                 f"eval_only: no checkpoint in {manager.directory} and no restore_from given.")
         return _evaluate_only(steps, state, pipeline, config, workdir, layout)
     stop.check("during start-up; nothing was changed")
-    write_config(workdir, config)
-    _truncate_metrics(workdir, step)  # also a run killed before its first checkpoint
+    run_io.write_config(workdir, config)
+    run_io.truncate_metrics(workdir, step)  # also a run killed before its first checkpoint
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     writer.text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```")
-    writer.hyperparameters(hyperparameters(config, model_config), HPARAM_METRICS)
+    writer.hyperparameters(run_io.hyperparameters(config, model_config), run_io.HPARAM_METRICS)
     print(f"{config.model.variant} AlexNet on {config.data.dataset}: {pipeline.num_train} "
           f"training examples, {pipeline.steps_per_epoch} steps/epoch x {config.num_epochs} "
           f"epochs, batch {config.batch_size}; {layout.describe(config.batch_size)}.")
-    run = _TrainingRun(config, pipeline, layout, steps, manager, state, plateau, history,
-                       writer, wall_before, start_time, stop)
+    trainer = Trainer(Session(config, pipeline, layout, steps, manager, writer, stop),
+                      state, plateau, history, wall_before, started)
     try:
-        step = run.train()
+        step = trainer.train()
     finally:
-        run.close()
+        trainer.progress.close()
         manager.close()
         if step == pipeline.steps_per_epoch * config.num_epochs:
             writer.finished()
         writer.close()
-    summary = _summary(run.history, step, run.wall_s(), pipeline, config)
-    summary["checkpoint_s"] = manager.seconds_blocked  # this session's, for the overhead
-    summary["config_hash"] = config_base.config_hash(config)
-    summary["layout"], summary["devices"] = layout.kind, layout.num_devices
-    norm_layers = models.norm_facts(model_config)  # what they resolved, e.g. a group count
-    if norm_layers:
-        summary["norm_layers"] = norm_layers
-    _write_json(workdir, "summary.json", summary)
+    summary = run_io.run_summary(trainer.history, step, trainer.wall_s(), pipeline, config)
+    summary.update(checkpoint_s=manager.seconds_blocked,  # this session's, for the overhead
+                   layout=layout.kind, devices=layout.num_devices,
+                   **{"norm_layers": facts for facts in [models.norm_facts(model_config)]
+                      if facts})  # what the normalisation resolved, e.g. a group count
+    run_io.write_json(workdir, "summary.json", summary)
     print(f"Test top-1 error {summary['test_top1_error']:.4f}, top-5 "
           f"{summary['test_top5_error']:.4f} after {step} steps; {workdir}/summary.json")
     return summary
-
-
-def _write_json(workdir: str, name: str, record: dict[str, Any]) -> None:
-    if jax.process_index() == 0:  # the primary process writes for all
-        with open(os.path.join(workdir, name), "w") as f:
-            json.dump(record, f, indent=1)
 
 
 def _evaluate_only(steps: Steps, state: TrainState, pipeline: Any, config: Any, workdir: str,
@@ -556,25 +381,7 @@ def _evaluate_only(steps: Steps, state: TrainState, pipeline: Any, config: Any, 
         scores = evaluate(steps.eval, state, pipeline.eval_batches(config.eval_batch_size, split),
                           layout)
         result.update({f"{split}_{k}": v for k, v in scores.items()})
-    _write_json(workdir, "eval.json", result)
+    run_io.write_json(workdir, "eval.json", result)
     print(f"Step {result['step']}: test top-1 error {result['test_top1_error']:.4f}, top-5 "
           f"{result['test_top5_error']:.4f}; {workdir}/eval.json")
     return result
-
-
-def _summary(history: list[dict], step: int, wall_s: float, pipeline: Any,
-             config: Any) -> dict[str, Any]:
-    """The final evaluation, and the best one by the selection error (validation where
-    there is a validation split; test otherwise)."""
-    final = history[-1]
-    best = min(history, key=lambda h: h["selection_top1_error"])
-    ten_crop = {f"test_{k}": v for k, v in final.items() if k.startswith(TEN_CROP)}
-    validation = {k: v for k, v in final.items() if k.startswith("validation_")}
-    return {"test_top1_error": final["top1_error"], "test_top5_error": final["top5_error"],
-            **ten_crop, **validation,
-            "test_loss": final["loss"], "test_examples": final["examples"],
-            "best_test_top1_error": best["top1_error"], "best_test_top5_error": best["top5_error"],
-            "best_epoch": best["epoch"], "best_selection_top1_error":
-            best["selection_top1_error"], "steps": step, "epochs": config.num_epochs,
-            "wall_s": wall_s, "train_examples": pipeline.num_train,
-            "platform": jax.default_backend()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import numpy as np
 
 DPI = 90
@@ -63,3 +64,9 @@ def figure_pixels(fig: Any) -> np.ndarray:
     pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     plt.close(fig)
     return pixels
+
+
+def conv1_pixels(params: Any, step: int) -> np.ndarray:
+    """conv1's kernels per tower (``conv1_figure``) as an RGB picture for TensorBoard."""
+    kernels = np.asarray(jax.device_get(params["towers"]["conv1"]["kernel"]))
+    return figure_pixels(conv1_figure(kernels, step))

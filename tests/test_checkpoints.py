@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -14,7 +15,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import checkpoints, metrics, optim, train  # noqa: E402
+from alexnet_jax import checkpoints, metrics, optim, run_io, train  # noqa: E402
 from support import build, tiny_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,12 +57,47 @@ class StopAt:
 
 def test_sigint_and_sigterm_both_request_a_stop():
     before = signal.getsignal(signal.SIGINT)
-    with train.StopSignals() as stop:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            stop.received = None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with run_io.StopSignals() as stop:
             os.kill(os.getpid(), sig)
             assert stop.received == sig
+            assert stop.stop_here(7)  # one process: at once
     assert signal.getsignal(signal.SIGINT) is before  # restored
+
+
+def test_a_signal_is_noted_while_the_main_thread_is_busy_outside_python():
+    """The main thread in one long NumPy product (no Python bytecode runs, so Python's own
+    handler waits for it to return): the watching thread notes the signal meanwhile."""
+    a = np.ones((5000, 5000), np.float64)
+    with run_io.StopSignals() as stop:
+        noted = []
+        threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+        threading.Timer(0.4, lambda: noted.append(stop.received)).start()
+        started = time.monotonic()
+        a @ a  # one call into BLAS
+        assert time.monotonic() - started > 0.6, "the product was too quick to test this"
+        assert noted == [signal.SIGTERM]
+
+
+def test_a_process_that_cannot_reach_a_safe_point_still_ends_at_the_deadline(tmp_path):
+    """Stuck (here: asleep where a collective would block it), a stopped process ends
+    ``deadline_s`` after the signal, with one line and the status a stop gives."""
+    (tmp_path / "checkpoints" / "latest" / "12").mkdir(parents=True)
+    script = ("import os, signal, time\n"
+              "from alexnet_jax import run_io\n"
+              f"with run_io.StopSignals(deadline_s=2, checkpoints_dir={str(tmp_path / 'checkpoints')!r}):\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    time.sleep(60)\n")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": REPO})
+    assert time.monotonic() - started < 30
+    assert result.returncode == 143
+    assert result.stderr.splitlines()[-1] == (
+        "error: Stopped by SIGTERM, but this process could not reach a step where every process "
+        "saves within 2 s (waiting on another process, in a collective or a checkpoint's "
+        "barrier); exiting without a new checkpoint. Restart every process with the same "
+        f"command to resume from step 12 (its checkpoint is in {tmp_path}/checkpoints/latest).")
 
 
 def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, monkeypatch):
@@ -69,7 +105,7 @@ def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, monkeypatch):
     with tfds.testing.mock_data(num_examples=96):
         full = train.train_and_evaluate(tiny_config(), str(tmp_path / "full"))
         wrap_train_step(monkeypatch, lambda step: StopAt(4, sig, step))
-        with pytest.raises(train.TrainingInterrupted, match="Run the same command again"):
+        with pytest.raises(run_io.TrainingInterrupted, match="Run the same command again"):
             train.train_and_evaluate(tiny_config(), str(tmp_path / "cut"))
         monkeypatch.undo()
         assert checkpoints.CheckpointManager(str(tmp_path / "cut"), tiny_config()).latest.latest_step() == 4

@@ -11,7 +11,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import metrics, train  # noqa: E402
+from alexnet_jax import metrics, run_io, train  # noqa: E402
 import support  # noqa: E402
 from support import build  # noqa: E402
 
@@ -165,7 +165,7 @@ def test_processes_sharing_a_workdir_do_not_trip_over_its_write_check(tmp_path):
     def check_many_times():
         try:
             for _ in range(300):
-                train.check_workdir(str(tmp_path / "shared"))
+                run_io.check_workdir(str(tmp_path / "shared"))
         except OSError as error:
             errors.append(error)
 
@@ -182,4 +182,4 @@ def test_unwritable_workdir_is_an_error_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(PermissionError, match="Cannot write to workdir"):
-        train.check_workdir(str(blocker / "run"))
+        run_io.check_workdir(str(blocker / "run"))
