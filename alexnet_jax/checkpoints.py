@@ -21,6 +21,7 @@ recomputes them; a checkpoint whose bytes changed on disk is moved aside to
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -132,6 +133,30 @@ def directory_of(workdir: str) -> str:
     return os.path.abspath(os.path.join(workdir, "checkpoints"))
 
 
+def complete_steps(directory: str) -> list[int]:
+    """The steps of ``directory`` (a manager's: ``latest`` or ``best``) that are complete,
+    in order, from the folder names alone (orbax renames a step into place once it is
+    complete)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def _size_on_disk(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(path) for name in names)
+
+
+def _megabytes(count: float) -> str:
+    return f"{count / 2**20:,.1f} MB"
+
+
+def _out_of_space(error: BaseException) -> bool:
+    """Whether a failed write ran out of space (errno 28, or tensorstore's words for it)."""
+    return (isinstance(error, OSError) and error.errno == 28) or any(
+        words in str(error) for words in ("No space left on device", "RESOURCE_EXHAUSTED"))
+
+
 class CheckpointManager:
     def __init__(self, workdir: str, config: Any):
         self.directory = directory_of(workdir)
@@ -151,6 +176,9 @@ class CheckpointManager:
         self.best = _orbax_manager(os.path.join(self.directory, "best"), options(
             "best", max_to_keep=1, best_fn=_selection_error, best_mode="min",
             keep_checkpoints_without_metrics=False))
+        self.warned_of_space = False
+        quiet_orbax_failures()  # a failed asynchronous write would print tracebacks
+        self.needed = 0  # bytes a checkpoint takes, once one was saved
 
     def should_save(self, step: int) -> bool:
         return bool(self.every_steps) and step % self.every_steps == 0
@@ -165,17 +193,60 @@ class CheckpointManager:
                 "checksums": checksums(arrays)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(_own_copy(arrays)),
                                   meta=ocp.args.JsonSave(meta))
-        try:
+        self.needed = self.checkpoint_bytes(arrays)
+        self.warn_of_space(self.needed)
+        with self.writing():
             self.latest.save(step, args=args)
             if history and history[-1]["step"] == step:
                 self.best.save(step, args=args, metrics={
                     "selection_top1_error": history[-1]["selection_top1_error"]})
-        except OSError as error:
-            raise CheckpointError(
-                f"Could not write the checkpoint of step {step} under {self.directory}: "
-                f"{error}. Free disk space or fix permissions; the earlier checkpoints are intact "
-                "(orbax renames a step into place only once it is complete).") from error
         self.seconds_blocked += time.perf_counter() - started
+
+    def checkpoint_bytes(self, arrays: Any) -> int:
+        """What a checkpoint takes on disk: the newest complete one's size, else its
+        arrays' bytes."""
+        steps = complete_steps(str(self.latest.directory))
+        if steps:
+            return _size_on_disk(os.path.join(str(self.latest.directory), str(steps[-1])))
+        return sum(np.dtype(x.dtype).itemsize * x.size for x in jax.tree.leaves(arrays))
+
+    def warn_of_space(self, needed: int) -> None:
+        """Once per run, where the workdir's file system has room for fewer than two
+        more checkpoints."""
+        free = shutil.disk_usage(self.directory).free
+        if free < 2 * needed and not self.warned_of_space and jax.process_index() == 0:
+            self.warned_of_space = True
+            print(f"warning: {self.directory} has {_megabytes(free)} free, less than two "
+                  f"checkpoints ({_megabytes(needed)} each): a save may fail for lack of space.",
+                  file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Turns a failed write, this one's or an earlier asynchronous one's that orbax
+        reports now, into one ``CheckpointError`` saying what to do, after removing what
+        the failed save left unfinished."""
+        try:
+            yield
+        except Exception as error:  # orbax raises OSError, or ValueError from tensorstore
+            if not (_out_of_space(error) or isinstance(error, OSError)):
+                raise
+            removed = self.remove_unfinished()
+            steps = complete_steps(str(self.latest.directory))
+            intact = (f"the last intact checkpoint is step {steps[-1]}, from which the same "
+                      "command resumes" if steps else "no checkpoint was complete yet")
+            cleaned = " (the unfinished one was removed)" if removed else ""
+            if _out_of_space(error):
+                usage = shutil.disk_usage(self.directory)
+                size = f" a checkpoint needs about {_megabytes(self.needed)};" \
+                    if self.needed else ""
+                raise CheckpointError(
+                    f"The file system of {self.directory} is full ({_megabytes(usage.free)} "
+                    f"free of {_megabytes(usage.total)}):{size} {intact}{cleaned}. Free space "
+                    "there, or move the run to a larger disk, then run the same command "
+                    "again.") from None
+            raise CheckpointError(
+                f"Could not write a checkpoint under {self.directory}: {error}. Fix its "
+                f"permissions; {intact}{cleaned}.") from None
 
     def resume(self, state: Any, plateau: PlateauPolicy, restore_from: str = ""
                ) -> tuple[Any, PlateauPolicy, list[dict], float]:
@@ -239,8 +310,9 @@ class CheckpointManager:
                 for name in remove_unfinished(str(manager.directory))]
 
     def close(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        with self.writing():
+            self.latest.wait_until_finished()
+            self.best.wait_until_finished()
         self.latest.close()
         self.best.close()
 
@@ -257,7 +329,7 @@ def read_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> tu
     try:
         saved = manager.item_metadata(step)["state"]
     except Exception as error:
-        drop_closed_loop_callbacks()
+        quiet_orbax_failures()
         raise DamagedError(f"The checkpoint of step {step} at {where} is unreadable "
                            f"({type(error).__name__}: {str(error)[:300]}).") from error
     # The model-dependent parts; opt_state mirrors params.
@@ -273,7 +345,7 @@ def read_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> tu
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except Exception as error:
-        drop_closed_loop_callbacks()
+        quiet_orbax_failures()
         raise DamagedError(f"The checkpoint of step {step} at {where} is corrupt "
                            f"({type(error).__name__}: {str(error)[:300]}).") from error
     expected = restored["meta"].get("checksums")
@@ -287,18 +359,19 @@ def read_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> tu
     return restored["state"], restored["meta"]
 
 
-def drop_closed_loop_callbacks() -> None:
-    """Silences what orbax leaves behind when it fails to read a damaged checkpoint.
+def quiet_orbax_failures() -> None:
+    """Silences what orbax leaves behind when a read of a damaged checkpoint or a write to
+    a full disk fails, both of which this module reports as one error already.
 
-    Orbax runs its reads on an event loop that it closes as soon as one read fails;
-    tensorstore then completes the reads still in flight and hands each result to that
-    closed loop (``call_soon_threadsafe``), which raises "Event loop is closed" in a
-    background thread, and Python prints it as an ignored exception: tracebacks after
-    the error that already says what was wrong.  This ``sys.unraisablehook`` drops
-    exactly those and passes every other one on.  The failed read's sibling tasks, when
-    collected, log their own DATA_LOSS as "Task exception was never retrieved" through
-    the ``asyncio`` logger: a filter there drops those and keeps every other record.
-    Installed once, on the first failure."""
+    Orbax runs its reads and writes on event loops that it closes as soon as one of them
+    fails; tensorstore then completes the operations still in flight and hands each
+    result to that closed loop (``call_soon_threadsafe``), which raises "Event loop is
+    closed" in a background thread, and Python prints it as an ignored exception.  This
+    ``sys.unraisablehook`` drops exactly those and passes every other one on.  A failed
+    read's sibling tasks log their DATA_LOSS as "Task exception was never retrieved"
+    through the ``asyncio`` logger, and a failed asynchronous write logs its thread's
+    RESOURCE_EXHAUSTED (no space left) through absl's: filters there drop those records
+    and keep every other.  Installed once."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_closed_loop_callbacks", False):
         return
@@ -308,7 +381,12 @@ def drop_closed_loop_callbacks() -> None:
         return not (record.getMessage().startswith("Task exception was never retrieved")
                     and "DATA_LOSS" in str(error))
 
+    def reported_out_of_space(record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else Exception(record.getMessage())
+        return not (record.levelno >= logging.ERROR and _out_of_space(error))
+
     logging.getLogger("asyncio").addFilter(unretrieved_damaged_read)
+    logging.getLogger("absl").addFilter(reported_out_of_space)
 
     def hook(unraisable: Any) -> None:
         error = unraisable.exc_value

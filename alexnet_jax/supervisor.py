@@ -23,6 +23,8 @@ import sys
 import threading
 from typing import Any
 
+from alexnet_jax import checkpoints
+
 SUPERVISED = "ALEXNET_JAX_STATUS_FD"  # in the child's environment: where it reports
 LOST = "lost"  # what the child reports after a collective failed on a lost peer
 # The distributed runtime's own lines, from the first sign of a lost process: held back.
@@ -118,10 +120,8 @@ def lost_process_line(runtime_lines: list[str], step: int | None, checkpoints_di
 
 
 def resume_point(checkpoints_dir: str) -> str:
-    """Where a restart resumes, in words: the newest complete step in ``latest/`` (orbax
-    renames a step into place only once it is complete)."""
+    """Where a restart resumes, in words: the newest complete step in ``latest/``."""
     latest = os.path.join(checkpoints_dir, "latest")
-    steps = sorted(int(n) for n in os.listdir(latest) if n.isdigit()) \
-        if os.path.isdir(latest) else []
+    steps = checkpoints.complete_steps(latest)
     return f"step {steps[-1]} (its checkpoint is in {latest})" if steps else \
         "the start (no checkpoint was complete)"

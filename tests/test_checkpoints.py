@@ -1,6 +1,7 @@
 """Checkpoints: exact resume, signals, SIGKILL mid-run, corrupt and mismatched checkpoints, NaN."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -246,8 +247,55 @@ def test_full_disk_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", no_space)
     with tfds.testing.mock_data(num_examples=96):
-        with pytest.raises(checkpoints.CheckpointError, match="No space left.*earlier checkpoints"):
+        with pytest.raises(checkpoints.CheckpointError, match=r"The file system of .* is full "
+                           r"\(.* free of .*\): a checkpoint needs about .* MB; no checkpoint "
+                           r"was complete yet\. Free space there"):
             train.train_and_evaluate(tiny_config(), str(tmp_path))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 13 MB tmpfs (room for about two checkpoints of the small model); root only."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=13m", "tmpfs", str(path)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_a_full_disk_stops_with_one_line_and_resumes_exactly_once_there_is_room(
+        tmp_path, small_disk, capfd):
+    """Asynchronous saves fill the disk: the run stops with the error naming the full
+    file system, a checkpoint's size and the last intact step, after removing the
+    unfinished save, and warned before; with room again, the same command resumes and ends
+    bit for bit where a run with room all along does."""
+    config = tiny_config(epochs=3, every_steps=1)
+    config.checkpoint.async_save = True
+    workdir = str(small_disk / "run")
+    with tfds.testing.mock_data(num_examples=96):
+        train.train_and_evaluate(config, str(tmp_path / "roomy"))
+        with pytest.raises(checkpoints.CheckpointError) as stopped:
+            train.train_and_evaluate(config, workdir)
+        message = str(stopped.value)
+        assert re.fullmatch(r"The file system of .*/disk/run/checkpoints is full \(.* MB free "
+                            r"of 13\.0 MB\): a checkpoint needs about [\d.]+ MB; the last "
+                            r"intact checkpoint is step (\d+), from which the same command "
+                            r"resumes( \(the unfinished one was removed\))?\. Free space there, "
+                            r"or move the run to a larger disk, then run the same command "
+                            r"again\.", message), message
+        assert "warning:" in capfd.readouterr().err
+        for manager in ("latest", "best"):
+            assert not [n for n in os.listdir(small_disk / "run" / "checkpoints" / manager)
+                        if "tmp" in n]
+        subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
+        resumed = train.train_and_evaluate(config, workdir)
+    roomy = json.load(open(tmp_path / "roomy" / "summary.json"))
+    assert resumed["steps"] == roomy["steps"] == 9
+    assert resumed["test_loss"] == roomy["test_loss"]
+    jax.tree.map(np.testing.assert_array_equal, final_params(str(tmp_path / "roomy"))[0],
+                 final_params(workdir)[0])
 
 
 def test_restore_from_and_eval_only(tmp_path):
