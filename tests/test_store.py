@@ -2,6 +2,7 @@
 resumed after a kill, the on-device augmentation against the host's ops for the same
 draws, and the tf.data service delivering an epoch once."""
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -112,6 +113,75 @@ def test_a_killed_preparation_resumes_and_yields_every_example_once(folder, tmp_
     keys = sorted((label, image[:8, :8].tobytes()) for image, label in images)
     assert len(images) == 15 and len(set(keys)) == 15  # every example, each once
     assert [len(stored_images(config, "val"))] == [15]
+
+
+@pytest.fixture
+def sharded_store(folder, tmp_path, monkeypatch):
+    """The folder's JPEG store in shards of 4 examples (4 for each split's 15), and its
+    images as prepared."""
+    monkeypatch.setattr(store, "SHARD_EXAMPLES", 4)
+    config = folder_config(folder, tmp_path)
+    store.prepare(config.data, progress=False)
+    return config, stored_images(config)
+
+
+def shard(config, index=1, split="train"):
+    return store._shard_path(store.store_dir(config.data), split, index)
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_missing_or_truncated_shard_is_prepared_again_on_opening_saying_so(
+        sharded_store, capsys, damage):
+    config, before = sharded_store
+    path = shard(config)
+    if damage == "delete":
+        os.remove(path)
+    else:
+        os.truncate(path, os.path.getsize(path) // 2)
+    capsys.readouterr()
+    after = stored_images(config)
+    out = capsys.readouterr().out
+    assert [(a.tobytes(), label) for a, label in after] == \
+        [(b.tobytes(), label) for b, label in before]  # the same examples, the same bytes
+    what = "missing" if damage == "delete" else "bytes, not the"
+    assert f"warning: The store's file {path} is" in out and what in out
+    assert "preparing it again from the source" in out
+    assert store.check_shards(config.data) == []
+
+
+def test_a_missing_shard_without_its_source_is_one_error_naming_the_file(
+        sharded_store, monkeypatch):
+    config, _ = sharded_store
+    os.remove(shard(config, 2, "val"))
+
+    def gone(data):
+        raise sources.DatasetUnavailableError(f"{data.image_folder} does not exist")
+
+    monkeypatch.setattr(sources, "load_builder", gone)
+    with pytest.raises(input_pipeline.DatasetUnavailableError, match=(
+            rf"The store's file {re.escape(shard(config, 2, 'val'))} is missing, and the source "
+            r"it was prepared from is unavailable \(.* does not exist\)\. Restore the file, "
+            r"or make the source available and run again")):
+        store.open_store(config.data, announce=False)
+
+
+def test_a_shard_damaged_in_place_fails_the_reading_naming_the_file(sharded_store):
+    """Bytes changed in the middle of a shard, its size kept: opening cannot see it (no
+    file is read); the first read through it (the split's size, or the epoch) hits
+    TFRecord's CRC, and the error names the file."""
+    config, _ = sharded_store
+    input_pipeline.create_pipeline(config)  # the mean image, computed and kept
+    path = shard(config, 2)
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        f.write(b"\x00" * 64)
+    assert store.check_shards(config.data) == []
+    with pytest.raises(input_pipeline.DatasetUnavailableError, match=(
+            rf"^A file of the prepared store is damaged \({re.escape(path)}\): its bytes are "
+            r"not those it was written with\. Delete it and run again: it is prepared again "
+            r"from its source\.$")):
+        for _ in input_pipeline.create_pipeline(config).train_batches(0):
+            pass
 
 
 def test_a_store_of_another_size_is_refused_clearly(folder, tmp_path, monkeypatch):

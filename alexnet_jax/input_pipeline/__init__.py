@@ -30,9 +30,9 @@ def create_pipeline(config: Any, process_index: int = 0, process_count: int = 1)
     if sources.info(data.dataset).family == "imagenet" and data.store == "prepared":
         from alexnet_jax.input_pipeline.preprocess.imagenet import StorePreprocessing
         builder = store.open_store(data)
-        preprocessing = StorePreprocessing(config, builder, store.store_dir(data))
-    else:
-        builder = load_builder(data)
-        preprocessing = preprocess.for_dataset(config, builder)
-    return Pipeline(config, preprocessing, builder, sources.info(data.dataset), process_index,
-                    process_count)
+        with store.damage_explained(store.store_dir(data)):  # the mean image, the sizes
+            return Pipeline(config, StorePreprocessing(config, builder, store.store_dir(data)),
+                            builder, sources.info(data.dataset), process_index, process_count)
+    builder = load_builder(data)
+    return Pipeline(config, preprocess.for_dataset(config, builder), builder,
+                    sources.info(data.dataset), process_index, process_count)

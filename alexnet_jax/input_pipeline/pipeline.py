@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from alexnet_jax.config_base import ConfigError
+from alexnet_jax.input_pipeline import store
 from alexnet_jax.input_pipeline.preprocess import Preprocessing
 from alexnet_jax.input_pipeline.sources import DatasetInfo, DatasetUnavailableError
 from alexnet_jax.input_pipeline.tf_runtime import plain_graph, tf as _tf
@@ -246,6 +247,8 @@ def _explained(iterator, builder: Any = None):
         ) from None
     except damaged as error:
         where = getattr(builder, "data_dir", "the prepared dataset's directory")
+        if store.is_store(where):  # its shards are prepared again one by one
+            raise store.damage_error(where, error) from None
         files = ", ".join(damaged_files(builder)) or error.message.splitlines()[0][:300]
         raise DatasetUnavailableError(
             f"A file of the prepared dataset is damaged or missing ({files}). Delete {where} "

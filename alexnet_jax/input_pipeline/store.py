@@ -11,12 +11,20 @@ The store is a TFDS dataset (``tfds.builder_from_directory``) in
 the source's splits.  ``prepare`` writes it shard by shard, decoding, resizing and
 encoding on every core (tf.data), each shard renamed into place once complete, so a
 preparation killed at any moment restarts at the first missing shard.
+
+``shard_lengths.json`` records each shard's examples, bytes and CRC-32.  Opening the store
+checks that every shard is there with its size (cheap: no file is read); one missing or
+of another size is prepared again from the source, saying so, or, without the source,
+is one error naming the file.  A shard whose bytes changed in place is found when a read
+fails (``damaged_shards``: its CRC-32 against the record).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+import zlib
 from typing import Any
 
 import numpy as np
@@ -101,8 +109,77 @@ def is_prepared(data: Any) -> bool:
     return os.path.exists(os.path.join(store_dir(data), "dataset_info.json"))
 
 
+def _record(directory: str) -> dict[str, Any]:
+    path = os.path.join(directory, "shard_lengths.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _crc32(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _file_facts(path: str) -> dict[str, int]:
+    return {"bytes": os.path.getsize(path), "crc32": _crc32(path)}
+
+
+def check_shards(data: Any) -> list[tuple[str, int, str, str]]:
+    """(split, shard, path, what is wrong) for every shard of the store that is missing or
+    not of the size it was written with; nothing is read."""
+    directory, problems = store_dir(data), []
+    record = _record(directory)
+    for split in record.get("finished_splits", []):
+        for index in range(len(record.get(split, []))):
+            path = _shard_path(directory, split, index)
+            expected = record.get("files", {}).get(os.path.basename(path), {}).get("bytes")
+            if not os.path.exists(path):
+                problems.append((split, index, path, "missing"))
+            elif expected is not None and os.path.getsize(path) != expected:
+                problems.append((split, index, path, f"{os.path.getsize(path):,} bytes, not "
+                                 f"the {expected:,} it was written with"))
+    return problems
+
+
+def is_store(directory: str) -> bool:
+    return os.path.exists(os.path.join(directory, "shard_lengths.json"))
+
+
+def damaged_shards(directory: str) -> list[str]:
+    """The shards of the store in ``directory`` whose bytes are not those they were written
+    with (CRC-32: each file is read once)."""
+    files = _record(directory).get("files", {})
+    return [os.path.join(directory, name) for name, facts in sorted(files.items())
+            if not os.path.exists(os.path.join(directory, name))
+            or _file_facts(os.path.join(directory, name)) != facts]
+
+
+def damage_error(directory: str, error: Any) -> DatasetUnavailableError:
+    """What a failed read of the store in ``directory`` means: the shards whose bytes
+    changed (by their CRC-32), and what to do."""
+    files = ", ".join(damaged_shards(directory)) or error.message.splitlines()[0][:300]
+    return DatasetUnavailableError(
+        f"A file of the prepared store is damaged ({files}): its bytes are not those it was "
+        "written with. Delete it and run again: it is prepared again from its source.")
+
+
+@contextlib.contextmanager
+def damage_explained(directory: str):
+    """Raises a read error of the store in ``directory`` as ``damage_error``'s one line."""
+    try:
+        yield
+    except (tf().errors.DataLossError, tf().errors.NotFoundError) as error:
+        raise damage_error(directory, error) from None
+
+
 def open_store(data: Any, source: Any | None = None, announce: bool = True):
-    """The store's TFDS builder, preparing it first where it is missing or half-written."""
+    """The store's TFDS builder, preparing it first where it is missing or half-written,
+    and preparing again each shard that is missing or of another size."""
     import tensorflow_datasets as tfds
     if not is_prepared(data):
         if announce:
@@ -110,6 +187,9 @@ def open_store(data: Any, source: Any | None = None, announce: bool = True):
                   f"{store_dir(data)} (once, on every core; a stopped preparation resumes): "
                   f"python -m alexnet_jax.prepare does the same beforehand.", flush=True)
         prepare(data, source)
+    problems = check_shards(data)
+    if problems:
+        _repair(data, source, problems)
     builder = tfds.builder_from_directory(store_dir(data))
     shape = tuple(builder.info.features["image"].shape)
     if shape != (SIDE, SIDE, 3):
@@ -129,10 +209,7 @@ def prepare(data: Any, source: Any | None = None, progress: bool = True) -> dict
     directory = store_dir(data)
     os.makedirs(directory, exist_ok=True)
     lengths_path = os.path.join(directory, "shard_lengths.json")
-    lengths: dict[str, list[int]] = {}
-    if os.path.exists(lengths_path):
-        with open(lengths_path) as f:
-            lengths = json.load(f)
+    lengths: dict[str, Any] = _record(directory)
     written, started = 0, time.perf_counter()
     split_infos = []
     finished = lengths.setdefault("finished_splits", [])
@@ -192,6 +269,53 @@ def _from_position(source: Any, split: str, start: int):
         return source.as_dataset(split=split, **options).skip(start)
 
 
+def _encoded(data: Any, source: Any, split: str, start: int):
+    """(position in the source, the example with its store image) of ``split`` from
+    example ``start`` on; an image that cannot be decoded is skipped with a warning."""
+    encode = _encoder(data)
+    ds = _from_position(source, split, start).enumerate(start=start).map(
+        lambda position, example: (position, encode(example)),
+        num_parallel_calls=tf().data.AUTOTUNE, deterministic=True)
+    return ds.ignore_errors(log_warning=True).prefetch(tf().data.AUTOTUNE)
+
+
+def _repair(data: Any, source: Any, problems: list[tuple[str, int, str, str]]) -> None:
+    """Prepares again each shard of ``problems`` from the source (the same examples as
+    before: shard k holds the source's examples k * SHARD_EXAMPLES onwards), or says which
+    file is wrong and what to do where the source is unavailable."""
+    directory = store_dir(data)
+    try:
+        source = source or sources.load_builder(data)
+    except DatasetUnavailableError as error:
+        split, index, path, what = problems[0]
+        raise DatasetUnavailableError(
+            f"The store's file {path} is {what}, and the source it was prepared from is "
+            f"unavailable ({error}). Restore the file, or make the source available and run "
+            "again: the file is then prepared again.") from None
+    record = _record(directory)
+    features = _features(data, source.info.features["label"].names)
+    for split, index, path, what in problems:
+        print(f"warning: The store's file {path} is {what}; preparing it again from the "
+              "source.", flush=True)
+        start = index * SHARD_EXAMPLES
+        examples = _encoded(data, source, split, start).take_while(
+            lambda position, _: position < start + SHARD_EXAMPLES)
+        count = 0
+        with tf().io.TFRecordWriter(path + ".incomplete") as writer:
+            for _, example in examples.as_numpy_iterator():
+                writer.write(features.serialize_example({"image": example["image"],
+                                                         "label": int(example["label"])}))
+                count += 1
+        if count != record[split][index]:
+            raise DatasetUnavailableError(
+                f"The store's file {path} was prepared again with {count} examples, not the "
+                f"{record[split][index]} it held: its source changed. Delete {directory} and "
+                "run again to prepare the whole store anew.")
+        os.replace(path + ".incomplete", path)
+        record.setdefault("files", {})[os.path.basename(path)] = _file_facts(path)
+    _save_json(record, os.path.join(directory, "shard_lengths.json"))
+
+
 def _write_split(data, source, split, total, done, directory, lengths, lengths_path,
                  progress) -> int:
     """Writes shards ``len(done)`` onwards of ``split``: shard k holds the source's examples
@@ -199,12 +323,7 @@ def _write_split(data, source, split, total, done, directory, lengths, lengths_p
     (skipped with a warning), so that a restart at shard k reads from exactly there."""
     first = len(done)
     features = _features(data, source.info.features["label"].names)
-    ds = _from_position(source, split, first * SHARD_EXAMPLES)
-    encode = _encoder(data)
-    ds = ds.enumerate(start=first * SHARD_EXAMPLES).map(
-        lambda position, example: (position, encode(example)),
-        num_parallel_calls=tf().data.AUTOTUNE, deterministic=True)
-    ds = ds.ignore_errors(log_warning=True).prefetch(tf().data.AUTOTUNE)
+    ds = _encoded(data, source, split, first * SHARD_EXAMPLES)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -216,6 +335,7 @@ def _write_split(data, source, split, total, done, directory, lengths, lengths_p
         path = _shard_path(directory, split, shard)
         os.replace(path + ".incomplete", path)
         done.append(count)
+        lengths.setdefault("files", {})[os.path.basename(path)] = _file_facts(path)
         _save_json(lengths, lengths_path)
         if bar is not None:
             bar.update(SHARD_EXAMPLES)

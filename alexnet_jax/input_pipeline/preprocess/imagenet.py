@@ -125,8 +125,12 @@ def compute_mean_image(builder: Any, split: str, count: int,
     if decoders == "skip":
         decoders = {"image": tfds.decode.SkipDecoding()}
     ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
-    ds = ds.take(count).map(lambda ex: decode(ex["image"]),
-                            num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    # An image that cannot be decoded is left out; each is decoded in a dataset of its own,
+    # so that an error in reading the files (a damaged one) comes through instead of being
+    # skipped over and over at the same place.
+    ds = ds.take(count).interleave(
+        lambda ex: tf.data.Dataset.from_tensors(ex["image"]).map(decode).ignore_errors(),
+        cycle_length=16, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     total, seen = np.zeros((RESIZE, RESIZE, 3), np.float64), 0
     for batch in ds.batch(256).as_numpy_iterator():
         total += batch.sum(0)
