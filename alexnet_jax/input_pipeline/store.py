@@ -338,7 +338,7 @@ def _write_split(data, source, split, total, done, directory, lengths, lengths_p
         lengths.setdefault("files", {})[os.path.basename(path)] = _file_facts(path)
         _save_json(lengths, lengths_path)
         if bar is not None:
-            bar.update(SHARD_EXAMPLES)
+            bar.update(count)
 
     for position, example in ds.as_numpy_iterator():
         while position >= (shard + 1) * SHARD_EXAMPLES or writer is None:

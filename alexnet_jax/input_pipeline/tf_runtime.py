@@ -6,12 +6,19 @@ package that needs it calls ``tf()`` inside the function that uses it.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 
 @functools.lru_cache(maxsize=None)
 def tf() -> Any:
-    """The ``tensorflow`` module, with GPUs hidden from it (JAX owns the accelerators)."""
+    """The ``tensorflow`` module, with GPUs hidden from it (JAX owns the accelerators).
+
+    TensorFlow's oneDNN kernels are left off unless ``TF_ENABLE_ONEDNN_OPTS`` says
+    otherwise: the input pipeline runs none of them (decoding, cropping, resizing), and
+    where TensorFlow turns them on by itself (CPUs with AVX-512) each of its two libraries
+    prints a notice of them, with absl's warning of logs before its initialisation."""
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import tensorflow
     tensorflow.config.set_visible_devices([], "GPU")
     return tensorflow

@@ -124,7 +124,10 @@ def compute_mean_image(builder: Any, split: str, count: int,
     tf = _tf()
     if decoders == "skip":
         decoders = {"image": tfds.decode.SkipDecoding()}
-    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+    # try_autocache off: TFDS would cache a small dataset whole, under our take(count), and
+    # tf.data warns when it throws that unfinished cache away.
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
+                            read_config=tfds.ReadConfig(try_autocache=False))
     # An image that cannot be decoded is left out; each is decoded in a dataset of its own,
     # so that an error in reading the files (a damaged one) comes through instead of being
     # skipped over and over at the same place.
