@@ -23,13 +23,13 @@ $(VENV)/installed: requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-# oneDNN's convolutions and the LRN handlers for XLA:CPU (alexnet_jax/kernels/onednn.py),
-# compiled against the oneDNN wheel in .venv/.  Without a C++ compiler it says so, and XLA's
-# own convolutions and LRN run.
-ONEDNN_KERNELS := alexnet_jax/kernels/_onednn_kernels.so
+# The CPU extra's oneDNN handlers for XLA:CPU (alexnet_jax/cpu/onednn.py; which run when:
+# alexnet_jax/cpu/chooser.py), compiled against the oneDNN wheel in .venv/.  Without a C++
+# compiler it says so, and XLA's own forms run.
+ONEDNN_KERNELS := alexnet_jax/cpu/_onednn_kernels.so
 kernels: $(ONEDNN_KERNELS)
-$(ONEDNN_KERNELS): alexnet_jax/kernels/onednn_kernels.cc $(VENV)/installed
-	$(PY) -c "from alexnet_jax.kernels import onednn; onednn.main()"
+$(ONEDNN_KERNELS): alexnet_jax/cpu/onednn_kernels.cc $(VENV)/installed
+	$(PY) -c "from alexnet_jax.cpu import onednn; onednn.main()"
 
 # Fashion-MNIST's four IDX files from Debian's dataset-fashion-mnist package; no root needed.
 data: $(FASHION_MNIST)/train-images-idx3-ubyte.gz
@@ -53,11 +53,9 @@ train: venv data kernels
 # (tests/conftest.py).  Fashion-MNIST's TFDS files are prepared first, so that the workers
 # only read them.  The layout tests need 8 devices: XLA gives 8 CPU devices to a process
 # started with the flag below, so they run apart, on two workers (the flag slows
-# single-device code by ~25% on CPU).  Each device computes on its own thread
-# (multi_thread_eigen=false), so that none starves another while waiting at a collective;
-# the long timeout covers a busy machine.
-MULTI_DEVICE_FLAGS := --xla_force_host_platform_device_count=8 --xla_cpu_multi_thread_eigen=false \
-	--xla_cpu_collective_call_terminate_timeout_seconds=600
+# single-device code by ~25% on CPU); the flags such devices need besides come from the
+# CPU extra, as for the entry points (alexnet_jax/cpu/devices.py).
+MULTI_DEVICE_FLAGS := --xla_force_host_platform_device_count=8
 test: venv data kernels
 	$(PY) -c "from alexnet_jax import config_base, input_pipeline as p; p.load_builder(config_base.base_config().data)"
 	$(PY) -m pytest -q -n 3 --dist loadfile $(PYTEST_ARGS) tests --ignore=tests/test_parallel.py

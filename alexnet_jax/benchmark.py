@@ -47,9 +47,9 @@ import time
 from types import SimpleNamespace
 from typing import Any, Callable
 
-if __name__ == "__main__" and "--compare" not in sys.argv:  # see kernels/malloc_tunables.py;
-    from alexnet_jax.kernels import malloc_tunables           # --compare only starts processes
-    malloc_tunables.restart_with_malloc_tunables()
+if __name__ == "__main__" and "--compare" not in sys.argv:  # before JAX starts (--compare
+    from alexnet_jax import process                           # only starts processes)
+    process.prepare()
 
 from absl import app, flags
 
@@ -133,9 +133,9 @@ def matmul_ceiling(size: int = 2048, repeats: int = 10) -> float:
     import jax
     import jax.numpy as jnp
 
-    from alexnet_jax import kernels
+    from alexnet_jax.layers import compiler_options
     a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-    product = jax.jit(lambda a, b: a @ b, compiler_options=kernels.compiler_options() or None)
+    product = jax.jit(lambda a, b: a @ b, compiler_options=compiler_options() or None)
     jax.block_until_ready(product(a, a))
     best = float("inf")
     for _ in range(repeats):
@@ -156,28 +156,29 @@ def seed_protocol(variant: str, batch: int, dtype: str = "float32",
     """The seed's two timed functions on one device, jitted as the steps are: ``forward``
     (the softmax output) and ``forward_backward`` (the parameters' gradient of half its sum
     of squares), each called as ``f(params, images)``; with ``layout``, ``params`` and
-    synthetic ``images``.  ``xla_layers``: fields of ``kernels.Layers`` (``lrn``,
+    synthetic ``images``.  ``xla_layers``: fields of ``layers.Layers`` (``lrn``,
     ``max_pool``, ``dense``) taken from the ``xla`` implementation's whatever
     ``implementation`` chose, to time a handler against XLA's form in one process."""
     import jax
     import jax.numpy as jnp
 
-    from alexnet_jax import kernels, parallel
+    from alexnet_jax import parallel
+    from alexnet_jax.layers import compiler_options, select
     from alexnet_jax.models import model_config
 
     layout = parallel.create("single", model_config(variant, dtype=dtype),
                              implementation=implementation)
     if xla_layers:
-        xla = kernels.select("xla")
-        layers = dataclasses.replace(layout.model.layers,
-                                     **{field: getattr(xla, field) for field in xla_layers})
-        layout = dataclasses.replace(layout, model=layout.model.clone(layers=layers))
+        xla = select("xla")
+        mixed = dataclasses.replace(layout.model.layers,
+                                    **{field: getattr(xla, field) for field in xla_layers})
+        layout = dataclasses.replace(layout, model=layout.model.clone(layers=mixed))
     model, config = layout.model, layout.model.config
 
     def softmax_output(params, images):
         return jax.nn.softmax(model.apply({"params": params}, images))
 
-    options = kernels.compiler_options() or None
+    options = compiler_options() or None
     return SimpleNamespace(
         layout=layout,
         params=parallel.initial_variables(config, jax.random.PRNGKey(1))["params"],
@@ -478,7 +479,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("burn_in", 10, "Untimed steps first.")
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype.")
     flags.DEFINE_enum("implementation", "auto", ["auto", "plain", "xla", "im2col"],
-                      "The layers (kernels.select).")
+                      "The layers (layers.select).")
     flags.DEFINE_string("json", None, "Also write the result as JSON to this file.")
     flags.DEFINE_bool("compare", False, "The project and its peers side by side.")
     flags.DEFINE_integer("rounds", 2, "--compare: rounds of all runners, alternating.")

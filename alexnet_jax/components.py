@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alexnet_jax import kernels
+from alexnet_jax.layers.lrn import local_response_norm
 
 Entry = TypeVar("Entry")
 
@@ -57,7 +57,7 @@ class NormSite:
     train: bool
     dtype: Any  # the computation's dtype
     lrn: tuple[float, int, float, float]  # the variant's LRN constants (k, n, alpha, beta)
-    lrn_op: Callable  # the backend's LRN arithmetic (``kernels.Layers.lrn``)
+    lrn_op: Callable  # the backend's LRN arithmetic (``layers.Layers.lrn``)
     batch_norm_axis: str | None  # where batch statistics are reduced across devices
     options: Mapping[str, Any]  # the entry's own settings (``Norm.options``), resolved
 
@@ -103,14 +103,14 @@ class LocalResponseNorm(nn.Module):
       its default k=1 is not the paper's, so k must be set to 2.
 
     The sum of squares is accumulated in at least float32 whatever the input dtype.
-    ``op`` is the arithmetic: a ``kernels.Layers.lrn``, chosen for the backend.
+    ``op`` is the arithmetic: a ``layers.Layers.lrn``, chosen for the backend.
     """
 
     k: float = 2.0
     n: int = 5
     alpha: float = 1e-4
     beta: float = 0.75
-    op: Callable = kernels.local_response_norm
+    op: Callable = local_response_norm
 
     @nn.compact
     def __call__(self, a: jax.Array) -> jax.Array:

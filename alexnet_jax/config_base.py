@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.input_shape = config_dict.placeholder(tuple)  # default: the dataset's
     config.model.init = config_dict.placeholder(str)  # paper | scaled
     config.model.dtype = "float32"  # computation: float32 | bfloat16; params stay float32
-    config.model.implementation = "auto"  # auto | plain | xla | im2col: the layers (kernels/)
+    config.model.implementation = "auto"  # auto | plain | xla | im2col: the layers (layers/)
     config.model.sync_batch_stats = True  # BatchNorm statistics over the global batch
     # Each normalisation's own settings (components.Norm.options), with their defaults.
     for key, default in components.all_norm_options().items():
@@ -144,7 +144,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     enumerated value, every count and size, the input size against the variant, and the
     layout against ``num_devices`` devices (JAX's, if None) over ``process_count`` hosts.
     Raises ``ConfigError`` naming the first problem and its fix."""
-    from alexnet_jax import input_pipeline, kernels, models, optim, parallel
+    from alexnet_jax import input_pipeline, layers, models, optim, parallel
 
     def choice(key: str, valid: tuple) -> None:
         if _get(config, key) not in valid:
@@ -167,7 +167,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     choice("model.pool", tuple(components.POOLS))
     choice("model.activation", tuple(components.ACTIVATIONS))
     choice("model.dtype", tuple(models.DTYPES))
-    choice("model.implementation", kernels.IMPLEMENTATIONS)
+    choice("model.implementation", layers.IMPLEMENTATIONS)
     if config.model.init is not None:
         choice("model.init", models.INITS)
     choice("data.dataset", tuple(input_pipeline.sources.DATASETS))

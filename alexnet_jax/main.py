@@ -25,9 +25,9 @@ import re
 import sys
 import time
 
-if __name__ == "__main__":  # before JAX starts: see kernels/malloc_tunables.py
-    from alexnet_jax.kernels import malloc_tunables
-    malloc_tunables.restart_with_malloc_tunables()
+if __name__ == "__main__":  # before JAX starts
+    from alexnet_jax import process
+    process.prepare()
 
 import jax
 from absl import app, flags, logging

@@ -16,8 +16,8 @@ share.  Every variable a tower holds gets a leading tower axis, marked with the 
 axis name ``TOWER_AXIS`` where that axis is created; ``parallel.py`` reads the mark to
 put each tower on its own device, where ``Tower`` alone runs: the paper's two-GPU split.
 
-The layers come in as a ``kernels.Layers`` value, chosen for the backend by
-``kernels.select``; the parameters do not depend on it.  The interchangeable parts
+The layers come in as a ``layers.Layers`` value, chosen for the platform by
+``layers.select``; the parameters do not depend on it.  The interchangeable parts
 (normalisation, activation, pooling) are entries of ``components.py``'s registries.
 
 Randomness does not depend on the layout: the dropout mask of example i in tower t is
@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 from flax.core import meta
 
-from alexnet_jax import components, kernels
+from alexnet_jax import components
+from alexnet_jax.layers import PLAIN, Layers
 
 MODEL_AXIS = "model"  # the towers' named axis, which their collectives cross
 TOWER_AXIS = "tower"  # the logical name of the leading axis of every variable a tower holds
@@ -212,7 +213,7 @@ def _frozen(value: Any) -> Any:
 
 # --- the layers ----------------------------------------------------------------------
 
-def norm_site(config: ModelConfig, index: int, layers: kernels.Layers = kernels.PLAIN,
+def norm_site(config: ModelConfig, index: int, layers: Layers = PLAIN,
               train: bool = False, batch_norm_axis: str | None = None) -> components.NormSite:
     """Where conv``index``'s normalisation is built: one tower's maps and the settings."""
     return components.NormSite(index=index, channels=config.conv_channels[index - 1],
@@ -255,7 +256,7 @@ class Tower(nn.Module):
     """
 
     config: ModelConfig
-    layers: kernels.Layers = kernels.PLAIN
+    layers: Layers = PLAIN
     model_axis: str | None = MODEL_AXIS
     batch_norm_axis: str | None = None
 
@@ -394,7 +395,7 @@ class AlexNet(nn.Module):
     """
 
     config: ModelConfig
-    layers: kernels.Layers = kernels.PLAIN
+    layers: Layers = PLAIN
     batch_norm_axis: str | None = None  # BatchNorm statistics over this axis when training
 
     def hold_towers(self) -> nn.Module:
@@ -427,6 +428,6 @@ class AlexNet(nn.Module):
         return logits + bias
 
 
-def create_model(variant: str, layers: kernels.Layers = kernels.PLAIN, **knobs: Any) -> AlexNet:
+def create_model(variant: str, layers: Layers = PLAIN, **knobs: Any) -> AlexNet:
     """AlexNet of ``variant`` with ``knobs`` (see ``model_config``), on one device."""
     return AlexNet(model_config(variant, **knobs), layers)

@@ -40,7 +40,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from alexnet_jax import kernels
+from alexnet_jax.layers import select
 from alexnet_jax.models import MODEL_AXIS, TOWER_AXIS, AlexNet, ModelConfig, one_tower
 
 DATA_AXIS = "data"
@@ -206,9 +206,12 @@ class Layout:
 
 
 def create(parallelism: str, config: ModelConfig, num_devices: int = 0,
-           implementation: str = "auto", sync_batch_stats: bool = True) -> Layout:
+           implementation: str = "auto", sync_batch_stats: bool = True,
+           platform: str | None = None) -> Layout:
     """The layout for ``parallelism`` over the first ``num_devices`` devices (0: all), with
-    the per-device program's layers chosen for the backend (``kernels.select``)."""
+    the per-device program's layers chosen (``layers.select``) for ``platform``, the one
+    the program will run on (default: JAX's default backend; a CPU host can build, and
+    export, the program a GPU or a TPU runs)."""
     devices = jax.devices()
     if parallelism == "single":
         num_devices = 1
@@ -219,11 +222,11 @@ def create(parallelism: str, config: ModelConfig, num_devices: int = 0,
         devices = devices[:num_devices]
     kind = choose(parallelism, config.towers, len(devices))
     towers_on_devices = kind in ("model", "data_model")
-    layers = kernels.select(implementation, grouped=config.towers > 1 and not towers_on_devices,
-                            towers_on_devices=towers_on_devices)
+    chosen = select(implementation, platform, grouped=config.towers > 1 and not towers_on_devices,
+                    towers_on_devices=towers_on_devices)
     specs = marked_specs(config, towers_on_devices)
     if kind == "single":
-        return Layout(kind, AlexNet(config, layers), None, specs)
+        return Layout(kind, AlexNet(config, chosen), None, specs)
     replicas = len(devices) // config.towers if towers_on_devices else len(devices)
     if replicas % jax.process_count():
         raise LayoutError(f"Layout {kind} has {replicas} data replica(s), which do not divide "
@@ -233,8 +236,8 @@ def create(parallelism: str, config: ModelConfig, num_devices: int = 0,
     grid = np.asarray(devices, dtype=object)
     if towers_on_devices:
         mesh = Mesh(grid.reshape(-1, config.towers), (DATA_AXIS, MODEL_AXIS))
-        return Layout(kind, TowerPerDevice(config, layers, batch_norm_axis), mesh, specs)
-    return Layout(kind, AlexNet(config, layers, batch_norm_axis), Mesh(grid, (DATA_AXIS,)), specs)
+        return Layout(kind, TowerPerDevice(config, chosen, batch_norm_axis), mesh, specs)
+    return Layout(kind, AlexNet(config, chosen, batch_norm_axis), Mesh(grid, (DATA_AXIS,)), specs)
 
 
 def process_identity(process_id: int = -1, num_processes: int = 0) -> tuple[int, int]:

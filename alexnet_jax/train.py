@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from alexnet_jax import (checkpoints, config_base, input_pipeline, kernels, models, optim,
-                         parallel, run_io, supervisor, visualize)
+from alexnet_jax import (checkpoints, config_base, input_pipeline, models, optim, parallel,
+                         run_io, supervisor, visualize)
+from alexnet_jax.layers import compiler_options
 from alexnet_jax.metrics import (TEN_CROP, MetricWriter, cross_entropy, first_non_finite,
                                  mean_metrics, topk_correct)
 
@@ -116,8 +117,8 @@ def make_steps(layout: parallel.Layout, tx: optax.GradientTransformation,
                center_view: int = 0, augmentation: Any = None) -> Steps:
     """``train_step`` and ``eval_step`` for one run: closed over the layout's ``apply``, the
     optimiser and the input's on-device augmentation, jit-compiled with the backend's
-    compiler options (``kernels``)."""
-    options = kernels.compiler_options() or None
+    compiler options (``layers.compiler_options``)."""
+    options = compiler_options() or None
     return Steps(
         train=jax.jit(functools.partial(train_step, apply_fn=layout.apply, tx=tx,
                                         augmentation=augmentation),

@@ -4,7 +4,7 @@
         [--implementations auto,xla] [--rounds 8]
 
 The seed's protocol (softmax output; the gradient of half its sum of squares), as
-``alexnet_jax.benchmark`` times it, for each implementation (``kernels.select``: ``auto``
+``alexnet_jax.benchmark`` times it, for each implementation (``layers.select``: ``auto``
 runs the handlers of ``onednn.py`` where they are built, ``xla`` XLA's own forms;
 ``+xla_lrn``, ``+xla_max_pool`` and ``+xla_dense`` after a name, e.g. ``auto+xla_lrn``,
 keep that layer in XLA's form), compiled in one process and timed in alternating rounds
@@ -76,6 +76,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from alexnet_jax.kernels import malloc_tunables  # as the trainer and the benchmark run
-    malloc_tunables.restart_with_malloc_tunables()
+    from alexnet_jax import process  # as the trainer and the benchmark run
+    process.prepare()
     main()

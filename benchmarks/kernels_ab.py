@@ -1,6 +1,6 @@
 """The training step with this checkout's XLA:CPU forms against another version of them.
 
-    git show REV:alexnet_jax/kernels/xla_cpu.py > /tmp/xla_cpu_before.py
+    git show REV:alexnet_jax/cpu/xla_cpu.py > /tmp/xla_cpu_before.py
     python -m benchmarks.kernels_ab /tmp/xla_cpu_before.py [--variant small --batch 64]
 
 These machines' speed drifts by 20% within minutes, more than most changes to one layer
@@ -20,13 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import kernels, parallel
+from alexnet_jax import parallel
+from alexnet_jax.cpu import chooser
 from alexnet_jax.benchmark import synthetic_training
 from alexnet_jax.models import model_config
 
 
 def load_forms(path: str):
-    """The module at ``path``, a version of ``alexnet_jax/kernels/xla_cpu.py``."""
+    """The module at ``path``, a version of ``alexnet_jax/cpu/xla_cpu.py``."""
     spec = importlib.util.spec_from_file_location("xla_cpu_other", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # Flax's dataclasses look their module up
@@ -35,7 +36,7 @@ def load_forms(path: str):
 
 
 def compiled_step(variant: str, batch: int) -> list:
-    """[step, state, batch] with ``kernels.xla_cpu`` as it is now, after three steps."""
+    """[step, state, batch] with ``chooser.xla_cpu`` as it is now, after three steps."""
     step, state, data = synthetic_training(parallel.create("single", model_config(variant)),
                                            batch)
     for _ in range(3):
@@ -45,14 +46,14 @@ def compiled_step(variant: str, batch: int) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("other", help="another version of alexnet_jax/kernels/xla_cpu.py")
+    parser.add_argument("other", help="another version of alexnet_jax/cpu/xla_cpu.py")
     parser.add_argument("--variant", default="small")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=16)
     args = parser.parse_args()
 
     runs = {"this": compiled_step(args.variant, args.batch)}
-    kernels.xla_cpu = load_forms(args.other)  # what kernels.select builds the layers from
+    chooser.xla_cpu = load_forms(args.other)  # what the CPU extra builds the layers from
     runs["other"] = compiled_step(args.variant, args.batch)
     difference = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
         jax.tree.leaves(runs["this"][1].params), jax.tree.leaves(runs["other"][1].params)))
@@ -76,6 +77,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from alexnet_jax.kernels import malloc_tunables  # as the trainer and the benchmark run
-    malloc_tunables.restart_with_malloc_tunables()
+    from alexnet_jax import process  # as the trainer and the benchmark run
+    process.prepare()
     main()

@@ -1,4 +1,5 @@
-"""Session-wide settings: one persistent XLA compilation cache for every test process.
+"""Session-wide settings: one persistent XLA compilation cache for every test process,
+and forced host devices' flags as the entry points give them.
 
 The trainer jit-compiles its steps per run; runs of equal configs (in this process, in
 the other pytest worker, in subprocesses started by tests) then load the compiled
@@ -6,6 +7,10 @@ steps from this cache instead of compiling them again.
 """
 import os
 import tempfile
+
+from alexnet_jax.cpu import devices
+
+devices.give_forced_devices_their_flags()  # `make test`'s 8 devices: before JAX starts
 
 CACHE = os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"alexnet_jax_tests_{os.getuid()}"))

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from alexnet_jax import kernels
-from alexnet_jax.kernels import onednn, plain, xla_cpu
+from alexnet_jax import layers
+from alexnet_jax.cpu import onednn, xla_cpu
+from alexnet_jax.layers import plain
 from support import lowered_calls, lrn_numpy
 
 PLAIN_DOT = (((1,), (0,)), ((), ()))
@@ -19,11 +20,11 @@ PLAIN_DOT = (((1,), (0,)), ((), ()))
 # --- the chooser ------------------------------------------------------------------------
 
 def test_select_gives_plain_layers_off_cpu_and_when_asked():
-    assert kernels.select("auto", grouped=True, backend="gpu") is kernels.PLAIN
-    assert kernels.select("auto", grouped=False, backend="tpu") is kernels.PLAIN
-    assert kernels.select("plain", grouped=True, backend="cpu") is kernels.PLAIN
-    assert kernels.PLAIN.conv is nn.Conv and kernels.PLAIN.dense is nn.Dense
-    assert kernels.compiler_options("gpu") == {}
+    assert layers.select("auto", grouped=True, platform="gpu") is layers.PLAIN
+    assert layers.select("auto", grouped=False, platform="tpu") is layers.PLAIN
+    assert layers.select("plain", grouped=True, platform="cpu") is layers.PLAIN
+    assert layers.PLAIN.conv is nn.Conv and layers.PLAIN.dense is nn.Dense
+    assert layers.compiler_options("gpu") == {}
 
 
 @pytest.mark.parametrize("implementation,grouped,on_devices,form,wide_bias,use_onednn", [
@@ -38,21 +39,21 @@ def test_select_gives_plain_layers_off_cpu_and_when_asked():
 ])
 def test_select_on_cpu_picks_the_convolution_by_grouping(implementation, grouped, on_devices,
                                                         form, wide_bias, use_onednn):
-    layers = kernels.select(implementation, grouped=grouped, backend="cpu",
-                            towers_on_devices=on_devices)
-    conv = layers.conv(8, (3, 3))
+    chosen = layers.select(implementation, grouped=grouped, platform="cpu",
+                           towers_on_devices=on_devices)
+    conv = chosen.conv(8, (3, 3))
     assert (conv.form, conv.wide_bias) == (form, wide_bias)
-    assert conv.use_onednn == (use_onednn and onednn.available())  # where built
-    assert layers.lrn is (xla_cpu.onednn_local_response_norm if conv.use_onednn
-                          else kernels.local_response_norm)
-    assert layers.max_pool is (xla_cpu.onednn_max_pool if conv.use_onednn else xla_cpu.max_pool)
-    assert layers.dense(4).dot_general is (xla_cpu.onednn_dense_dot_general if conv.use_onednn
+    assert conv.use_onednn == (use_onednn and onednn.register())  # where built
+    assert chosen.lrn is (xla_cpu.onednn_local_response_norm if conv.use_onednn
+                          else layers.local_response_norm)
+    assert chosen.max_pool is (xla_cpu.onednn_max_pool if conv.use_onednn else xla_cpu.max_pool)
+    assert chosen.dense(4).dot_general is (xla_cpu.onednn_dense_dot_general if conv.use_onednn
                                            else xla_cpu.dense_dot_general)
 
 
 def test_select_rejects_an_unknown_implementation_listing_the_valid_ones():
     with pytest.raises(ValueError, match="cudnn.*auto, plain, xla, im2col"):
-        kernels.select("cudnn")
+        layers.select("cudnn")
 
 
 @pytest.mark.parametrize("form,wide_bias,use_onednn", [
@@ -144,7 +145,7 @@ def test_onednn_convolutions_are_built_where_its_wheel_installs():
     import platform
     if platform.system() != "Linux" or platform.machine() != "x86_64":
         pytest.skip("the oneDNN wheels are for x86-64 Linux")
-    assert onednn.available(), f"{onednn.LIBRARY} missing: run `make kernels`"
+    assert onednn.register(), f"{onednn.LIBRARY} missing: run `make kernels`"
 
 
 @pytest.mark.parametrize("shape,kernel,stride,pads", [
@@ -154,7 +155,7 @@ def test_onednn_convolutions_are_built_where_its_wheel_installs():
     ((2, 10, 10, 5), (3, 3, 5, 7), 2, ((0, 0), (0, 0))),      # VALID, strided
 ])
 def test_onednn_convolution_and_its_gradients_equal_float64_numpy(shape, kernel, stride, pads):
-    if not onednn.available():
+    if not onednn.register():
         pytest.skip("oneDNN's convolutions are not built")
     rng = np.random.default_rng(3)
     x, w = rng.standard_normal(shape), rng.standard_normal(kernel) / np.sqrt(np.prod(kernel[:3]))
@@ -199,7 +200,7 @@ def numpy_lrn_and_gradient(a, g, k, n, alpha, beta, step=1e-6):
     ((1, 2, 3, 16), 0.5, 41, 0.3, 0.6),         # a window wider than the channels
 ])
 def test_onednn_lrn_and_its_gradient_equal_float64_numpy(shape, k, n, alpha, beta):
-    if not onednn.available():
+    if not onednn.register():
         pytest.skip("oneDNN's kernels are not built")
     rng = np.random.default_rng(5)
     a, g = 3 * rng.standard_normal(shape), rng.standard_normal(shape)
@@ -223,7 +224,7 @@ def test_onednn_lrn_and_its_gradient_equal_float64_numpy(shape, k, n, alpha, bet
 def test_onednn_lrn_takes_odd_windows_in_float32(channels, n, taken):
     """Where the LRN handlers are not used, the layer is ``lrn.local_response_norm``: the
     same value and gradient either way."""
-    if not onednn.available():
+    if not onednn.register():
         pytest.skip("oneDNN's kernels are not built")
     shape, (k, alpha, beta) = (2, 3, 2, channels), (1.0, 0.1, 0.75)
     a = jax.random.normal(jax.random.key(2), shape) * 3
@@ -231,14 +232,14 @@ def test_onednn_lrn_takes_odd_windows_in_float32(channels, n, taken):
     assert onednn.supports_lrn(a, n) == taken
     assert not onednn.supports_lrn(a.astype(jnp.bfloat16), n)
     ours, vjp = jax.vjp(lambda a: xla_cpu.onednn_local_response_norm(a, k, n, alpha, beta), a)
-    theirs, reference_vjp = jax.vjp(lambda a: kernels.local_response_norm(a, k, n, alpha, beta), a)
+    theirs, reference_vjp = jax.vjp(lambda a: layers.local_response_norm(a, k, n, alpha, beta), a)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(vjp(g)[0], reference_vjp(g)[0], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("batch,inputs,outputs", [(4, 37, 19), (32, 300, 70), (1, 16, 1)])
 def test_onednn_matmul_and_its_gradients_equal_float64_numpy(batch, inputs, outputs):
-    if not onednn.available():
+    if not onednn.register():
         pytest.skip("oneDNN's kernels are not built")
     rng = np.random.default_rng(batch)
     x, w, g = (rng.standard_normal(shape) for shape in
@@ -258,7 +259,7 @@ def test_onednn_matmul_and_its_gradients_equal_float64_numpy(batch, inputs, outp
 
 
 def test_onednn_dense_product_falls_back_to_xla_outside_float32_matrices():
-    if not onednn.available():
+    if not onednn.register():
         pytest.skip("oneDNN's kernels are not built")
     dot = xla_cpu.onednn_dense_dot_general
     x, w = jnp.ones((2, 3, 4)), jnp.ones((4, 5))
@@ -292,7 +293,7 @@ def test_max_pool_forms_and_gradients_agree_on_random_input(form, shape, window,
 
 
 def test_max_pool_handler_is_used_for_float32_maps():
-    if not onednn.available():
+    if not onednn.register():
         pytest.skip("oneDNN's kernels are not built")
     with open("/proc/cpuinfo") as f:
         assert onednn.max_pool_vectorized() == (" avx512f" in f.read())
@@ -325,7 +326,7 @@ def test_onednn_kernels_older_than_their_source_are_not_used(tmp_path, monkeypat
     later = onednn.LIBRARY.stat().st_mtime + 60
     os.utime(source, (later, later))
     monkeypatch.setattr(onednn, "SOURCE", source)
-    assert not onednn.available.__wrapped__()
+    assert not onednn.register.__wrapped__()
     assert "older than onednn_kernels.cc" in caplog.text and "make kernels" in caplog.text
 
 
@@ -335,7 +336,7 @@ def test_a_corrupt_onednn_build_is_reported_and_not_used(tmp_path, monkeypatch, 
     library = tmp_path / "_onednn_kernels.so"
     library.write_bytes(b"not a shared library")
     monkeypatch.setattr(onednn, "LIBRARY", library)
-    assert not onednn.available.__wrapped__()
+    assert not onednn.register.__wrapped__()
     assert "not loaded" in caplog.text and "make kernels" in caplog.text
 
 
@@ -395,7 +396,7 @@ def test_max_pool_compares_the_taps_once_and_writes_the_winner_out():
     into the gradient's fusions and its float compares recomputed there.)"""
     x = jnp.ones((2, 15, 15, 4))
     grad = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(xla_cpu.max_pool(jnp.exp(x), 3, 2)))),
-                   compiler_options=kernels.compiler_options())
+                   compiler_options=layers.compiler_options())
     hlo = grad.lower(x).compile().as_text()
     float_compares = {}  # computation -> compares of float operands
     for computation in hlo.split("\n\n"):
@@ -441,7 +442,7 @@ def test_dense_input_gradient_comes_out_in_the_orientation_eigen_runs_fast():
     transpose of it back into g @ kernel^T, (batch, in), several times slower."""
     x, w = jnp.ones((3, 7)), jnp.ones((7, 5))
     grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(
-        xla_cpu.dense_dot_general(x, w, PLAIN_DOT)))), compiler_options=kernels.compiler_options())
+        xla_cpu.dense_dot_general(x, w, PLAIN_DOT)))), compiler_options=layers.compiler_options())
     hlo = grad.lower(x, w).compile().as_text()
     dots = [line.split("=")[1] for line in hlo.splitlines() if " dot(" in line]
     # (in, batch) in memory: the shape (7, 3) row-major, or (3, 7) column-major.
@@ -453,7 +454,7 @@ def test_cpu_steps_compile_without_ynnpack_unless_asked(monkeypatch):
     a = jnp.ones((64, 64))
 
     def compiled():
-        options = kernels.compiler_options() or None
+        options = layers.compiler_options() or None
         return jax.jit(lambda a, b: a @ b, compiler_options=options).lower(a, a).compile().as_text()
 
     assert "__ynn_fusion" not in compiled()
@@ -465,7 +466,7 @@ def test_cpu_steps_compile_without_ynnpack_unless_asked(monkeypatch):
 
 def test_lrn_inverse_power_identity_for_the_papers_beta():
     d = jnp.linspace(1.0, 50.0, 101)
-    np.testing.assert_allclose(kernels.lrn.inverse_power(d, 0.75),
+    np.testing.assert_allclose(layers.lrn.inverse_power(d, 0.75),
                                np.asarray(d, np.float64) ** -0.75, rtol=2e-7)
 
 
@@ -474,5 +475,5 @@ def test_lrn_gradient_matches_finite_differences(k, n, alpha, beta):
     """The hand-written VJP, with an even window (asymmetric, so mirrored) too."""
     with jax.enable_x64(True):
         a = 10 * jax.random.normal(jax.random.key(3), (1, 3, 3, 8), dtype=jnp.float64)
-        check_grads(lambda x: kernels.local_response_norm(x, k, n, alpha, beta), (a,), order=1,
+        check_grads(lambda x: layers.local_response_norm(x, k, n, alpha, beta), (a,), order=1,
                     modes=["rev"], atol=1e-6, rtol=1e-6)

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from jax import lax
 
-from alexnet_jax import components, kernels, models
-from alexnet_jax.kernels import onednn
+from alexnet_jax import components, layers, models
+from alexnet_jax.cpu import onednn
 from alexnet_jax.components import LocalResponseNorm
 from alexnet_jax.models import create_model
 from support import lowered_calls, lrn_loop, lrn_numpy
 
-IM2COL = kernels.select("im2col", grouped=True, backend="cpu")
+IM2COL = layers.select("im2col", grouped=True, platform="cpu")
 
 
 def init(model, x, key=0):
@@ -136,7 +136,7 @@ def grouped_reference(params, x, model):
 
 
 @pytest.mark.parametrize("variant,batch,layers", [
-    ("small", 4, kernels.PLAIN), ("small", 4, IM2COL), ("paper", 1, IM2COL)])
+    ("small", 4, layers.PLAIN), ("small", 4, IM2COL), ("paper", 1, IM2COL)])
 def test_two_towers_equal_grouped_convolution_network(variant, batch, layers):
     model = create_model(variant, layers, init="scaled")
     x = jax.random.normal(jax.random.key(4), (batch, *model.config.input_shape))
@@ -170,14 +170,14 @@ def test_lone_tower_and_its_gradients_equal_the_reference_network():
     """A one-tower model runs its Tower unmapped (no size-1 vmap): same function, same
     gradients, and the parameter tree keeps its leading tower axis of 1."""
     # Where oneDNN's kernels are built, every layer runs in onednn.py's handlers.
-    model = create_model("small", kernels.select("auto", grouped=False), init="scaled", towers=1,
+    model = create_model("small", layers.select("auto", grouped=False), init="scaled", towers=1,
                          conv_channels=(16, 32, 8, 8, 6), hidden_units=(16, 16))
     x = jax.random.normal(jax.random.key(4), (4, *model.config.input_shape))
     params = init(model, x, 5)["params"]
     assert params["towers"]["conv1"]["kernel"].shape == (1, 5, 5, 1, 16)
     params = jax.tree.map(lambda v: v + 0.01 * jax.random.normal(jax.random.key(6), v.shape),
                           params)
-    if onednn.available():
+    if onednn.register():
         calls = lowered_calls(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x))), params)
         pooling = {"alexnet_max_pool", "alexnet_max_pool_backward"}
         assert calls == set(onednn.HANDLERS) - (

@@ -19,10 +19,10 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import (checkpoints, components, kernels, models, optim, parallel,  # noqa: E402
+from alexnet_jax import (checkpoints, components, layers, models, optim, parallel,  # noqa: E402
                          train)
 from alexnet_jax.config_base import base_config  # noqa: E402
-from alexnet_jax.kernels import onednn  # noqa: E402
+from alexnet_jax.cpu import onednn  # noqa: E402
 from support import build, tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -44,7 +44,7 @@ def step_config(norm="lrn"):
     config.optim.schedule = "constant"
     config.optim.learning_rate = 0.005
     # "auto" takes XLA's convolution for one tower per device and im2col for two on one
-    # (kernels.select): equal functions, rounded differently.  One arithmetic for every
+    # (layers.select): equal functions, rounded differently.  One arithmetic for every
     # layout isolates what this file tests; the forms are compared in test_kernels.py.
     config.model.implementation = "im2col"
     return config
@@ -120,7 +120,7 @@ def test_data_layout_sums_the_custom_vjp_convolutions_gradients_over_replicas(
     config.model.towers = towers
     batches = random_batches(3)
     layout = build(config, len(batches), "data", 8)[0]
-    one_tower = "xla_cpu_onednn" if onednn.available() else "xla_cpu"
+    one_tower = "xla_cpu_onednn" if onednn.register() else "xla_cpu"
     assert layout.model.layers.name == ("xla_cpu_per_tower" if towers == 2 else one_tower)
     reference, _ = train_steps("single", 1, config, batches)
     result, _ = train_steps("data", 8, config, batches)
@@ -137,8 +137,8 @@ def test_tower_under_a_literal_pmap_is_the_papers_two_gpu_split():
     config = models.model_config("small", input_shape=(28, 28, 1), num_classes=10,
                                  init="scaled", conv_channels=(4, 6, 8, 8, 6),
                                  hidden_units=(16, 16))
-    layers = kernels.select("im2col", grouped=True)  # one arithmetic on both sides
-    model, tower = models.AlexNet(config, layers), models.Tower(config, layers)
+    chosen = layers.select("im2col", grouped=True)  # one arithmetic on both sides
+    model, tower = models.AlexNet(config, chosen), models.Tower(config, chosen)
     x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
     params = parallel.initial_variables(config, jax.random.key(2))["params"]
     params = jax.tree.map(lambda v: v + 0.01 * jax.random.normal(jax.random.key(3), v.shape),

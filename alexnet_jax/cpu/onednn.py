@@ -16,7 +16,7 @@ window's winning tap, and its gradient, which routes the cotangent there: one pa
 The handlers are compiled against the ``onednn-devel-cpu-gomp`` wheel's headers and
 library (``requirements.txt``) by ``make`` (``make kernels``: ``main`` here).  Where the
 library or a C++ compiler is missing, or the build is older than its source,
-``available()`` is False and ``kernels.select`` keeps XLA's forms.
+``register()`` is False and XLA's forms run (``chooser.py``).
 """
 from __future__ import annotations
 
@@ -69,9 +69,10 @@ def build(compiler: str = "g++") -> pathlib.Path:
 
 
 @functools.lru_cache(maxsize=None)
-def available() -> bool:
-    """Whether the handlers are built from the current source and registered with XLA's
-    CPU backend (once).  Says why not in the log; XLA's convolutions are used then."""
+def register() -> bool:
+    """Loads the handlers and registers them with XLA's CPU backend, once; True where they
+    are built from the current source and that worked.  Says why not in the log (XLA's
+    forms run then).  Also sets ``OMP_WAIT_POLICY`` (below) before oneDNN starts."""
     if not LIBRARY.exists() or not _onednn_library().exists():
         logging.info("oneDNN convolutions not built (%s); XLA's are used. `make kernels` "
                      "builds them.", LIBRARY)
@@ -123,7 +124,7 @@ def conv2d_bias(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable:
     """``(x, kernel, bias) -> conv(x, kernel) + bias`` for NHWC float32 ``x`` and an HWIO
     ``kernel``, with explicit (low, high) ``pads`` per spatial axis, by oneDNN forward and
     backward.  The backward is one call, which skips the input gradient where the input is
-    not differentiated (the image).  Needs ``available()``."""
+    not differentiated (the image).  Needs ``register()``."""
     (top, bottom), (left, right) = pads
     attributes = dict(stride=np.int64(stride), pad_top=np.int64(top),
                       pad_bottom=np.int64(bottom), pad_left=np.int64(left),
@@ -194,7 +195,7 @@ def _matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False,
 def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """``x @ kernel`` for float32 matrices, (batch, in) x (in, out), by oneDNN's sgemm,
     forward and gradients.  The input gradient is computed as kernel @ g^T, (in, batch),
-    the orientation sgemm runs fastest for a small batch.  Needs ``available()``."""
+    the orientation sgemm runs fastest for a small batch.  Needs ``register()``."""
     return _matmul(x, kernel)
 
 
@@ -233,9 +234,9 @@ def max_pool(window: int, stride: int, height: int, width: int) -> Callable:
 
 
 def supports(*operands: jax.Array) -> bool:
-    """Whether oneDNN's handlers are built and registered (``available()``) and take these
+    """Whether oneDNN's handlers are built and registered (``register()``) and take these
     operands: float32 only."""
-    return all(a.dtype == jnp.float32 for a in operands) and available()
+    return all(a.dtype == jnp.float32 for a in operands) and register()
 
 
 def supports_lrn(a: jax.Array, n: int) -> bool:
@@ -248,7 +249,7 @@ def supports_lrn(a: jax.Array, n: int) -> bool:
 def max_pool_vectorized() -> bool:
     """Whether ``max_pool``'s handler runs vectorized on this CPU (AVX-512): its scalar loop
     is slower than XLA's form."""
-    return available() and bool(ctypes.CDLL(str(LIBRARY)).AlexnetMaxPoolVectorized())
+    return register() and bool(ctypes.CDLL(str(LIBRARY)).AlexnetMaxPoolVectorized())
 
 
 def supports_max_pool(x: jax.Array, window: int) -> bool:

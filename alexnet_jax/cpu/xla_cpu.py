@@ -1,7 +1,7 @@
 """Forms of the network's layers that XLA:CPU runs fast: the same mathematics, other code.
 
-``kernels.select`` picks them on the CPU backend; ``docs/performance.md`` has what each
-one saves, measured.  Each is tested against the plain form it replaces.
+``chooser.py`` says which run when; ``docs/performance.md`` has what each one saves,
+measured.  Each is tested against the plain form it replaces.
 
 * ``Conv`` with ``form="per_tower"`` (``per_tower_conv2d``), for the towers side by side:
   what ``vmap`` over the towers makes of a convolution is a grouped convolution, whose
@@ -25,19 +25,9 @@ one saves, measured.  Each is tested against the plain form it replaces.
 * ``dense_dot_general`` (``nn.Dense(dot_general=...)``): the input gradient of a dense
   layer as kernel @ g^T, (in, batch), an orientation Eigen's matrix product runs much
   faster than autodiff's g @ kernel^T, (batch, in).
-* ``Conv`` with ``use_onednn`` (form ``"xla"`` only): the convolution with its bias,
-  forward and gradients, by oneDNN (``onednn.py``), whose kernels beat Eigen's on x86;
-  float32 only, XLA's otherwise.  The towers side by side keep XLA's: one oneDNN call per
-  tower measured slower there (docs/performance.md).
-* ``onednn_dense_dot_general`` and ``onednn_max_pool``: dense layers' products by
-  oneDNN's sgemm, and max-pooling (the pooled map with each window's first winning tap,
-  and the gradient routed to it) by a handler of our own, in one pass each, where
-  XLA:CPU makes several; chosen together with oneDNN's convolutions, XLA's forms above
-  elsewhere.
-* ``onednn_local_response_norm``: local response normalisation by ``onednn.py``'s
-  handlers (oneDNN's forward, a one-pass gradient of our own) where they take the shape
-  (``onednn.supports_lrn``: odd windows), ``lrn.local_response_norm`` elsewhere; chosen
-  together with oneDNN's convolutions.  No parameters, so no replica sums.
+* ``Conv`` with ``use_onednn``, ``onednn_dense_dot_general``, ``onednn_max_pool`` and
+  ``onednn_local_response_norm``: the same layers by ``onednn.py``'s handlers, where
+  they take the operands, XLA's forms above elsewhere.
 * ``compiler_options``: XLA:CPU hands dots and convolutions to YNNPACK by default;
   Eigen's kernels are faster for this network.  ``ALEXNET_JAX_YNNPACK=1`` keeps
   YNNPACK, whose sums do not depend on how a batch is split over devices (the layout
@@ -61,8 +51,8 @@ import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
-from alexnet_jax.kernels import onednn
-from alexnet_jax.kernels.lrn import local_response_norm
+from alexnet_jax.cpu import onednn
+from alexnet_jax.layers.lrn import local_response_norm
 
 Padding = str | Sequence[tuple[int, int]]
 
