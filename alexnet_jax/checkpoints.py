@@ -35,15 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from alexnet_jax.errors import CheckpointError, DamagedError, MismatchError
 from alexnet_jax.optim import PlateauPolicy
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message names the step and the cause."""
-
-
-class MismatchError(CheckpointError):
-    """The checkpoint was written by another model (variant, widths): a rejected command."""
 
 
 def _arrays(state: Any) -> dict[str, Any]:
@@ -315,10 +308,6 @@ class CheckpointManager:
             self.best.wait_until_finished()
         self.latest.close()
         self.best.close()
-
-
-class DamagedError(CheckpointError):
-    """A checkpoint's arrays do not match the checksums it was written with."""
 
 
 def read_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> tuple[dict, dict]:

@@ -42,8 +42,7 @@ class Registry(Mapping[str, Entry], Generic[Entry]):
 
     def check(self, name: Any) -> None:
         if name not in self._entries:
-            raise ValueError(f"Unknown {self.kind} {name!r}; valid {self.kind}s are: "
-                             f"{', '.join(self._entries)}.")
+            raise ValueError(f"{self.kind}={name!r} is not one of: {', '.join(self._entries)}.")
 
 
 # --- normalisations ----------------------------------------------------------------------
@@ -150,7 +149,7 @@ def _group_norm(site: NormSite, name: str) -> Callable:
 def _check_groups(options: Mapping[str, Any]) -> None:
     groups = options["norm_groups"]
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"norm_groups must be a whole number of at least 1; got {groups!r}.")
+        raise ValueError(f"norm_groups={groups!r} must be a whole number of at least 1.")
 
 
 NORMS: Registry[Norm] = Registry("norm", {

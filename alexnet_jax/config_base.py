@@ -15,6 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from alexnet_jax import components
+from alexnet_jax.errors import ConfigError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -134,16 +135,15 @@ def _with_defaults(defaults: dict, given: dict) -> dict:
     return merged
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and what would."""
-
-
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
              process_count: int = 1) -> None:
-    """Checks the whole resolved config before any data is read or file written: every
-    enumerated value, every count and size, the input size against the variant, and the
-    layout against ``num_devices`` devices (JAX's, if None) over ``process_count`` hosts.
-    Raises ``ConfigError`` naming the first problem and its fix."""
+    """Checks the whole resolved config before any data is read or file written, by
+    building what the trainer builds from it where that checks its own values: the
+    network (``models.config_from``: every model setting) and the layout
+    (``parallel.plan``: the devices, ``num_devices`` of them, JAX's if None, over
+    ``process_count`` hosts, and the batch sizes); and here every other enumerated value,
+    count and size, and the images against the network.  Raises ``ConfigError`` naming
+    the first problem and its fix."""
     from alexnet_jax import input_pipeline, layers, models, optim, parallel
 
     def choice(key: str, valid: tuple) -> None:
@@ -156,21 +156,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
         if not isinstance(value, (int, float)) or value < low:
             raise ConfigError(f"config.{key}={value!r} must be at least {low}{what}.")
 
-    def within(key: str, low: float, high: float, text: str) -> None:
-        value = _get(config, key)
-        if not low <= value < high:
-            raise ConfigError(f"config.{key}={value!r} must be in {text}.")
-
-    choice("model.variant", tuple(models.VARIANTS))
-    choice("model.norm", tuple(components.NORMS))
-    choice("model.norm_position", models.NORM_POSITIONS)
-    choice("model.pool", tuple(components.POOLS))
-    choice("model.activation", tuple(components.ACTIVATIONS))
-    choice("model.dtype", tuple(models.DTYPES))
-    choice("model.implementation", layers.IMPLEMENTATIONS)
-    if config.model.init is not None:
-        choice("model.init", models.INITS)
     choice("data.dataset", tuple(input_pipeline.sources.DATASETS))
+    model = _network(config, models, input_pipeline)
+    choice("model.implementation", layers.IMPLEMENTATIONS)
     choice("data.corrupt_images", ("skip", "fail"))
     choice("data.mean", ("pixel", "channel"))
     choice("data.store", ("prepared", "source"))
@@ -179,7 +167,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
         raise ConfigError(f"config.data.store_quality={config.data.store_quality!r} must be a "
                           "JPEG quality in [1, 100].")
     choice("optim.schedule", optim.SCHEDULES)
-    choice("parallelism", parallel.LAYOUTS)
     for key in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
                 "eval_every_epochs", "checkpoint.keep", "data.shuffle_buffer",
                 "data.mean_images", "optim.plateau_patience"):
@@ -192,7 +179,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     if config.optim.learning_rate <= 0:
         raise ConfigError(f"config.optim.learning_rate={config.optim.learning_rate!r} must be "
                           "positive.")
-    within("optim.momentum", 0.0, 1.0, "[0, 1)")
+    if not 0.0 <= config.optim.momentum < 1.0:
+        raise ConfigError(f"config.optim.momentum={config.optim.momentum!r} must be in [0, 1).")
     if not 0.0 < config.optim.plateau_factor < 1.0:
         raise ConfigError(f"config.optim.plateau_factor={config.optim.plateau_factor!r} must "
                           "be in (0, 1): the learning rate is multiplied by it.")
@@ -201,17 +189,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
         raise ConfigError(f"config.optim.warmup_epochs={config.optim.warmup_epochs} leaves no "
                           f"epoch of the {config.num_epochs} for the {config.optim.schedule} "
                           "decay; lower it.")
-    if config.model.dropout_rate is not None:
-        within("model.dropout_rate", 0.0, 1.0, "[0, 1)")
-    if config.model.towers is not None:
-        at_least("model.towers", 1)
-    if config.model.num_classes is not None:
-        at_least("model.num_classes", 2)
-    _validate_input_size(config, models, input_pipeline)
     if config.data.dataset == "image_folder" and not config.data.image_folder:
         raise ConfigError("config.data.dataset=image_folder needs config.data.image_folder: a "
                           "directory with train/<class>/<image> and val/<class>/<image>.")
-    _validate_layout(config, num_devices, process_count, models, parallel)
+    _validate_layout(config, model.towers, num_devices, process_count, parallel)
 
 
 def _get(config: ml_collections.ConfigDict, key: str):
@@ -220,19 +201,20 @@ def _get(config: ml_collections.ConfigDict, key: str):
     return config
 
 
-def _validate_input_size(config, models, input_pipeline) -> None:
-    """The images (the dataset's, or model.input_shape) against the variant's smallest input."""
+def _network(config, models, input_pipeline) -> Any:
+    """The network the trainer builds (every model setting checked by building it), and the
+    images (the dataset's, or model.input_shape) against its smallest input."""
     shape = config.model.input_shape or input_pipeline.info(config.data.dataset).image_shape
     if len(shape) != 3 or min(shape) < 1:
         raise ConfigError(f"config.model.input_shape={tuple(shape)!r} must be three positive "
                           "sizes: (height, width, channels).")
-    try:  # the network this config describes, as the trainer builds it
+    try:
         model = models.config_from(config.model, tuple(shape), 10)
     except ValueError as error:
-        raise ConfigError(f"config.model: {error}") from None
+        raise ConfigError(f"config.model.{error}") from None
     smallest = model.smallest_input()
     if min(shape[:2]) >= smallest:
-        return
+        return model
     fits = [name for name in models.VARIANTS
             if models.model_config(name, input_shape=tuple(shape)).smallest_input() <= min(shape[:2])]
     suggestion = (f"use config.model.variant={fits[0]}" if fits else
@@ -243,28 +225,20 @@ def _validate_input_size(config, models, input_pipeline) -> None:
         f"{suggestion} (or set config.model.input_shape to images this variant takes).")
 
 
-def _validate_layout(config, num_devices, process_count, models, parallel) -> None:
+def _validate_layout(config, towers, num_devices, process_count, parallel) -> None:
+    """The layout ``parallel.create`` will build, and the batch sizes against it."""
     import jax
     available = jax.device_count() if num_devices is None else num_devices
     if config.num_devices > available:
         raise ConfigError(f"config.num_devices={config.num_devices}, but only {available} "
                           "device(s) are present.")
-    devices = 1 if config.parallelism == "single" else (config.num_devices or available)
-    towers = config.model.towers or models.VARIANTS[config.model.variant]["towers"]
     try:
-        kind = parallel.choose(config.parallelism, towers, devices)
-    except parallel.LayoutError as error:
-        raise ConfigError(f"config.parallelism: {error}") from None
-    replicas = 1 if kind == "single" else (devices // towers if kind in ("model", "data_model")
-                                           else devices)
-    for key in ("batch_size", "eval_batch_size"):
-        value = config[key]
-        for parts, what in ((replicas, f"data replicas of layout {kind}"),
-                            (process_count, "processes")):
-            if value % parts:
-                raise ConfigError(f"config.{key}={value} is not divisible by the {parts} {what}; "
-                                  f"choose a multiple of {parts}.")
-    if kind != "single" and replicas % process_count:
-        raise ConfigError(f"Layout {kind} has {replicas} data replica(s), which do not divide "
-                          f"among the {process_count} processes: give every process the same "
-                          "number of them.")
+        shape = parallel.plan(config.parallelism, towers, config.num_devices or available,
+                              process_count)
+        for key in ("batch_size", "eval_batch_size"):
+            shape.check_batch(config[key], f"config.{key}", process_count)
+    except parallel.LayoutError as error:  # its messages name parallelism or the batch
+        message = str(error)
+        raise ConfigError(message if message.startswith("config.") else
+                          f"config.{message}" if message.startswith("parallelism=") else
+                          f"config.parallelism: {message}") from None

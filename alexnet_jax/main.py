@@ -33,7 +33,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import (checkpoints, config_base, input_pipeline, parallel, run_io, supervisor,
+from alexnet_jax import (checkpoints, errors, parallel, run_io, supervisor,
                          train)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -55,9 +55,7 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of an error."
 
 COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax", "xla")
 REJECTED, FAILED = 2, 1  # exit statuses; an interrupted run exits with 128 + the signal
-REJECTIONS = (config_base.ConfigError, parallel.LayoutError, checkpoints.MismatchError)
-FAILURES = (input_pipeline.DatasetUnavailableError, checkpoints.CheckpointError,
-            FloatingPointError, PermissionError)
+REJECTIONS, FAILURES = errors.REJECTIONS, errors.FAILURES
 
 
 def verbose() -> bool:

@@ -62,8 +62,7 @@ CUDA_CONVNET_CONV1_PADDING = ((0, 3), (0, 3))
 
 def check_choice(kind: str, value: Any, valid: Sequence[Any]) -> None:
     if value not in valid:
-        raise ValueError(f"Unknown {kind} {value!r}; valid {kind}s are: "
-                         f"{', '.join(map(str, valid))}.")
+        raise ValueError(f"{kind}={value!r} is not one of: {', '.join(map(str, valid))}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,11 +103,11 @@ class ModelConfig:
         check_choice("init", self.init, INITS)
         check_choice("dtype", self.dtype, tuple(DTYPES))
         if self.towers < 1:
-            raise ValueError(f"towers must be at least 1; got {self.towers}.")
+            raise ValueError(f"towers={self.towers!r} must be at least 1.")
         if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1); got {self.dropout_rate}.")
+            raise ValueError(f"dropout_rate={self.dropout_rate!r} must be in [0, 1).")
         if self.num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2; got {self.num_classes}.")
+            raise ValueError(f"num_classes={self.num_classes!r} must be at least 2.")
         norm = components.NORMS[self.norm]
         given = dict(self.norm_options)
         unknown = set(given) - set(norm.options)

@@ -40,6 +40,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from alexnet_jax.errors import LayoutError
 from alexnet_jax.layers import select
 from alexnet_jax.models import MODEL_AXIS, TOWER_AXIS, AlexNet, ModelConfig, one_tower
 
@@ -47,15 +48,10 @@ DATA_AXIS = "data"
 LAYOUTS = ("single", "model", "data", "data_model", "auto")
 
 
-class LayoutError(ValueError):
-    """The layout asked for does not fit the model, the devices or the batch size."""
-
-
 def choose(parallelism: str, towers: int, num_devices: int) -> str:
     """The layout for ``parallelism`` on ``num_devices`` devices, or a clear error."""
     if parallelism not in LAYOUTS:
-        raise LayoutError(f"Unknown parallelism {parallelism!r}; valid layouts are: "
-                          f"{', '.join(LAYOUTS)}.")
+        raise LayoutError(f"parallelism={parallelism!r} is not one of: {', '.join(LAYOUTS)}.")
     if parallelism == "auto":
         if num_devices == 1:
             return "single"
@@ -74,6 +70,42 @@ def choose(parallelism: str, towers: int, num_devices: int) -> str:
                               f"{num_devices} are available: use data_model to use them all, or "
                               f"set num_devices={towers}.")
     return parallelism
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A layout's shape before any device is touched: its kind, devices and data replicas
+    (``plan``), and what the batch sizes must divide by."""
+
+    kind: str
+    devices: int
+    replicas: int
+
+    @property
+    def towers_on_devices(self) -> bool:
+        return self.kind in ("model", "data_model")
+
+    def check_batch(self, batch_size: int, what: str = "batch_size", processes: int = 1) -> None:
+        """A global batch splits evenly over the data replicas and over the processes."""
+        for parts, over in ((self.replicas, f"data replicas of layout {self.kind}"),
+                            (processes, "processes")):
+            if batch_size % parts:
+                raise LayoutError(f"{what}={batch_size} is not divisible by the {parts} {over}; "
+                                  f"choose a multiple of {parts}.")
+
+
+def plan(parallelism: str, towers: int, num_devices: int, processes: int = 1) -> Plan:
+    """The layout for ``parallelism`` and a model of ``towers`` towers on ``num_devices``
+    devices over ``processes`` processes (``create`` builds it), or a ``LayoutError``."""
+    devices = 1 if parallelism == "single" else num_devices
+    kind = choose(parallelism, towers, devices)
+    replicas = 1 if kind == "single" else (devices // towers if kind in ("model", "data_model")
+                                           else devices)
+    if kind != "single" and replicas % processes:
+        raise LayoutError(f"Layout {kind} has {replicas} data replica(s), which do not divide "
+                          f"among the {processes} processes: each process feeds whole "
+                          "replicas, so give every process the same number of them.")
+    return Plan(kind, devices, replicas)
 
 
 class TowerPerDevice(AlexNet):
@@ -133,10 +165,7 @@ class Layout:
                 f"batch {global_batch // self.data_size} of the global {global_batch}")
 
     def check_batch(self, batch_size: int, what: str = "batch_size") -> None:
-        if batch_size % self.data_size:
-            raise LayoutError(f"{what} {batch_size} is not divisible by the {self.data_size} data "
-                              f"replicas of layout {self.kind}; choose a multiple of "
-                              f"{self.data_size}.")
+        Plan(self.kind, self.num_devices, self.data_size).check_batch(batch_size, what)
 
     # --- placement -------------------------------------------------------------------
 
@@ -220,18 +249,13 @@ def create(parallelism: str, config: ModelConfig, num_devices: int = 0,
             raise LayoutError(f"num_devices={num_devices}, but only {len(devices)} device(s) "
                               "are present.")
         devices = devices[:num_devices]
-    kind = choose(parallelism, config.towers, len(devices))
-    towers_on_devices = kind in ("model", "data_model")
+    shape = plan(parallelism, config.towers, len(devices), jax.process_count())
+    kind, towers_on_devices = shape.kind, shape.towers_on_devices
     chosen = select(implementation, platform, grouped=config.towers > 1 and not towers_on_devices,
                     towers_on_devices=towers_on_devices)
     specs = marked_specs(config, towers_on_devices)
     if kind == "single":
         return Layout(kind, AlexNet(config, chosen), None, specs)
-    replicas = len(devices) // config.towers if towers_on_devices else len(devices)
-    if replicas % jax.process_count():
-        raise LayoutError(f"Layout {kind} has {replicas} data replica(s), which do not divide "
-                          f"among the {jax.process_count()} processes: each process feeds whole "
-                          "replicas, so give every process the same number of them.")
     batch_norm_axis = DATA_AXIS if sync_batch_stats else None
     grid = np.asarray(devices, dtype=object)
     if towers_on_devices:

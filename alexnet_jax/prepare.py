@@ -13,6 +13,7 @@ from absl import app
 from ml_collections import config_flags
 
 from alexnet_jax import config_base, input_pipeline
+from alexnet_jax.errors import ConfigError, DatasetUnavailableError
 from alexnet_jax.input_pipeline import store
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -26,16 +27,16 @@ def main(argv):
     try:
         config_base.validate(config)
         if input_pipeline.info(config.data.dataset).family != "imagenet":
-            raise config_base.ConfigError(
+            raise ConfigError(
                 f"config.data.dataset={config.data.dataset} needs no preparation beyond TFDS's: "
                 "the 256x256 store is for ImageNet-style data (imagenet2012, image_folder).")
         if store.is_prepared(config.data):
             print(f"{store.store_dir(config.data)} is prepared already.")
             return
         result = store.prepare(config.data)
-    except (config_base.ConfigError, input_pipeline.DatasetUnavailableError) as error:
+    except (ConfigError, DatasetUnavailableError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2 if isinstance(error, config_base.ConfigError) else 1)
+        sys.exit(2 if isinstance(error, ConfigError) else 1)
     print(f"{result['images']} images in {result['seconds']:.0f} s "
           f"({result['images_per_s']:.0f} images/s): {store.store_dir(config.data)}")
 

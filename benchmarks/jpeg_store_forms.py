@@ -2,7 +2,7 @@
 
     python -m benchmarks.jpeg_store_forms [SOURCE_FOLDER]   # default: 512 generated JPEGs
 
-The central 256x256 squares of the source JPEGs (``store.central_square``, as ``prepare``
+The central 256x256 squares of the source JPEGs (``store.square_uint8``, as ``prepare``
 makes them) encoded at qualities 95 and 90, with and without 4:2:0 chroma subsampling, and
 decoded with the exact inverse DCT (the training pipeline's ``crop_store_image``) or the fast
 one: per form, the mean size, the mean and largest absolute error against the exact square
@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from alexnet_jax.benchmark import write_jpegs
 from alexnet_jax.input_pipeline.preprocess.imagenet import CROP, crop_store_image
-from alexnet_jax.input_pipeline.store import central_square
+from alexnet_jax.input_pipeline.store import square_uint8
 from benchmarks.jpeg_decode_ceiling import BATCH, OFFSET, per_core_rate
 
 IMAGES, ROUNDS = 512, 3
@@ -43,7 +43,7 @@ def decoder(dct_method: str):
 
 def main(folder: str) -> None:
     files = sorted(glob.glob(os.path.join(folder, "**", "*.jp*g"), recursive=True))[:IMAGES]
-    squares = [central_square(tf.io.read_file(path)) for path in files]
+    squares = [square_uint8(tf.io.read_file(path)) for path in files]
     encoded = {name: [tf.io.encode_jpeg(square, quality=quality, chroma_downsampling=chroma)
                       .numpy() for square in squares]
                for name, (quality, chroma, _) in FORMS.items()}

@@ -75,7 +75,8 @@ def test_every_pooling_gives_the_sizes_pooled_size_predicts(name):
 
 
 def test_an_unknown_name_lists_the_registrys_entries():
-    with pytest.raises(ValueError, match="valid norms are: " + ", ".join(components.NORMS)):
+    with pytest.raises(ValueError, match="norm='layernorm' is not one of: "
+                       + ", ".join(components.NORMS)):
         components.NORMS["layernorm"]
 
 
@@ -145,9 +146,9 @@ def test_group_norm_output_of_an_example_does_not_depend_on_its_batch():
 
 @pytest.mark.parametrize("groups", [0, 2.5, True])
 def test_a_group_count_that_cannot_work_is_rejected_naming_it(groups):
-    with pytest.raises(ValueError, match=r"norm_groups must be a whole number of at least 1"):
+    with pytest.raises(ValueError, match=r"norm_groups=.* must be a whole number of at least 1"):
         models.model_config("small", norm="groupnorm", norm_options=(("norm_groups", groups),))
     config = config_base.base_config()
     config.model.variant, config.model.norm, config.model.norm_groups = "small", "groupnorm", 0
-    with pytest.raises(config_base.ConfigError, match=r"config.model: norm_groups must be"):
+    with pytest.raises(config_base.ConfigError, match=r"config.model.norm_groups=0 must be"):
         config_base.validate(config, num_devices=1)

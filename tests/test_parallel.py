@@ -188,7 +188,7 @@ def test_layout_choice_and_errors():
     assert parallel.choose("auto", 2, 8) == "data_model"
     assert parallel.choose("auto", 1, 8) == "data"
     assert parallel.choose("auto", 2, 3) == "data"
-    with pytest.raises(parallel.LayoutError, match="valid layouts are"):
+    with pytest.raises(parallel.LayoutError, match="parallelism=.pipeline. is not one of: single"):
         parallel.choose("pipeline", 2, 8)
     with pytest.raises(parallel.LayoutError, match="use parallelism=data"):
         parallel.choose("model", 1, 2)
@@ -197,7 +197,7 @@ def test_layout_choice_and_errors():
     with pytest.raises(parallel.LayoutError, match="only 8 device"):
         parallel.create("data", models.model_config("small"), 16)
     layout = parallel.create("data_model", models.model_config("small"), 8)
-    with pytest.raises(parallel.LayoutError, match="batch_size 30 is not divisible by the 4"):
+    with pytest.raises(parallel.LayoutError, match="batch_size=30 is not divisible by the 4"):
         layout.check_batch(30)
 
 

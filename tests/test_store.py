@@ -189,7 +189,7 @@ def test_a_store_of_another_size_is_refused_clearly(folder, tmp_path, monkeypatc
     where = store.store_dir(config.data)
     monkeypatch.setattr(store, "store_dir", lambda data: where)
     monkeypatch.setattr(store, "SIDE", 128)
-    monkeypatch.setattr(store, "central_square",
+    monkeypatch.setattr(store, "square_uint8",
                         lambda image, side=128: tf.cast(host.decode_and_center_crop(image, 128)
                                                         * 255, tf.uint8))
     store.prepare(config.data, progress=False)

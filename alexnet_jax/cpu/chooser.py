@@ -32,24 +32,27 @@ import functools
 
 import flax.linen as nn
 
+from typing import Any
+
 from alexnet_jax.cpu import onednn, xla_cpu
-from alexnet_jax.layers import Layers
-from alexnet_jax.layers.lrn import local_response_norm
 
 compiler_options = xla_cpu.compiler_options
 
 
-def cpu_layers(implementation: str, grouped: bool, towers_on_devices: bool) -> Layers:
-    """The layers for ``implementation`` (``auto``, ``xla`` or ``im2col``) by the rule of
-    the module docstring."""
+def cpu_layers(implementation: str, grouped: bool, towers_on_devices: bool) -> dict[str, Any]:
+    """The fields of ``layers.Layers`` that differ from the plain forms, for
+    ``implementation`` (``auto``, ``xla`` or ``im2col``), by the rule of the module
+    docstring."""
     form = "im2col" if implementation == "im2col" else "per_tower" if grouped else "xla"
     use_onednn = (implementation == "auto" and form == "xla" and not towers_on_devices
                   and onednn.register())
     name = "xla_cpu" if form == "xla" else f"xla_cpu_{form}"
     dot_general = xla_cpu.onednn_dense_dot_general if use_onednn else xla_cpu.dense_dot_general
-    return Layers(conv=functools.partial(xla_cpu.Conv, form=form, wide_bias=not grouped,
+    fields = dict(conv=functools.partial(xla_cpu.Conv, form=form, wide_bias=not grouped,
                                          use_onednn=use_onednn),
                   dense=functools.partial(nn.Dense, dot_general=dot_general),
                   max_pool=xla_cpu.onednn_max_pool if use_onednn else xla_cpu.max_pool,
-                  lrn=xla_cpu.onednn_local_response_norm if use_onednn else local_response_norm,
                   name=f"{name}_onednn" if use_onednn else name)
+    if use_onednn:
+        fields["lrn"] = xla_cpu.onednn_local_response_norm
+    return fields

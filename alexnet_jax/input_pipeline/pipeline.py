@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from alexnet_jax.config_base import ConfigError
+from alexnet_jax.errors import ConfigError
 from alexnet_jax.input_pipeline import store
 from alexnet_jax.input_pipeline.preprocess import Preprocessing
 from alexnet_jax.input_pipeline.sources import DatasetInfo, DatasetUnavailableError

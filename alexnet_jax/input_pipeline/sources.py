@@ -21,11 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from alexnet_jax.errors import DatasetUnavailableError  # noqa: F401 (raised here)
 from alexnet_jax.input_pipeline.tf_runtime import tf
-
-
-class DatasetUnavailableError(RuntimeError):
-    """The dataset is neither prepared nor preparable here; the message says how to get it."""
 
 
 @dataclasses.dataclass(frozen=True)

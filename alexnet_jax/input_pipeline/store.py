@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from alexnet_jax.input_pipeline import sources
+from alexnet_jax.input_pipeline.preprocess.decode import decode_and_center_crop
 from alexnet_jax.input_pipeline.preprocess.paper import RESIZE as SIDE
 from alexnet_jax.input_pipeline.sources import DatasetUnavailableError
 from alexnet_jax.input_pipeline.tf_runtime import tf
@@ -61,16 +62,15 @@ def _features(data: Any, label_names: list[str]):
                                        "label": tfds.features.ClassLabel(names=label_names)})
 
 
-def central_square(image_bytes, side: int = SIDE):
-    """Encoded image -> the shorter side resized to ``side`` and the central square, as
-    uint8 (``preprocess.imagenet.decode_and_center_crop``, rounded to bytes)."""
-    from alexnet_jax.input_pipeline.preprocess.imagenet import decode_and_center_crop
+def square_uint8(image_bytes, side: int = SIDE):
+    """Encoded image -> the store's image: the shorter side resized to ``side`` and the
+    central square (``decode.decode_and_center_crop``), rounded to bytes."""
     return tf().cast(tf().round(decode_and_center_crop(image_bytes, side) * 255.0), tf().uint8)
 
 
 def _encoder(data: Any):
     def encode(example):
-        square = central_square(example["image"])
+        square = square_uint8(example["image"])
         image = square if data.store_format == "raw" else tf().io.encode_jpeg(
             square, quality=data.store_quality, chroma_downsampling=False)
         return {"image": image, "label": example["label"]}

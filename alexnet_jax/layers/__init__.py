@@ -84,7 +84,8 @@ def select(implementation: str = "auto", platform: str | None = None, grouped: b
             return PLAIN
         raise ValueError(f"model.implementation={implementation} takes its forms from the CPU "
                          "extra (alexnet_jax/cpu/), which is not installed; use auto or plain.")
-    return chooser.cpu_layers(implementation, grouped, towers_on_devices)
+    return dataclasses.replace(PLAIN, **chooser.cpu_layers(implementation, grouped,
+                                                           towers_on_devices))
 
 
 def compiler_options(platform: str | None = None) -> dict[str, str]:

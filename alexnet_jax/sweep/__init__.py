@@ -103,9 +103,13 @@ def run_sweep(sweep_file: str, workdir: str, parallel: int = 1, quick: bool = Fa
     first = plan(sweep, quick)
     if plan_only:
         shared = {**sweep.get("overrides", {}), **(sweep.get("quick", {}) if quick else {})}
-        later, most = preview.later_stages(sweep, len(expand(sweep)), False)
         stages = [("Stage 1: each variant's tuning grid, first seed" if "tune" in sweep else
                    "Stage 1: every variant and seed", first)]
+        chosen = choose(sweep, first, workdir)[0] if "tune" in sweep else {}
+        if "tune" in sweep and len(chosen) == len(expand(sweep)):  # the grid is done
+            stages.append(("Stage 2: the seeds at each variant's chosen setting",
+                           plan_seeds(sweep, chosen, quick)))
+        later, most = preview.later_stages(sweep, len(expand(sweep)), len(stages) > 1)
         print(preview.describe(sweep, sweep_file, workdir, stages, later, most, shared,
                                [name for name, _ in stale]))
         if stale:

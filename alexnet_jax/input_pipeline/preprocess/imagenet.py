@@ -3,8 +3,8 @@
 Images are read still encoded (``SkipDecoding``) so that a JPEG's discarded borders are
 never decoded.
 
-* ``decode_and_center_crop``: the shorter side to 256 and the central 256x256 patch,
-  decoding only that square of a JPEG (``tf.image.decode_and_crop_jpeg``);
+* ``decode_and_center_crop`` (``decode.py``): the shorter side to 256 and the central
+  256x256 patch, decoding only that square of a JPEG (``tf.image.decode_and_crop_jpeg``);
 * ``random_crop`` and ``random_flip``: a random 224x224 patch and its mirror image;
 * ``pca_lighting``: adds sum_i alpha_i lambda_i p_i to every pixel, with p_i, lambda_i
   the eigenvectors and eigenvalues of ImageNet's RGB covariance and alpha_i ~ N(0, 0.1)
@@ -23,53 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax.input_pipeline import sources
+from alexnet_jax.input_pipeline import sources, store
 from alexnet_jax.input_pipeline.preprocess.augment import example_seeds, random_flip
-from alexnet_jax.input_pipeline.tf_runtime import tf as _tf
-
+from alexnet_jax.input_pipeline.preprocess.decode import (ACCURATE_IDCT,  # noqa: F401
+                                                          decode_and_center_crop)
 from alexnet_jax.input_pipeline.preprocess.paper import (  # noqa: F401 (re-exported)
     CENTER_VIEW, CROP, PCA_ALPHA_STD, PCA_EIGENVALUES, PCA_EIGENVECTORS, RESIZE, TEN_CROP_NAMES,
     corners)
-
-
-# libjpeg's exact inverse DCT: TensorFlow's default, the fast one, is off by ~1.5/255 on
-# average, more than the store's JPEG encoding at quality 95 loses.
-ACCURATE_IDCT = "INTEGER_ACCURATE"
-
-
-def central_square(height, width):
-    """(offset_y, offset_x, side): the largest central square of a height x width image."""
-    tf = _tf()
-    side = tf.minimum(height, width)
-    return (height - side) // 2, (width - side) // 2, side
-
-
-def decode_and_center_crop(image_bytes, size: int = RESIZE):
-    """Encoded image -> float32 [0, 1] RGB, the central square resized to size x size.
-
-    Cropping the central square and then resizing it equals resizing the shorter side
-    to ``size`` and cropping the centre, without decoding the discarded borders of a
-    JPEG.  Other formats (PNG, GIF, BMP) are decoded whole and cropped.
-    """
-    tf = _tf()
-
-    def jpeg():
-        shape = tf.image.extract_jpeg_shape(image_bytes)
-        offset_y, offset_x, side = central_square(shape[0], shape[1])
-        window = tf.stack([offset_y, offset_x, side, side])
-        return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3,
-                                             dct_method=ACCURATE_IDCT)
-
-    def other():
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-        shape = tf.shape(image)
-        offset_y, offset_x, side = central_square(shape[0], shape[1])
-        return image[offset_y:offset_y + side, offset_x:offset_x + side]
-
-    square = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
-    resized = tf.image.resize(tf.cast(square, tf.float32) / 255.0, [size, size],
-                              method="bilinear", antialias=True)
-    return tf.reshape(tf.clip_by_value(resized, 0.0, 1.0), [size, size, 3])
+from alexnet_jax.input_pipeline.tf_runtime import tf as _tf
 
 
 def random_crop(image, size: int, seed):
@@ -251,13 +212,11 @@ class StorePreprocessing:
 
     def records(self, split: str):
         """``split``'s serialized examples, in TFDS's order."""
-        from alexnet_jax.input_pipeline import store
         return store.split_records(self.builder, split)
 
     def train_batch(self, records, epoch, index):
         """``train`` over a batch of serialized examples, with their labels; ``index``: the
         examples' global indices."""
-        from alexnet_jax.input_pipeline import store
         tf = _tf()
         images, labels = store.parse_batch(records, self.data.store_format)
         crops = tf.map_fn(lambda example: self.train(example[0], epoch, example[1]),
