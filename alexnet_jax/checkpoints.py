@@ -36,7 +36,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from alexnet_jax.errors import CheckpointError, DamagedError, MismatchError
-from alexnet_jax.optim import PlateauPolicy
 
 
 def _arrays(state: Any) -> dict[str, Any]:
@@ -176,8 +175,11 @@ class CheckpointManager:
     def should_save(self, step: int) -> bool:
         return bool(self.every_steps) and step % self.every_steps == 0
 
-    def save(self, step: int, state: Any, plateau: PlateauPolicy, history: list[dict],
-             wall_s: float) -> None:
+    def save(self, step: int, state: Any, plateau: Any, history: list, wall_s: float,
+             selection_error: float | None = None) -> None:
+        """Saves ``state`` and, as JSON, the plateau policy (anything with ``state_dict``),
+        the evaluation history and the wall time; ``selection_error``: the error "best" is
+        chosen on, where this step was evaluated (a candidate for "best")."""
         if step in self.latest.all_steps():
             return
         started = time.perf_counter()
@@ -190,9 +192,8 @@ class CheckpointManager:
         self.warn_of_space(self.needed)
         with self.writing():
             self.latest.save(step, args=args)
-            if history and history[-1]["step"] == step:
-                self.best.save(step, args=args, metrics={
-                    "selection_top1_error": history[-1]["selection_top1_error"]})
+            if selection_error is not None:
+                self.best.save(step, args=args, metrics={"selection_top1_error": selection_error})
         self.seconds_blocked += time.perf_counter() - started
 
     def checkpoint_bytes(self, arrays: Any) -> int:
@@ -241,8 +242,8 @@ class CheckpointManager:
                 f"Could not write a checkpoint under {self.directory}: {error}. Fix its "
                 f"permissions; {intact}{cleaned}.") from None
 
-    def resume(self, state: Any, plateau: PlateauPolicy, restore_from: str = ""
-               ) -> tuple[Any, PlateauPolicy, list[dict], float]:
+    def resume(self, state: Any, plateau: Any, restore_from: str = ""
+               ) -> tuple[Any, Any, list, float]:
         """Where a run starts: its newest intact checkpoint (removing what killed saves left
         unfinished), else ``restore_from``'s weights, else the given fresh state; says
         which.  (state, plateau policy, evaluation history, wall time so far.)"""
@@ -253,15 +254,15 @@ class CheckpointManager:
             raise
         for name in self.remove_unfinished():
             print(f"Removed {name}, a checkpoint a killed save left unfinished.")
-        if int(state.step):
-            print(f"Resuming from the checkpoint of step {int(state.step)} in {self.directory}.")
+        step = int(np.ravel(jax.device_get(state.step))[0])  # the first seed's, where stacked
+        if step:
+            print(f"Resuming from the checkpoint of step {step} in {self.directory}.")
         elif restore_from:
             state = state.replace(**load_weights(restore_from, state))
             print(f"Starting from the weights in {restore_from}.")
         return state, plateau, history, wall_s
 
-    def restore_or_keep(self, state: Any, plateau: PlateauPolicy
-                        ) -> tuple[Any, PlateauPolicy, list[dict], float]:
+    def restore_or_keep(self, state: Any, plateau: Any) -> tuple[Any, Any, list, float]:
         """The newest intact checkpoint (state, plateau policy, eval history, wall time so
         far), or the given fresh state if there is none.  A damaged one (its checksums do
         not match its arrays) is moved aside, saying so, and the one before it is tried."""
@@ -276,7 +277,7 @@ class CheckpointManager:
                 continue
             if damaged:
                 print(f"Resuming from step {step}, the newest intact checkpoint.")
-            return (state.replace(**arrays), PlateauPolicy.from_state_dict(meta["plateau"]),
+            return (state.replace(**arrays), type(plateau).from_state_dict(meta["plateau"]),
                     list(meta["history"]), float(meta.get("wall_s", 0.0)))
         if damaged:
             raise CheckpointError(

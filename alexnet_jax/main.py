@@ -3,7 +3,9 @@
     python -m alexnet_jax.main --config experiments/fashion_mnist.py --workdir runs/fm \\
         [--config.model.norm=batchnorm ...]
 
-Running it again on the same workdir resumes from the latest checkpoint.  Multi-host:
+Running it again on the same workdir resumes from the latest checkpoint.  ``--seeds
+0,1,2,3`` with ``{seed}`` in ``--workdir`` trains those seeds as one vmapped program, each
+writing its own run (``seeds.py``).  Multi-host:
 start one process per host with ``--coordinator_address=HOST:PORT --num_processes=N
 --process_id=I`` (or ``--distributed`` where JAX detects the cluster: Cloud TPU,
 SLURM, Open MPI); see README "Multi-device and multi-host".  Each such process trains in
@@ -33,8 +35,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import (checkpoints, errors, parallel, run_io, supervisor,
-                         train)
+from alexnet_jax import checkpoints, errors, parallel, run_io, seeds, supervisor, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -51,6 +52,8 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 _STOP_DEADLINE = flags.DEFINE_float(
     "stop_deadline_s", run_io.STOP_DEADLINE_S, "After SIGTERM or SIGINT, seconds a process "
     "may take to reach a step where every process saves, before it exits without saving.")
+_SEEDS = flags.DEFINE_list("seeds", [], "Several seeds trained together, vmapped in one "
+                           "program; --workdir holds {seed} (alexnet_jax/seeds.py).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of an error.")
 
 COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax", "xla")
@@ -92,6 +95,14 @@ def _flag_message(error: BaseException, argv: list[str]) -> str:
     return message
 
 
+def _seed_list() -> list[int]:
+    try:
+        return [int(seed) for seed in _SEEDS.value]
+    except ValueError:
+        fail(f"--seeds={','.join(_SEEDS.value)}: give whole numbers, e.g. --seeds 0,1,2,3.",
+             REJECTED)
+
+
 def lost_peer(error: Exception) -> None:
     """A collective failed in a multi-host run: another process is gone.  Under the
     supervisor, which names it, wait for the runtime to confirm (it ends this process
@@ -124,7 +135,10 @@ def main(argv):
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                         _PROCESS_ID.value, _HEARTBEAT_TIMEOUT.value)
     try:
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STOP_DEADLINE.value)
+        if _SEEDS.value:
+            seeds.train_seeds(_CONFIG.value, _seed_list(), _WORKDIR.value, _STOP_DEADLINE.value)
+        else:
+            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STOP_DEADLINE.value)
     except jax.errors.JaxRuntimeError as error:
         if jax.process_count() == 1:
             raise

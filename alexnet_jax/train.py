@@ -154,23 +154,29 @@ def create_train_state(seed: int, layout: parallel.Layout,
 
 def evaluate(eval_step: Callable, state: TrainState, batches: Iterator[dict],
              layout: parallel.Layout, stop: Callable[[], bool] = lambda: False
-             ) -> dict[str, float]:
-    """Loss and errors over ``batches``; raises ``EvaluationInterrupted`` between batches
-    once ``stop()`` holds."""
-    totals: dict[str, float] = {}
+             ) -> list[dict[str, float]]:
+    """Loss and errors over ``batches``, a record per run: one, or one per seed where
+    ``eval_step`` runs several seeds' states at once (its sums then have a leading seed
+    axis: ``seeds.py``).  Raises ``EvaluationInterrupted`` between batches once
+    ``stop()`` holds."""
+    totals: dict[str, np.ndarray] = {}
     for batch in batches:
         if stop():
             raise EvaluationInterrupted
         sums = jax.device_get(eval_step(state, layout.shard_batch(batch)))
         for key, value in sums.items():
-            totals[key] = totals.get(key, 0.0) + float(value)
-    count = totals["count"]
-    result = {"examples": int(count)}
-    for prefix in ("", TEN_CROP) if TEN_CROP + "loss" in totals else ("",):
-        result.update({f"{prefix}loss": totals[f"{prefix}loss"] / count,
-                       f"{prefix}top1_error": 1.0 - totals[f"{prefix}top1_correct"] / count,
-                       f"{prefix}top5_error": 1.0 - totals[f"{prefix}top5_correct"] / count})
-    return result
+            totals[key] = totals.get(key, 0.0) + np.asarray(value, np.float64).reshape(-1)
+    records = []
+    for run in range(len(totals["count"])):
+        count = totals["count"][run]
+        result = {"examples": int(count)}
+        for prefix in ("", TEN_CROP) if TEN_CROP + "loss" in totals else ("",):
+            result.update({
+                f"{prefix}loss": float(totals[f"{prefix}loss"][run] / count),
+                f"{prefix}top1_error": float(1.0 - totals[f"{prefix}top1_correct"][run] / count),
+                f"{prefix}top5_error": float(1.0 - totals[f"{prefix}top5_correct"][run] / count)})
+        records.append(result)
+    return records
 
 
 class EvaluationInterrupted(Exception):
@@ -201,12 +207,18 @@ class Trainer:
         self.started, self.wall_before = started, wall_before
         self.progress = run_io.Progress(self.config.progress_bar,
                                         self.steps_per_epoch * self.config.num_epochs,
-                                        int(state.step))
+                                        self.current_step())
         self.window: list[dict] = []  # the steps' metrics since the last log
         self.window_start = time.time()
 
     def wall_s(self) -> float:
         return self.wall_before + time.time() - self.started
+
+    def current_step(self) -> int:
+        return int(self.state.step)
+
+    def evaluated_at(self, step: int) -> bool:
+        return bool(self.history) and self.history[-1]["step"] == step
 
     def evaluation_due(self, step: int) -> bool:
         epoch, config = step // self.steps_per_epoch, self.config
@@ -219,8 +231,8 @@ class Trainer:
         had a finite loss), evaluate at the end of an evaluation epoch, checkpoint every
         ``checkpoint.every_steps`` and at each epoch's end.  A stop (``run_io.StopSignals``)
         is taken between steps, at a step every process agrees on, with a checkpoint."""
-        step = int(self.state.step)
-        if self.evaluation_due(step) and not (self.history and self.history[-1]["step"] == step):
+        step = self.current_step()
+        if self.evaluation_due(step) and not self.evaluated_at(step):
             self.evaluate(step)  # one a stop cut short: the resumed run evaluates first
             self.checkpoint(step)
         batches = self.batches(step)
@@ -251,56 +263,78 @@ class Trainer:
             step = 0
 
     def log(self, step: int) -> None:
-        if not self.window:
-            return
-        bad = first_non_finite(self.window)
+        if self.window:
+            record = self.log_run(step, self.window, self.session.writer)
+            self.progress.update(len(self.window), record)
+            self.window, self.window_start = [], time.time()
+
+    def log_run(self, step: int, window: list[dict], writer: MetricWriter,
+                which: str = "") -> dict[str, float]:
+        """Writes one run's training metrics, the means over ``window``'s steps; a
+        non-finite loss among them stops the run, naming its step (and ``which`` run)."""
+        bad = first_non_finite(window)
         if bad is not None:
-            first = step - len(self.window) + 1 + bad
-            loss = float(jax.device_get(self.window[bad]["loss"]))
+            first = step - len(window) + 1 + bad
+            loss = float(jax.device_get(window[bad]["loss"]))
             raise FloatingPointError(
-                f"Training loss became {loss} at step {first}; stopping. Nothing from that "
-                "step on was saved: the run's checkpoints are those before it. Lower the "
+                f"Training loss{which} became {loss} at step {first}; stopping. Nothing from "
+                "that step on was saved: the run's checkpoints are those before it. Lower the "
                 "learning rate, or check the data.")
-        means = mean_metrics(self.window)
+        means = mean_metrics(window)
         record = {"epoch": step / self.steps_per_epoch,
                   **{f"train_{k}": v for k, v in means.items() if k != "learning_rate"},
                   "learning_rate": means["learning_rate"],
-                  "images_per_s": len(self.window) * self.config.batch_size
+                  "images_per_s": len(window) * self.config.batch_size
                   / (time.time() - self.window_start)}
-        self.session.writer.write(step, record)
-        self.progress.update(len(self.window), record)
-        self.window, self.window_start = [], time.time()
+        writer.write(step, record)
+        return record
 
     def evaluate(self, step: int) -> None:
         """Every evaluation split (validation where held out, then test); the plateau policy
         and "best" read the validation error where there is one."""
-        results = {}
-        try:
-            for split in self.pipeline.evaluation_splits:
-                results[split] = evaluate(
-                    self.session.steps.eval, self.state,
-                    self.pipeline.eval_batches(self.config.eval_batch_size, split),
-                    self.session.layout, self.session.stop.interrupts_evaluation)
-        except EvaluationInterrupted:
-            self.checkpoint(step)  # without this evaluation: the resumed run does it first
-            self.interrupt(step)
-        test = results["test"]
-        entry = {"step": step, "epoch": step // self.steps_per_epoch, **test,
-                 **{f"validation_{k}": v for k, v in results.get("validation", {}).items()},
-                 "selection_top1_error": results.get("validation", test)["top1_error"]}
-        self.history.append(entry)
-        self.session.writer.write(step, {"epoch": entry["epoch"], **{
-            f"{split}_{k}": v for split in results for k, v in results[split].items()}})
-        self.session.writer.image(step, "conv1_kernels",
-                                  visualize.conv1_pixels(self.state.params, step))
+        results, = self.evaluate_splits(step)
+        entry = self.record_evaluation(step, results, self.history, self.session.writer,
+                                       self.state.params)
         if self.config.optim.schedule == "plateau" and \
                 self.plateau.update(entry["selection_top1_error"]):
             self.state = self.state.replace(opt_state=optim.scale_learning_rate(
                 self.state.opt_state, self.plateau.factor))
         self.window_start = time.time()
 
+    def evaluate_splits(self, step: int) -> list[dict[str, dict]]:
+        """Per run, each evaluation split's scores; a stop during them saves and stops
+        (the resumed run evaluates first)."""
+        per_split = {}
+        try:
+            for split in self.pipeline.evaluation_splits:
+                per_split[split] = evaluate(
+                    self.session.steps.eval, self.state,
+                    self.pipeline.eval_batches(self.config.eval_batch_size, split),
+                    self.session.layout, self.session.stop.interrupts_evaluation)
+        except EvaluationInterrupted:
+            self.checkpoint(step)
+            self.interrupt(step)
+        runs = len(per_split["test"])
+        return [{split: scores[run] for split, scores in per_split.items()} for run in range(runs)]
+
+    def record_evaluation(self, step: int, results: dict[str, dict], history: list[dict],
+                          writer: MetricWriter, params: Any) -> dict[str, Any]:
+        """One run's evaluation: appended to its ``history`` and written, with a picture of
+        conv1's kernels; returns the history's entry."""
+        test = results["test"]
+        entry = {"step": step, "epoch": step // self.steps_per_epoch, **test,
+                 **{f"validation_{k}": v for k, v in results.get("validation", {}).items()},
+                 "selection_top1_error": results.get("validation", test)["top1_error"]}
+        history.append(entry)
+        writer.write(step, {"epoch": entry["epoch"], **{
+            f"{split}_{k}": v for split in results for k, v in results[split].items()}})
+        writer.image(step, "conv1_kernels", visualize.conv1_pixels(params, step))
+        return entry
+
     def checkpoint(self, step: int) -> None:
-        self.session.manager.save(step, self.state, self.plateau, self.history, self.wall_s())
+        self.session.manager.save(
+            step, self.state, self.plateau, self.history, self.wall_s(),
+            self.history[-1]["selection_top1_error"] if self.evaluated_at(step) else None)
         self.window_start = time.time()
 
     def interrupt(self, step: int) -> None:
@@ -379,8 +413,8 @@ def _evaluate_only(steps: Steps, state: TrainState, pipeline: Any, config: Any, 
                    layout: parallel.Layout) -> dict[str, Any]:
     result = {"step": int(state.step)}
     for split in pipeline.evaluation_splits:
-        scores = evaluate(steps.eval, state, pipeline.eval_batches(config.eval_batch_size, split),
-                          layout)
+        scores, = evaluate(steps.eval, state,
+                           pipeline.eval_batches(config.eval_batch_size, split), layout)
         result.update({f"{split}_{k}": v for k, v in scores.items()})
     run_io.write_json(workdir, "eval.json", result)
     print(f"Step {result['step']}: test top-1 error {result['test_top1_error']:.4f}, top-5 "

@@ -1,7 +1,8 @@
 """Ablation sweeps: many ordinary training runs, one results table.
 
     python -m alexnet_jax.sweep --sweep experiments/sweeps/lrn_vs_bn.py --workdir runs/lrn_vs_bn \\
-        [--plan] [--parallel K] [--quick] [--launcher local|slurm|submitit_local] [--rerun_stale]
+        [--plan] [--parallel K] [--quick] [--launcher local|slurm|submitit_local] \\
+        [--rerun_stale] [--vmap_seeds]
 
 Each run is ``python -m alexnet_jax.main`` in ``DIR/<run>/``: the one trainer, in its own
 process (``plan.py`` says which runs, ``launch.py`` starts them).  Before anything starts,
@@ -79,7 +80,7 @@ def _differences(workdir: str, runs: list[Run], baseline: str) -> dict[str, list
 def run_sweep(sweep_file: str, workdir: str, parallel: int = 1, quick: bool = False,
               report_only: bool = False, launcher: str = "local",
               cluster: ClusterOptions = ClusterOptions(), rerun_stale: bool = False,
-              plan_only: bool = False) -> int:
+              plan_only: bool = False, vmap_seeds: bool = False) -> int:
     """Checks every run, then runs what is unfinished of a sweep, stage by stage (and round
     by round), then reports; 0 if every run of the final stage finished (a diverged tuning
     run is a result, not a failure).  A ``SweepError`` (one line: a bad variant, stale
@@ -127,7 +128,7 @@ def run_sweep(sweep_file: str, workdir: str, parallel: int = 1, quick: bool = Fa
         for name, source in checks.link_identical(workdir, {r.name: hashes[r.name]
                                                             for r in runs}):
             print(f"  reused {source} as {name} (the same config)")
-        return launch(sweep, runs, workdir, launcher, parallel, cluster)
+        return launch(sweep, runs, workdir, launcher, parallel, cluster, vmap_seeds)
 
     failed = run_stage(first)
     tuning, choices = None, {variant: () for variant, _ in expand(sweep)}

@@ -14,6 +14,9 @@ flags.DEFINE_bool("quick", False, "Shrink every run (smoke test).")
 flags.DEFINE_bool("report", False, "Only aggregate the finished runs.")
 flags.DEFINE_bool("rerun_stale", False, "Move runs made with another config than the sweep "
                   "builds today to DIR/stale/, and run them again.")
+flags.DEFINE_bool("vmap_seeds", False, "Train the pending seeds of each variant and setting "
+                  "in one process, vmapped (alexnet_jax/seeds.py): faster on accelerators, "
+                  "slower on XLA:CPU.")
 flags.DEFINE_enum("launcher", "local", list(LAUNCHERS), "Where the runs go.")
 flags.DEFINE_string("partition", "", "SLURM: the partition.")
 flags.DEFINE_integer("time_min", 24 * 60, "SLURM: each run's time limit in minutes.")
@@ -34,7 +37,7 @@ def main(argv: list[str]) -> int:
                              args.cpus_per_run, args.mem_gb)
     try:
         return run_sweep(args.sweep, args.workdir, args.parallel, args.quick, args.report,
-                         args.launcher, cluster, args.rerun_stale, args.plan)
+                         args.launcher, cluster, args.rerun_stale, args.plan, args.vmap_seeds)
     except (FileNotFoundError, ValueError) as error:  # SweepError is a ValueError
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return REJECTED

@@ -34,6 +34,8 @@ import os
 import sys
 from typing import Any, Sequence
 
+from alexnet_jax.seeds import SEED
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEYS = {"base", "variants", "grid", "seeds", "baseline", "overrides", "tune", "select", "quick",
         "precision", "max_seeds"}
@@ -220,12 +222,18 @@ def choose(sweep: dict[str, Any], runs: Sequence[Run], workdir: str
     return choices, outcomes
 
 
-def command(sweep: dict[str, Any], run: Run, workdir: str) -> list[str]:
-    """The run's command line: the one trainer, ``python -m alexnet_jax.main``."""
+def command(sweep: dict[str, Any], run: Run, workdir: str,
+            seeds: Sequence[int] | None = None) -> list[str]:
+    """The run's command line: the one trainer, ``python -m alexnet_jax.main``; with
+    ``seeds``, those seeds of the run's variant and setting in one program (``--seeds``, the
+    workdir's seed as ``{seed}``)."""
     base = os.path.join(REPO, sweep["base"])
-    flags = [f"--config.{key}={_flag_value(value)}" for key, value in run.overrides]
+    flags = [f"--config.{key}={_flag_value(value)}" for key, value in run.overrides
+             if not (seeds and key == "seed")]
+    name = run.name if not seeds else dataclasses.replace(run, seed=SEED).name
     return [sys.executable, "-m", "alexnet_jax.main", "--config", base,
-            "--workdir", os.path.join(workdir, run.name), "--config.progress_bar=False", *flags]
+            "--workdir", os.path.join(workdir, name), "--config.progress_bar=False", *flags,
+            *([f"--seeds={','.join(map(str, seeds))}"] if seeds else [])]
 
 
 def _flag_value(value: Any) -> str:

@@ -1,0 +1,223 @@
+"""Several seeds of one experiment trained as one program: the training step vmapped
+over the seeds.
+
+    python -m alexnet_jax.main --config experiments/fashion_mnist.py \\
+        --workdir 'runs/fm-seed{seed}' --seeds 0,1,2,3
+
+Each seed has its own parameters, optimiser state, dropout keys (its ``TrainState``,
+stacked along a leading seed axis) and data order (its own input pipeline, whose batches
+are stacked likewise); ``jax.vmap(train_step)`` trains them all in one jitted call, and
+``jax.vmap(eval_step)`` evaluates them on the same test batches.  Each seed writes what a
+run of its own writes (``config.json`` with its config hash, ``metrics.jsonl``,
+TensorBoard events and ``summary.json``) in its own workdir (``{seed}`` in ``--workdir``),
+so a sweep counts it as that run; the seeds' stacked checkpoints live in one workdir of
+their own (``{seed}`` as ``s0-1-2-3``), from which the same command resumes.  The seeds
+train on one device (``parallelism=single``).
+
+On a GPU a vmapped step fills the device with what one seed's batch leaves idle; on
+XLA:CPU the seeds' convolutions become grouped ones, which it runs slower than one seed
+at a time (``benchmarks/seeds_vmapped.py`` measures both): there, separate processes are
+the sweep's default and this is an option (``--vmap_seeds``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import (checkpoints, config_base, input_pipeline, models, optim, parallel,
+                         run_io, train)
+from alexnet_jax.errors import ConfigError
+from alexnet_jax.layers import compiler_options
+from alexnet_jax.metrics import MetricWriter
+
+SEED = "{seed}"
+
+
+def seed_config(config: Any, seed: int) -> Any:
+    """``config`` with ``seed``: what a run of that seed alone trains with."""
+    copy = config.copy_and_resolve_references()
+    with copy.unlocked():
+        copy.seed = seed
+    return copy
+
+
+def workdirs(template: str, seeds: Sequence[int]) -> tuple[list[str], str]:
+    """Each seed's workdir (``{seed}`` in ``template`` replaced by it) and the seeds'
+    shared one (by ``s`` and the seeds joined with ``-``)."""
+    if SEED not in template:
+        raise ConfigError(f"--workdir {template!r} must hold {SEED} when several --seeds train "
+                          "together: each seed's run gets a workdir of its own.")
+    return ([template.replace(SEED, str(seed)) for seed in seeds],
+            template.replace(SEED, "s" + "-".join(map(str, seeds))))
+
+
+@dataclasses.dataclass
+class Plateaus:
+    """Each seed's plateau policy, checkpointed as one."""
+
+    policies: list[optim.PlateauPolicy]
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [policy.state_dict() for policy in self.policies]
+
+    @classmethod
+    def from_state_dict(cls, state: list[dict[str, Any]]) -> "Plateaus":
+        return cls([optim.PlateauPolicy.from_state_dict(one) for one in state])
+
+
+def stack(trees: Sequence[Any]) -> Any:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def make_seed_steps(layout: parallel.Layout, tx: Any, center_view: int = 0,
+                    augmentation: Any = None) -> train.Steps:
+    """``train.make_steps``'s steps vmapped over a leading seed axis: of the states and
+    the training batches; every seed evaluates the same batch."""
+    options = compiler_options() or None
+    step = functools.partial(train.train_step, apply_fn=layout.apply, tx=tx,
+                             augmentation=augmentation)
+    evaluate = functools.partial(train.eval_step, apply_fn=layout.apply,
+                                 center_view=center_view, augmentation=augmentation)
+    return train.Steps(train=jax.jit(jax.vmap(step), donate_argnums=0,
+                                     compiler_options=options),
+                       eval=jax.jit(jax.vmap(evaluate, in_axes=(0, None)),
+                                    compiler_options=options))
+
+
+class SeedsTrainer(train.Trainer):
+    """``train.Trainer``'s loop over stacked seeds: batches stacked from each seed's
+    pipeline, and each seed's metrics, evaluations and plateau policy its own."""
+
+    def __init__(self, session: train.Session, pipelines: list[Any], writers: list[MetricWriter],
+                 state: train.TrainState, plateaus: Plateaus, histories: list[list[dict]],
+                 wall_before: float, started: float):
+        super().__init__(session, state, plateaus, histories, wall_before, started)
+        self.pipelines, self.writers = pipelines, writers
+
+    def batches(self, step: int) -> Iterator[dict]:
+        for epoch in range(step // self.steps_per_epoch, self.config.num_epochs):
+            start = step % self.steps_per_epoch
+            for batch in zip(*(p.train_batches(epoch, start_step=start) for p in self.pipelines)):
+                yield {key: np.stack([one[key] for one in batch]) for key in batch[0]}
+            step = 0
+
+    def log(self, step: int) -> None:
+        if not self.window:
+            return
+        fetched = jax.device_get(self.window)
+        records = [self.log_run(step, [{k: v[i] for k, v in m.items()} for m in fetched],
+                                writer, f" of seed {seed}")
+                   for i, (seed, writer) in enumerate(zip(self.seeds, self.writers))]
+        self.progress.update(len(self.window), {k: float(np.mean([r[k] for r in records]))
+                                                for k in records[0]})
+        self.window, self.window_start = [], time.time()
+
+    @property
+    def seeds(self) -> list[int]:
+        return [p.config.seed for p in self.pipelines]
+
+    def current_step(self) -> int:
+        return int(self.state.step[0])  # the seeds step together
+
+    def evaluated_at(self, step: int) -> bool:
+        return all(history and history[-1]["step"] == step for history in self.history)
+
+    def evaluate(self, step: int) -> None:
+        factors = []
+        for i, results in enumerate(self.evaluate_splits(step)):
+            params = jax.tree.map(lambda leaf: leaf[i], self.state.params)
+            entry = self.record_evaluation(step, results, self.history[i], self.writers[i],
+                                           params)
+            policy = self.plateau.policies[i]
+            reduce = (self.config.optim.schedule == "plateau"
+                      and policy.update(entry["selection_top1_error"]))
+            factors.append(policy.factor if reduce else 1.0)
+        if any(factor != 1.0 for factor in factors):
+            self.state = self.state.replace(opt_state=optim.scale_learning_rate(
+                self.state.opt_state, np.asarray(factors, np.float32)))
+        self.window_start = time.time()
+
+    def checkpoint(self, step: int) -> None:
+        self.session.manager.save(step, self.state, self.plateau, self.history, self.wall_s())
+        self.window_start = time.time()
+
+
+def train_seeds(config: Any, seeds: Sequence[int], workdir_template: str,
+                stop_deadline_s: float = run_io.STOP_DEADLINE_S) -> list[dict[str, Any]]:
+    """``train.train_and_evaluate`` for each of ``seeds`` at once (the module docstring);
+    returns each seed's summary, as its run alone would write it."""
+    runs, shared = workdirs(workdir_template, seeds)
+    configs = [seed_config(config, seed) for seed in seeds]
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ConfigError(f"--seeds {','.join(map(str, seeds))}: give distinct seeds.")
+    if config.parallelism != "single":
+        raise ConfigError(f"config.parallelism={config.parallelism}: seeds trained together "
+                          "run on one device; set parallelism=single.")
+    for one in configs:
+        config_base.validate(one, jax.device_count(), jax.process_count())
+    with run_io.StopSignals(stop_deadline_s, checkpoints.directory_of(shared)) as stop:
+        return _train_seeds(configs, runs, shared, stop)
+
+
+def _train_seeds(configs: list[Any], runs: list[str], shared: str,
+                 stop: run_io.StopSignals) -> list[dict[str, Any]]:
+    started, config = time.time(), configs[0]
+    for workdir in (*runs, shared):
+        run_io.check_workdir(workdir)
+    pipelines = [input_pipeline.create_pipeline(one) for one in configs]
+    stop.check("while reading the data; nothing was changed")
+    pipeline = pipelines[0]
+    model_config = models.config_from(config.model, pipeline.image_shape, pipeline.num_classes)
+    layout = parallel.create("single", model_config, 1, config.model.implementation)
+    tx = train.create_optimizer(config, model_config, pipeline.steps_per_epoch)
+    steps = make_seed_steps(layout, tx, pipeline.center_view, pipeline.device)
+    manager = checkpoints.CheckpointManager(shared, config)
+    fresh = stack([train.create_train_state(one.seed, layout, tx) for one in configs])
+    plateaus = Plateaus([optim.PlateauPolicy.from_config(one.optim) for one in configs])
+    state, plateaus, histories, wall_before = manager.resume(fresh, plateaus)
+    step = int(state.step[0])
+    histories = histories or [[] for _ in configs]
+    stop.check("during start-up; nothing was changed")
+    writers = []
+    for one, workdir in zip(configs, runs):
+        run_io.write_config(workdir, one)
+        run_io.truncate_metrics(workdir, step)
+        writers.append(MetricWriter(workdir))
+        writers[-1].hyperparameters(run_io.hyperparameters(one, model_config),
+                                    run_io.HPARAM_METRICS)
+    print(f"{len(configs)} seeds ({', '.join(str(one.seed) for one in configs)}) of "
+          f"{config.model.variant} AlexNet on {config.data.dataset}, vmapped in one program: "
+          f"{pipeline.steps_per_epoch} steps/epoch x {config.num_epochs} epochs, batch "
+          f"{config.batch_size} each; {layout.describe(config.batch_size)}.")
+    session = train.Session(config, pipeline, layout, steps, manager, writers[0], stop)
+    trainer = SeedsTrainer(session, pipelines, writers, state, plateaus, histories,
+                           wall_before, started)
+    try:
+        step = trainer.train()
+    finally:
+        trainer.progress.close()
+        manager.close()
+        for writer in writers:
+            if step == pipeline.steps_per_epoch * config.num_epochs:
+                writer.finished()
+            writer.close()
+    summaries = []
+    for one, workdir, history, pipe in zip(configs, runs, trainer.history, pipelines):
+        summary = run_io.run_summary(history, step, trainer.wall_s(), pipe, one)
+        summary.update(checkpoint_s=manager.seconds_blocked, layout="single", devices=1,
+                       vmapped_seeds=len(configs), checkpoints=manager.directory,
+                       **{"norm_layers": facts for facts in [models.norm_facts(model_config)]
+                          if facts})
+        run_io.write_json(workdir, "summary.json", summary)
+        summaries.append(summary)
+        print(f"Seed {one.seed}: test top-1 error {summary['test_top1_error']:.4f}, top-5 "
+              f"{summary['test_top5_error']:.4f} after {step} steps; "
+              f"{os.path.join(workdir, 'summary.json')}")
+    return summaries
