@@ -58,5 +58,6 @@ train: venv data kernels
 MULTI_DEVICE_FLAGS := --xla_force_host_platform_device_count=8
 test: venv data kernels
 	$(PY) -c "from alexnet_jax import config_base, input_pipeline as p; p.load_builder(config_base.base_config().data)"
-	$(PY) -m pytest -q -n 3 --dist loadfile $(PYTEST_ARGS) tests --ignore=tests/test_parallel.py
-	XLA_FLAGS="$(MULTI_DEVICE_FLAGS)" $(PY) -m pytest -q -n 2 --dist load $(PYTEST_ARGS) tests/test_parallel.py
+	$(PY) -m pytest -q -n 3 --dist loadfile $(PYTEST_ARGS) tests --ignore=tests/test_parallel.py \
+	  --ignore=tests/test_export.py
+	XLA_FLAGS="$(MULTI_DEVICE_FLAGS)" $(PY) -m pytest -q -n 2 --dist load $(PYTEST_ARGS) tests/test_parallel.py tests/test_export.py

@@ -182,17 +182,21 @@ class Layout:
 
         return jax.tree.map(put, tree, specs)
 
-    def place_state(self, state: Any, tx: Any) -> Any:
-        """Places a training state (``train.TrainState``) by its PartitionSpecs: the model's
-        variables by their marks, the optimiser's (``tx``'s) copies of the parameters
-        likewise, everything else replicated."""
+    def state_specs(self, state: Any, tx: Any) -> Any:
+        """The PartitionSpecs of a training state (``train.TrainState``, or its shapes): the
+        model's variables by their marks, the optimiser's (``tx``'s) copies of the
+        parameters likewise, everything else replicated."""
         specs, replicated = self.variable_specs, P()
         opt_specs = optax.tree_map_params(
             tx, lambda _, spec: spec, state.opt_state, specs["params"],
             transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, P))
-        return self.place(state, state.replace(
-            step=replicated, params=specs["params"], opt_state=opt_specs, rng=replicated,
-            batch_stats=specs["batch_stats"] if state.batch_stats else {}))
+        return state.replace(step=replicated, params=specs["params"], opt_state=opt_specs,
+                             rng=replicated,
+                             batch_stats=specs["batch_stats"] if state.batch_stats else {})
+
+    def place_state(self, state: Any, tx: Any) -> Any:
+        """Places a training state on the layout's devices by ``state_specs``."""
+        return self.place(state, self.state_specs(state, tx))
 
     def shard_batch(self, batch: dict[str, np.ndarray]) -> Any:
         """This process's rows of a global batch -> global arrays split over "data"."""
