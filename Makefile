@@ -1,7 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make train   creates .venv/, installs requirements.txt, builds the oneDNN kernels, fetches
 #                Fashion-MNIST, trains the default experiment
-#   make test    does the same set-up where anything is missing, then runs the test suite
+#   make test    does the same set-up where anything is missing, then ruff and the test suite
 # and one shows the runs while they train:
 #   make tensorboard   serves runs/ (or LOGDIR=...) on http://127.0.0.1:6006
 PYTHON ?= python3
@@ -57,6 +57,7 @@ train: venv data kernels
 # CPU extra, as for the entry points (alexnet_jax/cpu/devices.py).
 MULTI_DEVICE_FLAGS := --xla_force_host_platform_device_count=8
 test: venv data kernels
+	$(VENV)/bin/ruff check alexnet_jax tests experiments benchmarks
 	$(PY) -c "from alexnet_jax import config_base, input_pipeline as p; p.load_builder(config_base.base_config().data)"
 	$(PY) -m pytest -q -n 3 --dist loadfile $(PYTEST_ARGS) tests --ignore=tests/test_parallel.py \
 	  --ignore=tests/test_export.py

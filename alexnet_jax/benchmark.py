@@ -44,11 +44,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 if __name__ == "__main__" and "--compare" not in sys.argv:  # before JAX starts (--compare
-    from alexnet_jax import process                           # only starts processes)
+    from alexnet_jax import process  # only starts processes)
     process.prepare()
 
 from absl import app, flags
@@ -121,8 +122,8 @@ def flops_per_image(config: Any) -> dict[str, float]:
     """Floating-point operations (2 per multiply-add) of the convolutions and dense layers
     for one image: forward, and forward-backward (the weights' gradients of every layer,
     the inputs' of every layer but the first)."""
-    from alexnet_jax import summary
-    macs = [row["macs"] for row in summary.layer_table(config) if row["macs"]]
+    from alexnet_jax import layer_table
+    macs = [row["macs"] for row in layer_table.layer_table(config) if row["macs"]]
     forward = 2.0 * sum(macs)
     return {"forward": forward, "forward_backward": forward + forward + 2.0 * sum(macs[1:])}
 

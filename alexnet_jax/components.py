@@ -3,7 +3,7 @@
 Each kind is a ``Registry``: a name (the value of ``config.model.norm``, ``.activation`` or
 ``.pool``) mapped to an entry that holds what builds the part and every fact the rest of
 the code reads about it.  ``models.Tower`` builds its layers from the entries;
-``config_base`` takes each normalisation's own config keys from them; ``summary``,
+``config_base`` takes each normalisation's own config keys from them; ``layer_table``,
 ``profile`` and the TensorBoard hyperparameters find normalisation layers by the entry's
 ``layer`` name; the tests are parametrised over the registries.  A new normalisation is
 one entry in ``NORMS`` (and its tests): nothing else names it.
@@ -11,7 +11,8 @@ one entry in ``NORMS`` (and its tests): nothing else names it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 import flax.linen as nn
 import jax
@@ -71,7 +72,7 @@ class Norm:
     are ``config.model`` keys of its own, with their defaults (``ModelConfig.norm_options``
     holds their values); ``check(options)`` raises ValueError for values that cannot
     work.  ``facts(site)`` says what a layer resolved from its options (recorded in
-    ``summary.py``'s table and in a run's ``summary.json``).
+    ``layer_table.py``'s table and in a run's ``summary.json``).
     """
 
     layer: str

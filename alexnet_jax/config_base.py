@@ -215,8 +215,8 @@ def _network(config, models, input_pipeline) -> Any:
     smallest = model.smallest_input()
     if min(shape[:2]) >= smallest:
         return model
-    fits = [name for name in models.VARIANTS
-            if models.model_config(name, input_shape=tuple(shape)).smallest_input() <= min(shape[:2])]
+    fits = [name for name in models.VARIANTS if models.model_config(
+        name, input_shape=tuple(shape)).smallest_input() <= min(shape[:2])]
     suggestion = (f"use config.model.variant={fits[0]}" if fits else
                   "resize the images")
     raise ConfigError(

@@ -14,6 +14,7 @@ from absl import app, flags
 
 from alexnet_jax.input_pipeline.tf_runtime import tf
 
+
 def start(role: str, port: int, dispatcher: str = "", work_dir: str = ""):
     """The server of ``role`` (dispatcher or worker), started; it serves until stopped."""
     service = tf().data.experimental.service

@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 
 TEN_CROP = "10crop_"  # the prefix of the metrics of the paper's 10-patch evaluation
 

@@ -29,7 +29,8 @@ GPUs each one normalised its own maps.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -118,7 +119,7 @@ class ModelConfig:
         norm.check(dict(resolved))
         object.__setattr__(self, "norm_options", resolved)  # the defaults filled in
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def pooled_size(self, size: int) -> int:

@@ -18,7 +18,8 @@ policy decides after an evaluation when to divide it by 10.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,8 @@ DECAYS_TO_ZERO = ("cosine", "linear")  # the schedules that take ``warmup_epochs
 
 def paper_sgd(learning_rate: float, lr_scale: float = 1.0, momentum: float = 0.9,
               weight_decay: float = 0.0005, decay_mask: Any = None) -> optax.GradientTransformation:
-    """v <- momentum v - weight_decay lr w - lr g; w <- w + v, with lr = learning_rate * lr_scale."""
+    """v <- momentum v - weight_decay lr w - lr g; w <- w + v, with
+    lr = learning_rate * lr_scale."""
     return optax.chain(
         optax.add_decayed_weights(weight_decay, mask=decay_mask),
         optax.scale_by_learning_rate(learning_rate * lr_scale),
@@ -117,7 +119,8 @@ class PlateauPolicy:
             self.evals_without_improvement = 0
             return False
         self.evals_without_improvement += 1
-        if self.evals_without_improvement >= self.patience and self.reductions < self.max_reductions:
+        if (self.evals_without_improvement >= self.patience
+                and self.reductions < self.max_reductions):
             self.reductions += 1
             self.evals_without_improvement = 0
             return True
@@ -127,11 +130,11 @@ class PlateauPolicy:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "PlateauPolicy":
+    def from_state_dict(cls, state: dict[str, Any]) -> PlateauPolicy:
         """Also reads checkpoints written when the policy kept a copy of the scale."""
         return cls(**{k: v for k, v in state.items() if k != "scale"})
 
     @classmethod
-    def from_config(cls, optim: Any) -> "PlateauPolicy":
+    def from_config(cls, optim: Any) -> PlateauPolicy:
         return cls(factor=optim.plateau_factor, patience=optim.plateau_patience,
                    min_delta=optim.plateau_min_delta, max_reductions=optim.plateau_max_reductions)

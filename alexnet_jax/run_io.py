@@ -23,7 +23,6 @@ import jax
 from alexnet_jax import config_base, models, supervisor
 from alexnet_jax.metrics import TEN_CROP
 
-
 # --- the workdir ---------------------------------------------------------------------------
 
 def check_workdir(workdir: str) -> None:

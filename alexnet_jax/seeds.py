@@ -25,14 +25,23 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import (checkpoints, config_base, input_pipeline, models, optim, parallel,
-                         run_io, train)
+from alexnet_jax import (
+    checkpoints,
+    config_base,
+    input_pipeline,
+    models,
+    optim,
+    parallel,
+    run_io,
+    train,
+)
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.layers import compiler_options
 from alexnet_jax.metrics import MetricWriter
@@ -68,7 +77,7 @@ class Plateaus:
         return [policy.state_dict() for policy in self.policies]
 
     @classmethod
-    def from_state_dict(cls, state: list[dict[str, Any]]) -> "Plateaus":
+    def from_state_dict(cls, state: list[dict[str, Any]]) -> Plateaus:
         return cls([optim.PlateauPolicy.from_state_dict(one) for one in state])
 
 
@@ -132,7 +141,7 @@ class SeedsTrainer(train.Trainer):
     def evaluate(self, step: int) -> None:
         factors = []
         for i, results in enumerate(self.evaluate_splits(step)):
-            params = jax.tree.map(lambda leaf: leaf[i], self.state.params)
+            params = jax.tree.map(lambda leaf, i=i: leaf[i], self.state.params)
             entry = self.record_evaluation(step, results, self.history[i], self.writers[i],
                                            params)
             policy = self.plateau.policies[i]
@@ -212,9 +221,9 @@ def _train_seeds(configs: list[Any], runs: list[str], shared: str,
     for one, workdir, history, pipe in zip(configs, runs, trainer.history, pipelines):
         summary = run_io.run_summary(history, step, trainer.wall_s(), pipe, one)
         summary.update(checkpoint_s=manager.seconds_blocked, layout="single", devices=1,
-                       vmapped_seeds=len(configs), checkpoints=manager.directory,
-                       **{"norm_layers": facts for facts in [models.norm_facts(model_config)]
-                          if facts})
+                       vmapped_seeds=len(configs), checkpoints=manager.directory)
+        if models.norm_facts(model_config):
+            summary["norm_layers"] = models.norm_facts(model_config)
         run_io.write_json(workdir, "summary.json", summary)
         summaries.append(summary)
         print(f"Seed {one.seed}: test top-1 error {summary['test_top1_error']:.4f}, top-5 "

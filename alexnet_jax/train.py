@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -20,12 +21,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from alexnet_jax import (checkpoints, config_base, input_pipeline, models, optim, parallel,
-                         run_io, supervisor, visualize)
+from alexnet_jax import (
+    checkpoints,
+    config_base,
+    input_pipeline,
+    models,
+    optim,
+    parallel,
+    run_io,
+    supervisor,
+    visualize,
+)
 from alexnet_jax.layers import compiler_options
-from alexnet_jax.metrics import (TEN_CROP, MetricWriter, cross_entropy, first_non_finite,
-                                 mean_metrics, topk_correct)
-
+from alexnet_jax.metrics import (
+    TEN_CROP,
+    MetricWriter,
+    cross_entropy,
+    first_non_finite,
+    mean_metrics,
+    topk_correct,
+)
 
 
 @flax.struct.dataclass
@@ -400,9 +415,9 @@ def _train_and_evaluate(config: Any, workdir: str, stop: run_io.StopSignals) -> 
         writer.close()
     summary = run_io.run_summary(trainer.history, step, trainer.wall_s(), pipeline, config)
     summary.update(checkpoint_s=manager.seconds_blocked,  # this session's, for the overhead
-                   layout=layout.kind, devices=layout.num_devices,
-                   **{"norm_layers": facts for facts in [models.norm_facts(model_config)]
-                      if facts})  # what the normalisation resolved, e.g. a group count
+                   layout=layout.kind, devices=layout.num_devices)
+    if models.norm_facts(model_config):  # what the normalisation resolved, e.g. its groups
+        summary["norm_layers"] = models.norm_facts(model_config)
     run_io.write_json(workdir, "summary.json", summary)
     print(f"Test top-1 error {summary['test_top1_error']:.4f}, top-5 "
           f"{summary['test_top5_error']:.4f} after {step} steps; {workdir}/summary.json")

@@ -74,8 +74,9 @@ def main():
         forms += [] if shared else [("block-diagonal", block_diagonal)]
         for form_name, form in forms + [("per tower", per_tower)]:
             np.testing.assert_allclose(form(xs, kernels, pads), reference, rtol=1e-3, atol=1e-3)
-            forward = jax.jit(lambda xs, ks, f=form: f(xs, ks, pads), compiler_options=options)
-            gradient = jax.jit(jax.grad(lambda xs, ks, f=form: jnp.sum(f(xs, ks, pads) ** 2),
+            forward = jax.jit(lambda xs, ks, f=form, p=pads: f(xs, ks, p),
+                              compiler_options=options)
+            gradient = jax.jit(jax.grad(lambda xs, ks, f=form, p=pads: jnp.sum(f(xs, ks, p) ** 2),
                                         argnums=(1,) if shared else (0, 1)),
                                compiler_options=options)
             print(f"{name:12} {form_name:15} forward {median_ms(forward, xs, kernels):8.2f} ms"

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import parallel
-from alexnet_jax.cpu import chooser
 from alexnet_jax.benchmark import synthetic_training
+from alexnet_jax.cpu import chooser
 from alexnet_jax.models import model_config
 
 

@@ -32,8 +32,9 @@ def main():
 
         g = jnp.full(conv(x, w).shape, 0.1)
         forward = jax.jit(conv, compiler_options=options)
-        backward_data = jax.jit(lambda x, w, g, conv=conv: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
-                                compiler_options=options)
+        backward_data = jax.jit(
+            lambda x, w, g, conv=conv: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
+            compiler_options=options)
         backward_weights = jax.jit(
             lambda x, w, g, conv=conv: jax.vjp(lambda w: conv(x, w), w)[1](g)[0],
             compiler_options=options)
@@ -42,7 +43,8 @@ def main():
         totals += times
         print(f"{name} xla    fwd {times[0]:8.2f} ms  bwd_data {times[1]:8.2f} ms  "
               f"bwd_weights {times[2]:8.2f} ms", flush=True)
-    print("total ms: forward %.1f, backward-data %.1f, backward-weights %.1f" % tuple(totals))
+    print(f"total ms: forward {totals[0]:.1f}, backward-data {totals[1]:.1f}, "
+          f"backward-weights {totals[2]:.1f}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ dropout, here 0.25) scaled to 28x28 images, trained with the paper's optimiser: 
 momentum 0.9, weight decay 0.0005 coupled to the learning rate; 4 epochs of batch 64,
 no augmentation (in so short a budget the model is under-trained, and augmentation and
 heavy dropout cost more than they give).  The learning rate rises linearly from 0 to
-0.05 over the first quarter epoch and falls to 0 along a cosine: of the schedules
-tried, the lowest held-out validation error over two seeds (docs/performance.md).
-The README's table gives the test error and wall time to expect.
+0.05 over the first quarter epoch and falls to 0 along a cosine: the schedule with the
+lowest held-out validation error (docs/performance.md).  The README's table gives the
+test error and wall time to expect.
 """
 from alexnet_jax.config_base import base_config
 

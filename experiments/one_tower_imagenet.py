@@ -12,8 +12,8 @@ end on TFDS's mock ImageNet in tests/test_imagenet.py): cuda-convnet2's one-towe
 90 epochs with colour noise 0.1, reached 42.55% / 19.81% top-1 / top-5 error on the
 centre crop and 40.42% / 18.15% with 10 views (its published layers-imagenet-1gpu
 results); torchvision's AlexNet of these widths, without LRN, 43.48% / 20.93% on the
-centre crop (torchvision's model table).  Wall time on 8 GPUs: as for
-paper_imagenet.py (0.714 G multiply-adds per image against the paper's 0.724 G).
+centre crop (torchvision's model table).  0.714 G multiply-adds per image, against the
+paper network's 0.724 G.
 """
 from experiments.paper_imagenet import get_config as paper_config
 

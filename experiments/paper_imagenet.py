@@ -13,18 +13,9 @@ device; evaluation on the centre crop and on the 10 patches (summary.json:
 test_top1_error, test_10crop_top1_error).
 
 Expected result: the paper reports 40.7% / 18.2% top-1 / top-5 error on ILSVRC-2012
-val with 10 patches (one network).  Not measured here (no ImageNet on this machine);
-``tests/test_imagenet.py`` runs this config end to end on TFDS's mock ImageNet.
-
-Estimated wall time on 8 GPUs: the training step alone runs at 13,424 images/s on
-one H100 (float32, batch 128; docs/performance.md), so 90 epochs of 1.28 M images are
-~2.4 GPU-hours of arithmetic: ~18 minutes on 8 H100 if they scaled perfectly.  The
-host must then supply 107,000 images/s: ``python -m alexnet_jax.benchmark --input``
-measured 1,205-1,467 images/s per core from the JPEG store and 3,193-3,577 from the raw
-store (2026-11-28), so 8 H100 need ~75-90 cores from the JPEG store, ~30-34 from the raw
-one (before: 188-197 images/s per core decoding the full-size images, ~550 cores).  A
-64-core host with the JPEG store supplies ~85,000 images/s: ~23 minutes for 90 epochs.
-(The paper: five to six days on two GTX 580s.)
+val with 10 patches (one network).  ``tests/test_imagenet.py`` runs this config end to
+end on TFDS's mock ImageNet; what a GPU's step and a host's input pipeline deliver, and
+so the wall time to expect, is in the README's performance table.
 """
 from alexnet_jax.config_base import base_config
 

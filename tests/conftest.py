@@ -13,5 +13,6 @@ from alexnet_jax.cpu import devices
 devices.give_forced_devices_their_flags()  # `make test`'s 8 devices: before JAX starts
 
 CACHE = os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"alexnet_jax_tests_{os.getuid()}"))
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), f"alexnet_jax_tests_{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

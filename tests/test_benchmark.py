@@ -12,7 +12,8 @@ def test_benchmark_smoke_run_writes_the_reference_keys_and_imports_no_tensorflow
     code = ("import sys; from absl import flags; from alexnet_jax import benchmark; "
             "benchmark.define_flags(); "
             "flags.FLAGS(['benchmark', '--variant', 'small', '--batch', '4', '--steps', '2', "
-            f"'--burn_in', '1', '--profile', '--json', {str(out)!r}]); benchmark.main(['benchmark']); "
+            f"'--burn_in', '1', '--profile', '--json', {str(out)!r}]); "
+            "benchmark.main(['benchmark']); "
             "print('tensorflow' in sys.modules)")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                timeout=300)

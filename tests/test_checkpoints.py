@@ -86,7 +86,8 @@ def test_a_process_that_cannot_reach_a_safe_point_still_ends_at_the_deadline(tmp
     (tmp_path / "checkpoints" / "latest" / "12").mkdir(parents=True)
     script = ("import os, signal, time\n"
               "from alexnet_jax import run_io\n"
-              f"with run_io.StopSignals(deadline_s=2, checkpoints_dir={str(tmp_path / 'checkpoints')!r}):\n"
+              "with run_io.StopSignals(deadline_s=2, "
+              f"checkpoints_dir={str(tmp_path / 'checkpoints')!r}):\n"
               "    os.kill(os.getpid(), signal.SIGTERM)\n"
               "    time.sleep(60)\n")
     started = time.monotonic()
@@ -109,7 +110,8 @@ def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, monkeypatch):
         with pytest.raises(run_io.TrainingInterrupted, match="Run the same command again"):
             train.train_and_evaluate(tiny_config(), str(tmp_path / "cut"))
         monkeypatch.undo()
-        assert checkpoints.CheckpointManager(str(tmp_path / "cut"), tiny_config()).latest.latest_step() == 4
+        manager = checkpoints.CheckpointManager(str(tmp_path / "cut"), tiny_config())
+        assert manager.latest.latest_step() == 4
         resumed = train.train_and_evaluate(tiny_config(), str(tmp_path / "cut"))
     a, plateau_a, history_a = final_params(str(tmp_path / "full"))
     b, plateau_b, history_b = final_params(str(tmp_path / "cut"))
@@ -306,7 +308,8 @@ def test_restore_from_and_eval_only(tmp_path):
         config.restore_from = str(tmp_path / "a")
         result = train.train_and_evaluate(config, str(tmp_path / "b"))
     assert result["test_top1_error"] == first["test_top1_error"]
-    assert json.load(open(tmp_path / "b" / "eval.json"))["test_top1_error"] == first["test_top1_error"]
+    written = json.load(open(tmp_path / "b" / "eval.json"))
+    assert written["test_top1_error"] == first["test_top1_error"]
 
 
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="Fashion-MNIST absent: run `make data`")
@@ -318,7 +321,8 @@ def test_sigkill_mid_run_then_restart_equals_uninterrupted_run(tmp_path):
             f"--config.data.data_dir={DATA_DIR}"]
 
     def run(workdir, **kwargs):
-        return subprocess.Popen([sys.executable, "-m", "alexnet_jax.main", "--workdir", str(workdir),
+        return subprocess.Popen([sys.executable, "-m", "alexnet_jax.main",
+                                 "--workdir", str(workdir),
                                  *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, **kwargs)
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import components, config_base, models, summary
+from alexnet_jax import components, config_base, layer_table, models
 from alexnet_jax.models import create_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +52,7 @@ def test_every_normalisation_trains_a_step_and_keeps_the_maps_shape(norm):
     stages = state["intermediates"]["towers"]
     for index in (1, 2):
         assert stages[f"norm{index}_out"][0].shape == stages[f"conv{index}_out"][0].shape
-    rows = {r["name"]: r for r in summary.layer_table(model.config)}
+    rows = {r["name"]: r for r in layer_table.layer_table(model.config)}
     layer = components.NORMS[norm].layer
     owned = sum(np.size(v) for name, tree in variables["params"]["towers"].items()
                 if layer and name.startswith(layer) for v in jax.tree.leaves(tree))
@@ -70,7 +70,7 @@ def test_every_activation_builds_the_network(name):
 @pytest.mark.parametrize("name", list(components.POOLS))
 def test_every_pooling_gives_the_sizes_pooled_size_predicts(name):
     config = models.model_config("small", pool=name)
-    shapes = {r["name"]: r["shape"] for r in summary.layer_table(config)}
+    shapes = {r["name"]: r["shape"] for r in layer_table.layer_table(config)}
     assert shapes["pool5"][0] == config.pooled_size(28)
 
 
@@ -109,7 +109,7 @@ def test_the_group_counts_used_are_recorded():
     config = models.model_config("small", norm="groupnorm")
     assert models.norm_facts(config) == {"gn1": {"groups": 24, "channels": 24},
                                          "gn2": {"groups": 24, "channels": 48}}
-    rows = {r["name"]: r for r in summary.layer_table(config)}
+    rows = {r["name"]: r for r in layer_table.layer_table(config)}
     assert rows["norm2"]["facts"] == {"groups": 24, "channels": 48}
     paper = models.model_config("paper", norm="groupnorm")
     assert [f["groups"] for f in models.norm_facts(paper).values()] == [24, 32]

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from alexnet_jax import layers, models, optim, parallel, train
 from alexnet_jax.input_pipeline.preprocess.on_device import PaperAugmentation

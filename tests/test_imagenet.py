@@ -1,4 +1,5 @@
-"""The paper's ImageNet preprocessing ops against NumPy: crops, flips, colour statistics, decoding."""
+"""The paper's ImageNet preprocessing ops against NumPy: crops, flips, colour statistics,
+decoding."""
 import io
 
 import numpy as np
@@ -83,7 +84,8 @@ def test_random_crop_and_flip_are_stateless_functions_of_the_seed():
     # A crop is a contiguous window of the image.
     top, left = np.argwhere(numbered_image(256, 256)[..., 0] == a[0, 0, 0])[0]
     np.testing.assert_array_equal(a, numbered_image(256, 256)[top:top + 224, left:left + 224])
-    flips = {ops.random_flip(image, tf.constant([0, s], tf.int64)).numpy()[0, 0, 0] for s in range(16)}
+    flips = {ops.random_flip(image, tf.constant([0, s], tf.int64)).numpy()[0, 0, 0]
+             for s in range(16)}
     assert flips == {0.0, 255.0 * 3}  # both the image and its mirror occur
 
 
@@ -159,7 +161,8 @@ def test_missing_imagenet_says_where_the_tar_files_go(tmp_path):
     config = folder_config(tmp_path, tmp_path)
     config.data.dataset = "imagenet2012"
     with pytest.raises(input_pipeline.DatasetUnavailableError,
-                       match=r"ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar .*downloads/manual"):
+                       match=r"ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
+                             r".*downloads/manual"):
         input_pipeline.create_pipeline(config)
 
 

@@ -39,7 +39,7 @@ def raw_test_split():
 def as_keys(images, labels):
     """Each example as bytes (pixels then label), for comparing datasets as multisets."""
     pixels = np.rint(images.reshape(len(images), -1) * 0.3530 * 255 + 0.2860 * 255).astype(np.uint8)
-    return sorted(p.tobytes() + bytes([int(l)]) for p, l in zip(pixels, labels))
+    return sorted(p.tobytes() + bytes([int(label)]) for p, label in zip(pixels, labels))
 
 
 @needs_fashion_mnist
@@ -53,7 +53,7 @@ def test_fashion_mnist_is_read_through_tfds_from_the_debian_files():
     raw_images, raw_labels = raw_test_split()
     # TFDS stores examples in its own order; as a multiset the test split is the raw file's.
     assert as_keys(images, labels) == sorted(
-        img.tobytes() + bytes([int(l)]) for img, l in zip(raw_images, raw_labels))
+        img.tobytes() + bytes([int(label)]) for img, label in zip(raw_images, raw_labels))
 
 
 @needs_fashion_mnist
@@ -68,7 +68,7 @@ def test_evaluation_sees_every_test_example_exactly_once():
     keys = as_keys(images, labels)
     assert len(set(keys)) == 250  # no example twice
     raw_images, raw_labels = raw_test_split()
-    raw = set(img.tobytes() + bytes([int(l)]) for img, l in zip(raw_images, raw_labels))
+    raw = set(img.tobytes() + bytes([int(label)]) for img, label in zip(raw_images, raw_labels))
     assert set(keys) <= raw
 
 
@@ -153,7 +153,8 @@ def test_augmentation_crops_and_flips_statelessly():
     crops = [small_images.random_crop_with_padding(image, 1, s).numpy() for s in seeds]
     assert all(c.shape == (2, 3, 1) for c in crops)
     assert len({c.tobytes() for c in crops}) > 1
-    np.testing.assert_array_equal(crops[0], small_images.random_crop_with_padding(image, 1, seeds[0]))
+    np.testing.assert_array_equal(crops[0],
+                                  small_images.random_crop_with_padding(image, 1, seeds[0]))
 
 
 def test_missing_dataset_says_how_to_fetch_it(tmp_path, monkeypatch):

@@ -301,8 +301,8 @@ def test_max_pool_handler_is_used_for_float32_maps():
         pytest.skip("the handler's loop is scalar on this CPU: XLA's form is used")
     x = jnp.ones((2, 13, 13, 4))
     for window in (3, 11):  # 11 x 11 taps: the most an int8 counts (XLA's form's limit too)
-        calls = lowered_calls(jax.grad(lambda x: jnp.sum(xla_cpu.onednn_max_pool(x, window, 1))),
-                              x)
+        calls = lowered_calls(jax.grad(
+            lambda x, window=window: jnp.sum(xla_cpu.onednn_max_pool(x, window, 1))), x)
         assert calls == {"alexnet_max_pool", "alexnet_max_pool_backward"}
     assert not onednn.supports_max_pool(x, 12)
     assert lowered_calls(lambda x: xla_cpu.onednn_max_pool(x, 3, 2), x.astype(jnp.bfloat16)) \
@@ -371,7 +371,7 @@ def test_max_pool_gradient_goes_where_select_and_scatter_sends_it_at_ties(form):
     key_x, key_g = jax.random.split(jax.random.key(3))
     x = jnp.maximum(jnp.round(jax.random.normal(key_x, (2, 15, 15, 20)) * 2) / 2, 0.0)
     g = jax.random.normal(key_g, (2, 7, 7, 20))
-    gradients = [jax.vjp(lambda x: pool(x, 3, 2), x)[1](g)[0]
+    gradients = [jax.vjp(lambda x, pool=pool: pool(x, 3, 2), x)[1](g)[0]
                  for pool in (POOL_FORMS[form], plain.max_pool)]
     assert float(jnp.mean(x == 0)) > 0.4
     np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-6, atol=1e-6)

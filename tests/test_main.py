@@ -66,7 +66,8 @@ def test_unknown_config_key_is_one_line_naming_it_and_the_right_one(tmp_path):
     result = run_main(*SMALL, "--workdir", str(tmp_path / "w"), "--config.model.nrom=batchnorm")
     assert result.returncode == 2
     line = one_line(result.stderr)
-    assert line.startswith("error: --config.model.nrom=batchnorm:") and "did you mean 'norm'" in line
+    assert line.startswith("error: --config.model.nrom=batchnorm:")
+    assert "did you mean 'norm'" in line
     assert not (tmp_path / "w").exists()
 
 

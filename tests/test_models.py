@@ -7,8 +7,8 @@ import pytest
 from jax import lax
 
 from alexnet_jax import components, layers, models
-from alexnet_jax.cpu import onednn
 from alexnet_jax.components import LocalResponseNorm
+from alexnet_jax.cpu import onednn
 from alexnet_jax.models import create_model
 from support import lowered_calls, lrn_loop, lrn_numpy
 
@@ -291,7 +291,8 @@ def test_smallest_input_is_where_pool5_becomes_empty(variant, smallest):
     config = models.model_config(variant)
     assert config.smallest_input() == smallest
     for size, pooled in ((smallest, 1), (smallest - 1, 0)):
-        model = create_model(variant, init="paper", input_shape=(size, size, config.input_shape[-1]))
+        model = create_model(variant, init="paper",
+                             input_shape=(size, size, config.input_shape[-1]))
         assert stage_shapes(model)["pool5"][2:4] == (pooled, pooled)
         assert config.pooled_size(size) == pooled
 

@@ -19,8 +19,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import (checkpoints, components, layers, models, optim, parallel,  # noqa: E402
-                         train)
+from alexnet_jax import checkpoints, components, layers, models, optim, parallel, train  # noqa: E402
 from alexnet_jax.config_base import base_config  # noqa: E402
 from alexnet_jax.cpu import onednn  # noqa: E402
 from support import build, tiny_config  # noqa: E402

@@ -8,9 +8,9 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
+import support  # noqa: E402
 from alexnet_jax import config_base, metrics, seeds, train  # noqa: E402
 from alexnet_jax.errors import ConfigError  # noqa: E402
-import support  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(REPO, "data")

@@ -14,7 +14,8 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from alexnet_jax import input_pipeline  # noqa: E402
 from alexnet_jax.config_base import base_config  # noqa: E402
-from alexnet_jax.input_pipeline import pipeline as pipeline_lib, sources, store  # noqa: E402
+from alexnet_jax.input_pipeline import pipeline as pipeline_lib  # noqa: E402
+from alexnet_jax.input_pipeline import sources, store
 from alexnet_jax.input_pipeline.preprocess import imagenet as host  # noqa: E402
 from alexnet_jax.input_pipeline.preprocess.on_device import PaperAugmentation  # noqa: E402
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 import alexnet_jax.sweep as sweep_package
-from alexnet_jax import summary, sweep
+from alexnet_jax import layer_table, sweep
 from alexnet_jax.config_base import base_config
 from alexnet_jax.sweep import checks
 
@@ -116,7 +116,7 @@ def test_report_aggregates_finished_runs_and_skips_them(tmp_path):
     rows = {r["variant"]: r for r in sweep.report(definition, runs, workdir, "test")}
     small = base_config()
     small.model.variant = "small"
-    assert rows["base"]["params"] == summary.summarize(small)["params"]
+    assert rows["base"]["params"] == layer_table.summarize(small)["params"]
     assert rows["base"]["test_top1_error"][0] == pytest.approx(0.11)
     assert rows["base"]["test_top1_error"][1] == pytest.approx(math.sqrt(0.0002))
     mean, half = rows["other"]["difference"]  # paired: 0.03 and 0.02
@@ -132,7 +132,8 @@ def test_report_aggregates_finished_runs_and_skips_them(tmp_path):
         csv_rows = list(csv.DictReader(f))
     assert [r["run"] for r in csv_rows] == [r.name for r in runs[:4]]
     assert csv_rows[2]["overrides"] == "model.norm=none"
-    assert os.path.getsize(tmp_path / "curves.png") > 0 and os.path.getsize(tmp_path / "bars.png") > 0
+    assert os.path.getsize(tmp_path / "curves.png") > 0
+    assert os.path.getsize(tmp_path / "bars.png") > 0
 
 
 TUNED = {"base": "experiments/fashion_mnist.py", "seeds": [0, 1, 2],

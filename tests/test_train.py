@@ -11,8 +11,8 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import metrics, run_io, train  # noqa: E402
 import support  # noqa: E402
+from alexnet_jax import metrics, run_io, train  # noqa: E402
 from support import build  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,8 +115,8 @@ def test_topk_error_against_numpy():
     order = np.argsort(-logits, axis=1)
     for k in (1, 3, 5):
         expected = np.array([labels[i] in order[i, :k] for i in range(200)], np.float32)
-        np.testing.assert_array_equal(metrics.topk_correct(jnp.asarray(logits), jnp.asarray(labels), k),
-                                      expected)
+        np.testing.assert_array_equal(
+            metrics.topk_correct(jnp.asarray(logits), jnp.asarray(labels), k), expected)
 
 
 def test_eval_step_counts_only_unmasked_examples():

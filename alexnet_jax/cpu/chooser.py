@@ -29,10 +29,9 @@ XLA's forms are ``xla_cpu.py``'s; oneDNN's handlers are ``onednn.py``'s.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
-
-from typing import Any
 
 from alexnet_jax.cpu import onednn, xla_cpu
 

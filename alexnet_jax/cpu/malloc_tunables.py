@@ -6,10 +6,9 @@ the step's scratch; fc6's alone is 151 MB) come back as new pages that the kerne
 in and zeroes, every step (docs/performance.md).  These tunables keep freed memory
 instead: one arena (``arena_max=1``), grown and never unmapped (``mmap_max=0``) or
 trimmed (``trim_threshold``), whose blocks the next step reuses.  A process's footprint
-is then its peak.  (Transparent huge pages, ``glibc.malloc.hugetlb=1``, made the faults
-cheaper; with memory kept they gave nothing, and some steps still took ~1.3x with them.)  glibc reads tunables only at start-up, so ``python -m
-alexnet_jax.main`` and ``python -m alexnet_jax.benchmark`` restart themselves with them.
-The benchmark's peers keep the environment they were given.
+is then its peak.  glibc reads tunables only at start-up, so ``python -m
+alexnet_jax.main`` and ``python -m alexnet_jax.benchmark`` restart themselves with them
+(``cpu.prepare_process``).  The benchmark's peers keep the environment they were given.
 """
 from __future__ import annotations
 

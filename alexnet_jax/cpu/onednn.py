@@ -27,7 +27,7 @@ import os
 import pathlib
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +68,7 @@ def build(compiler: str = "g++") -> pathlib.Path:
     return LIBRARY
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def register() -> bool:
     """Loads the handlers and registers them with XLA's CPU backend, once; True where they
     are built from the current source and that worked.  Says why not in the log (XLA's
@@ -119,7 +119,7 @@ def _dense(value):
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def conv2d_bias(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable:
     """``(x, kernel, bias) -> conv(x, kernel) + bias`` for NHWC float32 ``x`` and an HWIO
     ``kernel``, with explicit (low, high) ``pads`` per spatial axis, by oneDNN forward and
@@ -161,7 +161,7 @@ def conv2d_bias(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable:
     return conv
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def local_response_norm(k: float, n: int, alpha: float, beta: float) -> Callable:
     """``a -> b``, ``lrn.local_response_norm`` by oneDNN's forward and our handler's
     gradient, for the ``a`` and ``n`` that ``supports_lrn`` takes.  Axes before the last
@@ -204,7 +204,7 @@ matmul.defvjp(lambda x, kernel: (_matmul(x, kernel), (x, kernel)),
                                     _matmul(residuals[0], g, transpose_a=True)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def max_pool(window: int, stride: int, height: int, width: int) -> Callable:
     """``x -> y``: max-pooling of NHWC ``x`` maps ``height`` x ``width`` over VALID
     ``window`` x ``window`` windows, by a handler of our own, and its gradient, which sends
@@ -245,7 +245,7 @@ def supports_lrn(a: jax.Array, n: int) -> bool:
     return n % 2 == 1 and a.ndim >= 4 and supports(a)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def max_pool_vectorized() -> bool:
     """Whether ``max_pool``'s handler runs vectorized on this CPU (AVX-512): its scalar loop
     is slower than XLA's form."""

@@ -44,7 +44,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -119,7 +120,7 @@ def _kernels_side_by_side(kernel: jax.Array) -> jax.Array:
     return kernel.transpose(1, 2, 3, 0, 4).reshape(kh, kw, channels, towers * out)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def per_tower_conv2d(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable:
     """``(x, kernel) -> y``: XLA's convolution, whose ``vmap`` (the towers side by side) is
     one ungrouped convolution per tower instead of XLA's grouped one, forward and gradient.

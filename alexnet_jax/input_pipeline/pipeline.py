@@ -11,7 +11,8 @@ exactly the batches the uninterrupted run saw.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,8 @@ from alexnet_jax.errors import ConfigError
 from alexnet_jax.input_pipeline import store
 from alexnet_jax.input_pipeline.preprocess import Preprocessing
 from alexnet_jax.input_pipeline.sources import DatasetInfo, DatasetUnavailableError
-from alexnet_jax.input_pipeline.tf_runtime import plain_graph, tf as _tf
+from alexnet_jax.input_pipeline.tf_runtime import plain_graph
+from alexnet_jax.input_pipeline.tf_runtime import tf as _tf
 
 
 class Pipeline:

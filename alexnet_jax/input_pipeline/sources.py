@@ -127,7 +127,7 @@ def remove_half_prepared(builder: Any) -> list[str]:
     return removed
 
 
-@functools.lru_cache(maxsize=None)  # TFDS registers a builder class by name, once
+@functools.cache  # TFDS registers a builder class by name, once
 def _fashion_mnist_builder_class():
     import tensorflow_datasets as tfds
 
@@ -248,5 +248,6 @@ def _download_or_explain(name: str, tfds_dir: str, allow_download: bool, explana
             f"{explanation} TFDS's own download of {name!r} failed too ({type(error).__name__}: "
             f"{str(error)[:200]}). Prepare it on a machine with internet access "
             f"(python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
-            f"data_dir='{tfds_dir}').download_and_prepare()\") and copy {tfds_dir} here.") from error
+            f"data_dir='{tfds_dir}').download_and_prepare()\") and copy {tfds_dir} here."
+        ) from error
     return builder

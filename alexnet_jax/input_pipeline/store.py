@@ -21,6 +21,7 @@ fails (``damaged_shards``: its CRC-32 against the record).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -279,6 +280,10 @@ def _encoded(data: Any, source: Any, split: str, start: int):
     return ds.ignore_errors(log_warning=True).prefetch(tf().data.AUTOTUNE)
 
 
+def _before(position: Any, example: Any, end: int) -> Any:
+    return position < end
+
+
 def _repair(data: Any, source: Any, problems: list[tuple[str, int, str, str]]) -> None:
     """Prepares again each shard of ``problems`` from the source (the same examples as
     before: shard k holds the source's examples k * SHARD_EXAMPLES onwards), or says which
@@ -299,7 +304,7 @@ def _repair(data: Any, source: Any, problems: list[tuple[str, int, str, str]]) -
               "source.", flush=True)
         start = index * SHARD_EXAMPLES
         examples = _encoded(data, source, split, start).take_while(
-            lambda position, _: position < start + SHARD_EXAMPLES)
+            functools.partial(_before, end=start + SHARD_EXAMPLES))
         count = 0
         with tf().io.TFRecordWriter(path + ".incomplete") as writer:
             for _, example in examples.as_numpy_iterator():

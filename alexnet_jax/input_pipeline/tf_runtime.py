@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tf() -> Any:
     """The ``tensorflow`` module, with GPUs hidden from it (JAX owns the accelerators).
 

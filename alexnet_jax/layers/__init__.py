@@ -20,7 +20,8 @@ takes them from there where it is installed.  Checkpoints do not depend on the c
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -24,12 +24,22 @@ from typing import Any
 
 from alexnet_jax.sweep import checks, preview
 from alexnet_jax.sweep.launch import LAUNCHERS, ClusterOptions, TrainingJob, launch
-from alexnet_jax.sweep.plan import (Run, SweepError, choose, command, expand, is_finished,
-                                    load_sweep, max_seeds, plan, plan_seeds, tuning_settings,
-                                    why_unfinished)
+from alexnet_jax.sweep.plan import (
+    Run,
+    SweepError,
+    choose,
+    command,
+    expand,
+    is_finished,
+    load_sweep,
+    max_seeds,
+    plan,
+    plan_seeds,
+    tuning_settings,
+    why_unfinished,
+)
 from alexnet_jax.sweep.precision import difference_interval, mean_std, next_round
-from alexnet_jax.sweep.results import (aggregate, markdown_table, report, run_record,
-                                       tuning_table)
+from alexnet_jax.sweep.results import aggregate, markdown_table, report, run_record, tuning_table
 
 __all__ = ["LAUNCHERS", "ClusterOptions", "Run", "SweepError", "TrainingJob", "aggregate",
            "choose", "command", "difference_interval", "expand", "is_finished", "launch",

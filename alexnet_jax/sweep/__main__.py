@@ -3,7 +3,7 @@ import sys
 
 from absl import app, flags, logging
 
-from alexnet_jax.sweep import LAUNCHERS, ClusterOptions, SweepError, run_sweep
+from alexnet_jax.sweep import LAUNCHERS, ClusterOptions, run_sweep
 
 flags.DEFINE_string("sweep", None, "A sweep file, e.g. experiments/sweeps/lrn_vs_bn.py.")
 flags.DEFINE_string("workdir", None, "The sweep's directory: one folder per run, results.")

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from alexnet_jax import config_base
 from alexnet_jax.sweep.plan import Run, SweepError, diverged_at, resolved_config
@@ -78,7 +79,8 @@ def refuse_stale(workdir: str, stale: Sequence[tuple[str, str]], sweep_file: str
     names = ", ".join(name for name, _ in stale[:5]) + (" ..." if len(stale) > 5 else "")
     raise SweepError(
         f"{len(stale)} run(s) in {workdir} were made with another config than {sweep_file} "
-        f"builds for them today (or recorded none): {names}. Their results would not be what the sweep says; "
+        f"builds for them today (or recorded none): {names}. Their results would not be what "
+        "the sweep says; "
         f"add --rerun_stale to move them to {os.path.join(workdir, STALE_DIR)}/ and run them "
         "again (or restore the sweep file they were made with).")
 

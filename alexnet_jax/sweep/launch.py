@@ -20,7 +20,8 @@ import os
 import signal
 import subprocess
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from alexnet_jax.sweep.plan import REPO, SEED, Run, command, diverged, is_finished
 

@@ -32,7 +32,8 @@ import json
 import math
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from alexnet_jax.seeds import SEED
 
@@ -154,7 +155,7 @@ def plan_seeds(sweep: dict[str, Any], choices: dict[str, tuple], quick: bool = F
             for seed in (seeds or {}).get(variant, default)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _experiment(path: str) -> Any:
     spec = importlib.util.spec_from_file_location("sweep_base_experiment", path)
     module = importlib.util.module_from_spec(spec)

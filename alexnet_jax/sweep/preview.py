@@ -3,7 +3,8 @@ the unfinished ones should take (``cost.py``), printed before anything starts.""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from alexnet_jax.sweep import cost
 from alexnet_jax.sweep.plan import Run, is_finished, max_seeds

@@ -12,10 +12,10 @@ import csv
 import json
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from alexnet_jax.sweep.plan import (Run, SweepError, diverged, expand, setting_name,
-                                    why_unfinished)
+from alexnet_jax.sweep.plan import Run, SweepError, diverged, expand, setting_name, why_unfinished
 from alexnet_jax.sweep.precision import Verdict, difference_interval, mean_std
 
 TRAIN_ERROR_THRESHOLD = 0.25  # the paper's Figure 1: steps to reach 25% training error
@@ -57,8 +57,8 @@ def run_record(workdir: str, run: Run, baseline_params: dict[str, int]) -> dict[
 def _param_count(config_json: dict[str, Any]) -> int:
     import ml_collections
 
-    from alexnet_jax import summary
-    return summary.summarize(ml_collections.ConfigDict(config_json))["params"]
+    from alexnet_jax import layer_table
+    return layer_table.summarize(ml_collections.ConfigDict(config_json))["params"]
 
 
 def aggregate(records: list[dict[str, Any]], baseline: str, precision: float | None = None

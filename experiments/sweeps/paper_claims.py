@@ -14,11 +14,9 @@
 
 As in lrn_vs_bn.py: the last 5,000 training images are the validation split, each
 variant's learning rate is chosen from the grid on it with seed 0, seeds 1 and 2 follow.
-Budget: 5 variants x 3 rates + 5 x 2 seeds = 25 runs of the default experiment.  On a 2-core
-CPU with --parallel 2 a two-tower run takes 12-14 min and a one-tower run 4-5 min; a
-diverging rate stops within a minute: ~3 h in all (docs/results.md has the measured run and
-the code it used); scripts/keep_study.sh keeps its finished runs in the repo for a later
-session.  Interrupted, the same command resumes.
+5 variants x 3 rates + 5 x 2 seeds = 25 runs of the default experiment; ``--plan`` gives
+their machine time, docs/results.md the time they took.  Interrupted, the same command
+resumes; scripts/keep_study.sh keeps the finished runs' results in docs/studies/.
 """
 
 
@@ -34,8 +32,8 @@ def get_sweep():
         ],
         "seeds": [0, 1, 2],
         "baseline": "paper",
-        # The default experiment's schedule as of 2026-11-28, pinned: 4 epochs of batch 64,
-        # cosine from the tuned rate, no warmup.
+        # The default experiment's schedule when the study began, pinned: 4 epochs of
+        # batch 64, cosine from the tuned rate, no warmup.
         "overrides": {"data.validation_examples": 5000, "num_epochs": 4, "batch_size": 64,
                       "optim.schedule": "cosine", "optim.warmup_epochs": 0.0,
                       "log_every_steps": 10},

@@ -25,11 +25,17 @@ import numpy as np
 
 from alexnet_jax.input_pipeline import sources, store
 from alexnet_jax.input_pipeline.preprocess.augment import example_seeds, random_flip
-from alexnet_jax.input_pipeline.preprocess.decode import (ACCURATE_IDCT,  # noqa: F401
-                                                          decode_and_center_crop)
+from alexnet_jax.input_pipeline.preprocess.decode import ACCURATE_IDCT, decode_and_center_crop  # noqa: F401
 from alexnet_jax.input_pipeline.preprocess.paper import (  # noqa: F401 (re-exported)
-    CENTER_VIEW, CROP, PCA_ALPHA_STD, PCA_EIGENVALUES, PCA_EIGENVECTORS, RESIZE, TEN_CROP_NAMES,
-    corners)
+    CENTER_VIEW,
+    CROP,
+    PCA_ALPHA_STD,
+    PCA_EIGENVALUES,
+    PCA_EIGENVECTORS,
+    RESIZE,
+    TEN_CROP_NAMES,
+    corners,
+)
 from alexnet_jax.input_pipeline.tf_runtime import tf as _tf
 
 
@@ -190,6 +196,7 @@ class StorePreprocessing:
 
     def __init__(self, config: Any, builder: Any, store_directory: str):
         import tensorflow_datasets as tfds
+
         from alexnet_jax.input_pipeline.preprocess.on_device import PaperAugmentation
         self.data, self.seed, self.builder = config.data, config.seed, builder
         jpeg = config.data.store_format != "raw"

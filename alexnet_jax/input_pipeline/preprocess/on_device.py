@@ -19,8 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax.input_pipeline.preprocess.paper import (CROP, PCA_ALPHA_STD, PCA_EIGENVALUES,
-                                                         PCA_EIGENVECTORS, RESIZE, corners)
+from alexnet_jax.input_pipeline.preprocess.paper import (
+    CROP,
+    PCA_ALPHA_STD,
+    PCA_EIGENVALUES,
+    PCA_EIGENVECTORS,
+    RESIZE,
+    corners,
+)
 
 AUGMENTATION_STREAM = 0x61756731  # folded into the run's seed: a key of its own
 
