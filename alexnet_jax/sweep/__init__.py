@@ -116,7 +116,10 @@ def run_sweep(sweep_file: str, workdir: str, parallel: int = 1, quick: bool = Fa
         shared = {**sweep.get("overrides", {}), **(sweep.get("quick", {}) if quick else {})}
         stages = [("Stage 1: each variant's tuning grid, first seed" if "tune" in sweep else
                    "Stage 1: every variant and seed", first)]
-        chosen = choose(sweep, first, workdir)[0] if "tune" in sweep else {}
+        try:
+            chosen = choose(sweep, first, workdir)[0] if "tune" in sweep else {}
+        except ValueError:  # a finished run without the error chosen on: listed as it is
+            chosen = {}
         if "tune" in sweep and len(chosen) == len(expand(sweep)):  # the grid is done
             stages.append(("Stage 2: the seeds at each variant's chosen setting",
                            plan_seeds(sweep, chosen, quick)))

@@ -98,7 +98,7 @@ def launch(sweep: dict[str, Any], runs: Sequence[Run], workdir: str, launcher: s
 def outcome(workdir: str, run: Run, returncode: int) -> str:
     """How a run ended: "done", "diverged" (its loss became NaN or infinite: a result of the
     sweep, not a failure) or "FAILED (status)"."""
-    if returncode == 0 and is_finished(workdir, run):
+    if returncode == 0:
         return "done"
     return "diverged" if diverged(workdir, run) else f"FAILED ({returncode})"
 
