@@ -92,7 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 1000  # also saved at the end of every epoch; 0: epochs only
-    config.checkpoint.keep = 3  # the last K; the best by test top-1 error is kept apart
+    # The last K are kept; the best (by validation top-1 error, by test where no validation
+    # split is held out) is kept apart.
+    config.checkpoint.keep = 3
     config.checkpoint.async_save = True
 
     return config

@@ -270,10 +270,15 @@ def create(parallelism: str, config: ModelConfig, num_devices: int = 0,
 
 
 def process_identity(process_id: int = -1, num_processes: int = 0) -> tuple[int, int]:
-    """(this process's index, the number of processes) as given or in the environment
-    (-1 and 0 where JAX will detect them)."""
-    index = process_id if process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", -1))
-    return index, num_processes or int(os.environ.get("JAX_NUM_PROCESSES", 0))
+    """(this process's index, the number of processes) as given, or as JAX will read them
+    from the environment: its own variables, SLURM's or Open MPI's (-1 and 0 where JAX
+    asks the cluster itself, as on Cloud TPU)."""
+    def first(*names: str, missing: int) -> int:
+        return next((int(os.environ[name]) for name in names if name in os.environ), missing)
+    index = process_id if process_id >= 0 else first(
+        "JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", missing=-1)
+    return index, num_processes or first(
+        "JAX_NUM_PROCESSES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", missing=0)
 
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,

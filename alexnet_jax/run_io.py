@@ -78,7 +78,8 @@ def run_summary(history: list[dict], step: int, wall_s: float, pipeline: Any,
             "best_epoch": best["epoch"], "best_selection_top1_error":
             best["selection_top1_error"], "steps": step, "epochs": config.num_epochs,
             "wall_s": wall_s, "train_examples": pipeline.num_train,
-            "platform": jax.default_backend(), "config_hash": config_base.config_hash(config)}
+            "platform": jax.default_backend(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "config_hash": config_base.config_hash(config)}
 
 
 # --- the console ---------------------------------------------------------------------------

@@ -107,14 +107,16 @@ def lost_process_line(runtime_lines: list[str], step: int | None, checkpoints_di
     tasks = {int(task) for match in LOST_TASKS.findall(text) for group in match
              for task in re.findall(r"\d+", group)}
     others = sorted(tasks - {process_index})
+    of = f" of {processes}" if processes else ""
     if others:
-        who = f"process {', '.join(map(str, others))} of {processes} was lost"
+        who = f"process {', '.join(map(str, others))}{of} was lost"
     elif process_index != 0 and any("coordination" in line for line in runtime_lines):
-        who = f"process 0 of {processes} (the coordinator) was lost"
+        who = f"process 0{of} (the coordinator) was lost"
     else:
-        who = f"another process of the {processes} was lost"
+        who = "another process was lost"
     at = f" at step {step}" if step is not None else ""
-    return (f"error: This is process {process_index}: {who}{at} (it stopped, was killed or "
+    this = f"This is process {process_index}" if process_index >= 0 else "This process"
+    return (f"error: {this}: {who}{at} (it stopped, was killed or "
             f"its host went down). Nothing is lost: restart every process with the same "
             f"command to resume from {resume_point(checkpoints_dir)}.")
 

@@ -1,5 +1,6 @@
 """The command line: bad input as one line on stderr with an exit status that says what
 happened, and an existing run left byte for byte as it was by a rejected command."""
+import json
 import os
 import re
 import shutil
@@ -138,3 +139,43 @@ def test_sigterm_ends_the_run_with_its_checkpoint_and_status_143(tmp_path):
                         r"command again to resume", stderr)
     assert stopped, stderr[-2000:]
     assert (workdir / "checkpoints" / "latest" / stopped.group(1)).is_dir()
+
+
+def test_a_process_knows_its_place_in_the_group_from_slurm_and_says_whom_it_lost(
+        monkeypatch, tmp_path):
+    """Under srun the supervisor learns the process's index and the group's size from
+    SLURM's environment (as jax.distributed does), so the survivor's line names them; where
+    the cluster alone knows them (Cloud TPU), the line still reads."""
+    from alexnet_jax import parallel, supervisor
+    for name in ("JAX_PROCESS_ID", "JAX_NUM_PROCESSES", "OMPI_COMM_WORLD_RANK",
+                 "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    assert parallel.process_identity() == (-1, 0)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert parallel.process_identity() == (3, 4)
+    assert parallel.process_identity(1, 2) == (1, 2)  # flags first
+    monkeypatch.setenv("JAX_PROCESS_ID", "0")
+    assert parallel.process_identity() == (0, 4)  # JAX's own variables before SLURM's
+    runtime = ["E1205 ... Task 1 heartbeat timeout ... /job:jax_worker/replica:0/task:1\n"]
+    empty = str(tmp_path / "checkpoints")
+    line = supervisor.lost_process_line(runtime, 120, empty, 3, 4)
+    assert line.startswith("error: This is process 3: process 1 of 4 was lost at step 120 ("), line
+    line = supervisor.lost_process_line([], None, empty, -1, 0)
+    assert line.startswith("error: This process: another process was lost (it stopped"), line
+
+
+def test_the_readmes_forced_device_command_works_as_written(tmp_path):
+    """The README's paper split on 2 CPU devices sets only the device count: the entry point
+    adds what forced devices need (their own threads, a 10-minute collective timeout:
+    alexnet_jax/cpu/devices.py), and the run trains with tower t on device t."""
+    workdir = str(tmp_path / "model")
+    result = run_main(*SMALL, "--workdir", workdir, "--config.parallelism=model",
+                      "--config.num_epochs=1", mock=True,
+                      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    assert summary["devices"] == 2 and summary["steps"] == 3
+    assert summary["xla_flags"].split() == [
+        "--xla_force_host_platform_device_count=2", "--xla_cpu_multi_thread_eigen=false",
+        "--xla_cpu_collective_call_terminate_timeout_seconds=600"]

@@ -5,6 +5,7 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8 (8 CPU devices in one process
 """
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -239,15 +240,27 @@ def test_checkpoints_move_between_layouts_and_continue_exactly(tmp_path, order_k
                 assert got["top1_error"] == want["top1_error"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(lowest=0):
+    """A port on 127.0.0.1 that nothing listens on, at or above ``lowest`` where given."""
+    for port in ([0] if not lowest else random.sample(range(lowest, 65536), 65536 - lowest)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port")
 
 
-def run_worker(workdir, devices, process_id=None, port=None, processes=2, extra=()):
+SLURM_PORTS = 65536 - 2**12  # JAX's coordinator port under SLURM: this + job id % 4096
+
+
+def run_worker(workdir, devices, process_id=None, port=None, processes=2, extra=(),
+               slurm=False):
     """The real command line (alexnet_jax.main) under mock data, in a fresh process whose
-    output goes to ``output(process)``; ``extra`` flags after the others."""
+    output goes to ``output(process)``; ``extra`` flags after the others.  ``slurm``: the
+    process finds its group as under SLURM's srun, from SLURM's environment and
+    ``--distributed`` (JAX takes the coordinator's port from the job id)."""
     flags = (f"--xla_force_host_platform_device_count={devices} --xla_cpu_multi_thread_eigen="
              "false --xla_cpu_collective_call_terminate_timeout_seconds=600")  # as `make test`
     # A process that misses JAX's CPU topology exchange fails after 1 minute, not 2.
@@ -265,7 +278,12 @@ def run_worker(workdir, devices, process_id=None, port=None, processes=2, extra=
             # inside each epoch and at its end, where "best" saves the same step as "latest".
             "--config.checkpoint.every_steps=4", "--config.log_every_steps=1",
             "--config.optim.learning_rate=0.01", *extra]  # 0.05 diverges on noise at batch 8
-    if process_id is not None:
+    if slurm:
+        env.update(SLURM_JOB_ID=str(port - SLURM_PORTS), SLURM_STEP_NODELIST="127.0.0.1",
+                   SLURM_NTASKS=str(processes), SLURM_PROCID=str(process_id),
+                   SLURM_LOCALID="0")
+        argv.append("--distributed")
+    elif process_id is not None:
         argv += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
                  f"--process_id={process_id}"]
     log = f"{workdir}.{process_id}.log"
@@ -291,13 +309,13 @@ def wait_for_listener(port, process, timeout_s=120):
         time.sleep(0.2)
 
 
-def run_two_processes(workdir, extra=()):
+def run_two_processes(workdir, extra=(), slurm=False):
     """Process 0 (the coordinator) first, process 1 once it listens: a client that starts
     first only retries with gRPC's growing back-off."""
-    port = free_port()
-    first = run_worker(workdir, 2, 0, port, extra=extra)
+    port = free_port(SLURM_PORTS if slurm else 0)
+    first = run_worker(workdir, 2, 0, port, extra=extra, slurm=slurm)
     wait_for_listener(port, first)
-    return [first, run_worker(workdir, 2, 1, port, extra=extra)]
+    return [first, run_worker(workdir, 2, 1, port, extra=extra, slurm=slurm)]
 
 
 # --- multi-host runs, and their faults ---------------------------------------------------
@@ -337,7 +355,8 @@ def test_two_processes_equal_one_process_and_a_lost_one_ends_the_other_and_resum
     * SIGKILL of process 1 mid-run: process 0 ends within the heartbeat timeout, with one
       line naming process 1, the step and where a restart resumes, status 1, and no core
       or thread dump; restarting both ends with the uninterrupted run's test loss, bit for
-      bit.
+      bit.  The restart is SLURM's requeue of the group: the same command in every task,
+      the group found from SLURM's environment (``--distributed``).
     """
     single = run_worker(str(tmp_path / "one"), 4)
     workers = run_two_processes(str(tmp_path / "two"))
@@ -355,7 +374,7 @@ def test_two_processes_equal_one_process_and_a_lost_one_ends_the_other_and_resum
         r"same command to resume from step \d+ \(its checkpoint is in .*\)\.", line), line
     assert "Fatal Python error" not in output(cut[0])
     assert not [name for name in os.listdir(REPO) if name.startswith("core")]
-    restarted = run_two_processes(str(tmp_path / "cut"), LOSES_A_PROCESS)
+    restarted = run_two_processes(str(tmp_path / "cut"), LOSES_A_PROCESS, slurm=True)
 
     for process in [single, *workers, *restarted]:
         assert process.wait(timeout=300) == 0, output(process)[-3000:]
