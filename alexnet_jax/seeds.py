@@ -35,6 +35,7 @@ import numpy as np
 from alexnet_jax import (
     checkpoints,
     config_base,
+    evaluation,
     input_pipeline,
     models,
     optim,
@@ -142,8 +143,8 @@ class SeedsTrainer(train.Trainer):
         factors = []
         for i, results in enumerate(self.evaluate_splits(step)):
             params = jax.tree.map(lambda leaf, i=i: leaf[i], self.state.params)
-            entry = self.record_evaluation(step, results, self.history[i], self.writers[i],
-                                           params)
+            entry = evaluation.record(step, step // self.steps_per_epoch, results,
+                                      self.history[i], self.writers[i], params)
             policy = self.plateau.policies[i]
             reduce = (self.config.optim.schedule == "plateau"
                       and policy.update(entry["selection_top1_error"]))

@@ -18,19 +18,18 @@ from typing import Any, NamedTuple
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from alexnet_jax import (
     checkpoints,
     config_base,
+    evaluation,
     input_pipeline,
     models,
     optim,
     parallel,
     run_io,
     supervisor,
-    visualize,
 )
 from alexnet_jax.layers import compiler_options
 from alexnet_jax.metrics import (
@@ -167,37 +166,6 @@ def create_train_state(seed: int, layout: parallel.Layout,
     return layout.place_state(state, tx)
 
 
-def evaluate(eval_step: Callable, state: TrainState, batches: Iterator[dict],
-             layout: parallel.Layout, stop: Callable[[], bool] = lambda: False
-             ) -> list[dict[str, float]]:
-    """Loss and errors over ``batches``, a record per run: one, or one per seed where
-    ``eval_step`` runs several seeds' states at once (its sums then have a leading seed
-    axis: ``seeds.py``).  Raises ``EvaluationInterrupted`` between batches once
-    ``stop()`` holds."""
-    totals: dict[str, np.ndarray] = {}
-    for batch in batches:
-        if stop():
-            raise EvaluationInterrupted
-        sums = jax.device_get(eval_step(state, layout.shard_batch(batch)))
-        for key, value in sums.items():
-            totals[key] = totals.get(key, 0.0) + np.asarray(value, np.float64).reshape(-1)
-    records = []
-    for run in range(len(totals["count"])):
-        count = totals["count"][run]
-        result = {"examples": int(count)}
-        for prefix in ("", TEN_CROP) if TEN_CROP + "loss" in totals else ("",):
-            result.update({
-                f"{prefix}loss": float(totals[f"{prefix}loss"][run] / count),
-                f"{prefix}top1_error": float(1.0 - totals[f"{prefix}top1_correct"][run] / count),
-                f"{prefix}top5_error": float(1.0 - totals[f"{prefix}top5_correct"][run] / count)})
-        records.append(result)
-    return records
-
-
-class EvaluationInterrupted(Exception):
-    """A stop was requested during an evaluation, which was abandoned."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Session:
     """What one session of training works with, fixed while it trains."""
@@ -308,8 +276,8 @@ class Trainer:
         """Every evaluation split (validation where held out, then test); the plateau policy
         and "best" read the validation error where there is one."""
         results, = self.evaluate_splits(step)
-        entry = self.record_evaluation(step, results, self.history, self.session.writer,
-                                       self.state.params)
+        entry = evaluation.record(step, step // self.steps_per_epoch, results, self.history,
+                                  self.session.writer, self.state.params)
         if self.config.optim.schedule == "plateau" and \
                 self.plateau.update(entry["selection_top1_error"]):
             self.state = self.state.replace(opt_state=optim.scale_learning_rate(
@@ -322,29 +290,15 @@ class Trainer:
         per_split = {}
         try:
             for split in self.pipeline.evaluation_splits:
-                per_split[split] = evaluate(
+                per_split[split] = evaluation.evaluate(
                     self.session.steps.eval, self.state,
                     self.pipeline.eval_batches(self.config.eval_batch_size, split),
                     self.session.layout, self.session.stop.interrupts_evaluation)
-        except EvaluationInterrupted:
+        except evaluation.EvaluationInterrupted:
             self.checkpoint(step)
             self.interrupt(step)
         runs = len(per_split["test"])
         return [{split: scores[run] for split, scores in per_split.items()} for run in range(runs)]
-
-    def record_evaluation(self, step: int, results: dict[str, dict], history: list[dict],
-                          writer: MetricWriter, params: Any) -> dict[str, Any]:
-        """One run's evaluation: appended to its ``history`` and written, with a picture of
-        conv1's kernels; returns the history's entry."""
-        test = results["test"]
-        entry = {"step": step, "epoch": step // self.steps_per_epoch, **test,
-                 **{f"validation_{k}": v for k, v in results.get("validation", {}).items()},
-                 "selection_top1_error": results.get("validation", test)["top1_error"]}
-        history.append(entry)
-        writer.write(step, {"epoch": entry["epoch"], **{
-            f"{split}_{k}": v for split in results for k, v in results[split].items()}})
-        writer.image(step, "conv1_kernels", visualize.conv1_pixels(params, step))
-        return entry
 
     def checkpoint(self, step: int) -> None:
         self.session.manager.save(
@@ -393,7 +347,7 @@ def _train_and_evaluate(config: Any, workdir: str, stop: run_io.StopSignals) -> 
         if not step and not config.restore_from:
             raise checkpoints.CheckpointError(
                 f"eval_only: no checkpoint in {manager.directory} and no restore_from given.")
-        return _evaluate_only(steps, state, pipeline, config, workdir, layout)
+        return evaluation.evaluate_only(steps.eval, state, pipeline, config, workdir, layout)
     stop.check("during start-up; nothing was changed")
     run_io.write_config(workdir, config)
     run_io.truncate_metrics(workdir, step)  # also a run killed before its first checkpoint
@@ -422,16 +376,3 @@ def _train_and_evaluate(config: Any, workdir: str, stop: run_io.StopSignals) -> 
     print(f"Test top-1 error {summary['test_top1_error']:.4f}, top-5 "
           f"{summary['test_top5_error']:.4f} after {step} steps; {workdir}/summary.json")
     return summary
-
-
-def _evaluate_only(steps: Steps, state: TrainState, pipeline: Any, config: Any, workdir: str,
-                   layout: parallel.Layout) -> dict[str, Any]:
-    result = {"step": int(state.step)}
-    for split in pipeline.evaluation_splits:
-        scores, = evaluate(steps.eval, state,
-                           pipeline.eval_batches(config.eval_batch_size, split), layout)
-        result.update({f"{split}_{k}": v for k, v in scores.items()})
-    run_io.write_json(workdir, "eval.json", result)
-    print(f"Step {result['step']}: test top-1 error {result['test_top1_error']:.4f}, top-5 "
-          f"{result['test_top5_error']:.4f}; {workdir}/eval.json")
-    return result
