@@ -4,7 +4,8 @@
         [--config.data.store_format=raw] [--config.data.store_quality=95]
 
 Writes ``DATA_DIR/prepared/<source>_256_<format>/`` (``input_pipeline/store.py``); a
-preparation that is stopped resumes at its first missing shard.  The first training run
+preparation that is stopped resumes at its first missing shard, and on a prepared store
+it prepares again each shard that is missing or truncated.  The first training run
 of a config prepares its store itself when it is missing; this does it beforehand.
 """
 import sys
@@ -31,7 +32,9 @@ def main(argv):
                 f"config.data.dataset={config.data.dataset} needs no preparation beyond TFDS's: "
                 "the 256x256 store is for ImageNet-style data (imagenet2012, image_folder).")
         if store.is_prepared(config.data):
-            print(f"{store.store_dir(config.data)} is prepared already.")
+            repaired = store.repair_shards(config.data)
+            print(f"{store.store_dir(config.data)} is prepared"
+                  f"{f'; {len(repaired)} damaged shard(s) prepared again' if repaired else ''}.")
             return
         result = store.prepare(config.data)
     except (ConfigError, DatasetUnavailableError) as error:

@@ -150,6 +150,20 @@ def test_a_missing_or_truncated_shard_is_prepared_again_on_opening_saying_so(
     assert store.check_shards(config.data) == []
 
 
+def test_prepare_on_a_prepared_store_prepares_a_missing_shard_again(sharded_store, capsys):
+    """``python -m alexnet_jax.prepare`` on a store already prepared checks its shards
+    (store.repair_shards) instead of calling it done."""
+    config, before = sharded_store
+    path = shard(config, 3)
+    os.remove(path)
+    assert store.is_prepared(config.data)
+    assert [p[2] for p in store.repair_shards(config.data)] == [path]
+    assert "is missing; preparing it again from the source" in capsys.readouterr().out
+    assert store.repair_shards(config.data) == []
+    assert [(a.tobytes(), label) for a, label in stored_images(config)] == \
+        [(b.tobytes(), label) for b, label in before]
+
+
 def test_a_missing_shard_without_its_source_is_one_error_naming_the_file(
         sharded_store, monkeypatch):
     config, _ = sharded_store

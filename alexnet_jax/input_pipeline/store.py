@@ -188,9 +188,7 @@ def open_store(data: Any, source: Any | None = None, announce: bool = True):
                   f"{store_dir(data)} (once, on every core; a stopped preparation resumes): "
                   f"python -m alexnet_jax.prepare does the same beforehand.", flush=True)
         prepare(data, source)
-    problems = check_shards(data)
-    if problems:
-        _repair(data, source, problems)
+    repair_shards(data, source)
     builder = tfds.builder_from_directory(store_dir(data))
     shape = tuple(builder.info.features["image"].shape)
     if shape != (SIDE, SIDE, 3):
@@ -282,6 +280,15 @@ def _encoded(data: Any, source: Any, split: str, start: int):
 
 def _before(position: Any, example: Any, end: int) -> Any:
     return position < end
+
+
+def repair_shards(data: Any, source: Any | None = None) -> list[tuple[str, int, str, str]]:
+    """Prepares again every shard that ``check_shards`` finds missing or of another size
+    (saying so); returns those shards."""
+    problems = check_shards(data)
+    if problems:
+        _repair(data, source, problems)
+    return problems
 
 
 def _repair(data: Any, source: Any, problems: list[tuple[str, int, str, str]]) -> None:
