@@ -358,18 +358,20 @@ def quiet_orbax_failures() -> None:
     result to that closed loop (``call_soon_threadsafe``), which raises "Event loop is
     closed" in a background thread, and Python prints it as an ignored exception.  This
     ``sys.unraisablehook`` drops exactly those and passes every other one on.  A failed
-    read's sibling tasks log their DATA_LOSS as "Task exception was never retrieved"
-    through the ``asyncio`` logger, and a failed asynchronous write logs its thread's
-    RESOURCE_EXHAUSTED (no space left) through absl's: filters there drop those records
-    and keep every other.  Installed once."""
+    read's sibling tasks and futures log their DATA_LOSS as "Task (or Future) exception
+    was never retrieved" through the ``asyncio`` logger, and a failed asynchronous write
+    logs its thread's RESOURCE_EXHAUSTED (no space left) through absl's: filters there drop
+    those records and keep every other.  Installed once."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_closed_loop_callbacks", False):
         return
 
     def unretrieved_damaged_read(record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (record.getMessage().startswith("Task exception was never retrieved")
-                    and "DATA_LOSS" in str(error))
+        message = record.getMessage()
+        return not (message.startswith(("Task exception was never retrieved",
+                                        "Future exception was never retrieved"))
+                    and "DATA_LOSS" in f"{error} {message}")
 
     def reported_out_of_space(record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else Exception(record.getMessage())

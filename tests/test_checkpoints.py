@@ -348,3 +348,20 @@ def test_sigkill_mid_run_then_restart_equals_uninterrupted_run(tmp_path):
     a, b = (ocp.StandardCheckpointer().restore(
         tmp_path / d / "checkpoints" / "latest" / "24" / "state") for d in ("full", "cut"))
     jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+
+
+def test_orbax_leftovers_of_a_damaged_read_are_dropped_and_other_records_kept(caplog):
+    """The asyncio records a failed read of a damaged checkpoint leaves behind (its sibling
+    tasks' and futures' DATA_LOSS, "never retrieved") are dropped: the run's own error
+    line stays the last thing printed. Any other asyncio record still shows."""
+    import logging
+    checkpoints.quiet_orbax_failures()
+    log = logging.getLogger("asyncio")
+    damaged = ValueError('DATA_LOSS: Error opening "zarr" driver')
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for kind in ("Task", "Future"):
+            log.error(f"{kind} exception was never retrieved\nfuture: <Future finished>",
+                      exc_info=(ValueError, damaged, None))
+        log.error("Future exception was never retrieved",
+                  exc_info=(ValueError, ValueError("something else"), None))
+    assert [r.exc_info[1].args[0] for r in caplog.records] == ["something else"]
