@@ -33,8 +33,8 @@ def main(argv):
                 "the 256x256 store is for ImageNet-style data (imagenet2012, image_folder).")
         if store.is_prepared(config.data):
             repaired = store.repair_shards(config.data)
-            print(f"{store.store_dir(config.data)} is prepared"
-                  f"{f'; {len(repaired)} damaged shard(s) prepared again' if repaired else ''}.")
+            again = f"; {len(repaired)} missing or truncated shard(s) prepared again"
+            print(f"{store.store_dir(config.data)} is prepared{again if repaired else ''}.")
             return
         result = store.prepare(config.data)
     except (ConfigError, DatasetUnavailableError) as error:
