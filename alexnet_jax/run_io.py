@@ -2,7 +2,8 @@
 bar, TensorBoard's hyperparameters, and stopping on a signal.
 
 * ``check_workdir``, ``write_config``, ``write_json``, ``truncate_metrics``: the files a
-  run writes besides its metrics and checkpoints (only process 0 writes shared files).
+  run writes besides its metrics and checkpoints (only process 0 writes shared files);
+  ``open_run`` writes them as a run (re)starts and opens its metric writer.
 * ``Progress``: the console's progress bar (tqdm).
 * ``HPARAMS`` and ``hyperparameters``: what TensorBoard's HParams view compares.
 * ``StopSignals``: SIGTERM and SIGINT as a request to stop at a step every process agrees
@@ -21,7 +22,7 @@ from typing import Any
 import jax
 
 from alexnet_jax import config_base, models, supervisor
-from alexnet_jax.metrics import TEN_CROP
+from alexnet_jax.metrics import TEN_CROP, MetricWriter
 
 # --- the workdir ---------------------------------------------------------------------------
 
@@ -63,10 +64,25 @@ def truncate_metrics(workdir: str, step: int) -> None:
     os.replace(path + ".tmp", path)
 
 
+def open_run(workdir: str, config: Any, model_config: models.ModelConfig, step: int
+             ) -> MetricWriter:
+    """What a run writes as it starts or resumes at ``step``: its ``config.json``, its
+    metrics cut back to ``step`` (also after a run killed before its first checkpoint), and
+    its TensorBoard config text and hyperparameters; returns its metric writer (process
+    0's writes, the others' are dropped)."""
+    write_config(workdir, config)
+    truncate_metrics(workdir, step)
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    writer.text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```")
+    writer.hyperparameters(hyperparameters(config, model_config), HPARAM_METRICS)
+    return writer
+
+
 def run_summary(history: list[dict], step: int, wall_s: float, pipeline: Any,
-                config: Any) -> dict[str, Any]:
-    """``summary.json``'s record: the final evaluation, and the best one by the selection
-    error (validation where there is a validation split; test otherwise)."""
+                config: Any, model_config: models.ModelConfig) -> dict[str, Any]:
+    """``summary.json``'s record: the final evaluation, the best one by the selection
+    error (validation where there is a validation split; test otherwise), and what the
+    network's normalisation resolved (e.g. its groups), where it resolves anything."""
     final = history[-1]
     best = min(history, key=lambda h: h["selection_top1_error"])
     ten_crop = {f"test_{k}": v for k, v in final.items() if k.startswith(TEN_CROP)}
@@ -79,7 +95,8 @@ def run_summary(history: list[dict], step: int, wall_s: float, pipeline: Any,
             best["selection_top1_error"], "steps": step, "epochs": config.num_epochs,
             "wall_s": wall_s, "train_examples": pipeline.num_train,
             "platform": jax.default_backend(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "config_hash": config_base.config_hash(config)}
+            "config_hash": config_base.config_hash(config),
+            **({"norm_layers": facts} if (facts := models.norm_facts(model_config)) else {})}
 
 
 # --- the console ---------------------------------------------------------------------------

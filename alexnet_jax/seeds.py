@@ -195,13 +195,8 @@ def _train_seeds(configs: list[Any], runs: list[str], shared: str,
     step = int(state.step[0])
     histories = histories or [[] for _ in configs]
     stop.check("during start-up; nothing was changed")
-    writers = []
-    for one, workdir in zip(configs, runs):
-        run_io.write_config(workdir, one)
-        run_io.truncate_metrics(workdir, step)
-        writers.append(MetricWriter(workdir))
-        writers[-1].hyperparameters(run_io.hyperparameters(one, model_config),
-                                    run_io.HPARAM_METRICS)
+    writers = [run_io.open_run(workdir, one, model_config, step)
+               for one, workdir in zip(configs, runs)]
     print(f"{len(configs)} seeds ({', '.join(str(one.seed) for one in configs)}) of "
           f"{config.model.variant} AlexNet on {config.data.dataset}, vmapped in one program: "
           f"{pipeline.steps_per_epoch} steps/epoch x {config.num_epochs} epochs, batch "
@@ -220,11 +215,9 @@ def _train_seeds(configs: list[Any], runs: list[str], shared: str,
             writer.close()
     summaries = []
     for one, workdir, history, pipe in zip(configs, runs, trainer.history, pipelines):
-        summary = run_io.run_summary(history, step, trainer.wall_s(), pipe, one)
+        summary = run_io.run_summary(history, step, trainer.wall_s(), pipe, one, model_config)
         summary.update(checkpoint_s=manager.seconds_blocked, layout="single", devices=1,
                        vmapped_seeds=len(configs), checkpoints=manager.directory)
-        if models.norm_facts(model_config):
-            summary["norm_layers"] = models.norm_facts(model_config)
         run_io.write_json(workdir, "summary.json", summary)
         summaries.append(summary)
         print(f"Seed {one.seed}: test top-1 error {summary['test_top1_error']:.4f}, top-5 "

@@ -349,11 +349,7 @@ def _train_and_evaluate(config: Any, workdir: str, stop: run_io.StopSignals) -> 
                 f"eval_only: no checkpoint in {manager.directory} and no restore_from given.")
         return evaluation.evaluate_only(steps.eval, state, pipeline, config, workdir, layout)
     stop.check("during start-up; nothing was changed")
-    run_io.write_config(workdir, config)
-    run_io.truncate_metrics(workdir, step)  # also a run killed before its first checkpoint
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    writer.text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```")
-    writer.hyperparameters(run_io.hyperparameters(config, model_config), run_io.HPARAM_METRICS)
+    writer = run_io.open_run(workdir, config, model_config, step)
     print(f"{config.model.variant} AlexNet on {config.data.dataset}: {pipeline.num_train} "
           f"training examples, {pipeline.steps_per_epoch} steps/epoch x {config.num_epochs} "
           f"epochs, batch {config.batch_size}; {layout.describe(config.batch_size)}.")
@@ -367,11 +363,10 @@ def _train_and_evaluate(config: Any, workdir: str, stop: run_io.StopSignals) -> 
         if step == pipeline.steps_per_epoch * config.num_epochs:
             writer.finished()
         writer.close()
-    summary = run_io.run_summary(trainer.history, step, trainer.wall_s(), pipeline, config)
+    summary = run_io.run_summary(trainer.history, step, trainer.wall_s(), pipeline, config,
+                                 model_config)
     summary.update(checkpoint_s=manager.seconds_blocked,  # this session's, for the overhead
                    layout=layout.kind, devices=layout.num_devices)
-    if models.norm_facts(model_config):  # what the normalisation resolved, e.g. its groups
-        summary["norm_layers"] = models.norm_facts(model_config)
     run_io.write_json(workdir, "summary.json", summary)
     print(f"Test top-1 error {summary['test_top1_error']:.4f}, top-5 "
           f"{summary['test_top5_error']:.4f} after {step} steps; {workdir}/summary.json")

@@ -283,18 +283,13 @@ def _before(position: Any, example: Any, end: int) -> Any:
 
 
 def repair_shards(data: Any, source: Any | None = None) -> list[tuple[str, int, str, str]]:
-    """Prepares again every shard that ``check_shards`` finds missing or of another size
-    (saying so); returns those shards."""
+    """Prepares again, saying so, every shard that ``check_shards`` finds missing or of
+    another size, from the source (the same examples as before: shard k holds the source's
+    examples k * SHARD_EXAMPLES onwards), or says which file is wrong and what to do where
+    the source is unavailable; returns those shards."""
     problems = check_shards(data)
-    if problems:
-        _repair(data, source, problems)
-    return problems
-
-
-def _repair(data: Any, source: Any, problems: list[tuple[str, int, str, str]]) -> None:
-    """Prepares again each shard of ``problems`` from the source (the same examples as
-    before: shard k holds the source's examples k * SHARD_EXAMPLES onwards), or says which
-    file is wrong and what to do where the source is unavailable."""
+    if not problems:
+        return problems
     directory = store_dir(data)
     try:
         source = source or sources.load_builder(data)
@@ -326,6 +321,7 @@ def _repair(data: Any, source: Any, problems: list[tuple[str, int, str, str]]) -
         os.replace(path + ".incomplete", path)
         record.setdefault("files", {})[os.path.basename(path)] = _file_facts(path)
     _save_json(record, os.path.join(directory, "shard_lengths.json"))
+    return problems
 
 
 def _write_split(data, source, split, total, done, directory, lengths, lengths_path,
