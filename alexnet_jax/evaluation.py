@@ -48,6 +48,18 @@ def evaluate(eval_step: Callable, state: Any, batches: Iterator[dict],
     return records
 
 
+def evaluate_splits(eval_step: Callable, state: Any, pipeline: Any, batch_size: int,
+                    layout: parallel.Layout, stop: Callable[[], bool] = lambda: False
+                    ) -> list[dict[str, dict]]:
+    """Each evaluation split's scores (validation where held out, then test), a record
+    per run: ``evaluate`` over every split of ``pipeline``."""
+    per_split = {split: evaluate(eval_step, state, pipeline.eval_batches(batch_size, split),
+                                 layout, stop)
+                 for split in pipeline.evaluation_splits}
+    return [{split: scores[run] for split, scores in per_split.items()}
+            for run in range(len(per_split["test"]))]
+
+
 def record(step: int, epoch: int, results: dict[str, dict], history: list[dict],
            writer: MetricWriter, params: Any) -> dict[str, Any]:
     """One run's evaluation (``results``: each split's scores) appended to its ``history``
@@ -68,11 +80,9 @@ def record(step: int, epoch: int, results: dict[str, dict], history: list[dict],
 def evaluate_only(eval_step: Callable, state: Any, pipeline: Any, config: Any, workdir: str,
                   layout: parallel.Layout) -> dict[str, Any]:
     """Every evaluation split's scores of ``state`` (a checkpoint) in ``DIR/eval.json``."""
-    result = {"step": int(state.step)}
-    for split in pipeline.evaluation_splits:
-        scores, = evaluate(eval_step, state,
-                           pipeline.eval_batches(config.eval_batch_size, split), layout)
-        result.update({f"{split}_{k}": v for k, v in scores.items()})
+    scores, = evaluate_splits(eval_step, state, pipeline, config.eval_batch_size, layout)
+    result = {"step": int(state.step),
+              **{f"{split}_{k}": v for split in scores for k, v in scores[split].items()}}
     run_io.write_json(workdir, "eval.json", result)
     print(f"Step {result['step']}: test top-1 error {result['test_top1_error']:.4f}, top-5 "
           f"{result['test_top5_error']:.4f}; {workdir}/eval.json")

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from alexnet_jax import checkpoints, input_pipeline, models, parallel, train, visualize
+from alexnet_jax import checkpoints, experiment, input_pipeline, train, visualize
 from alexnet_jax.input_pipeline import sources
 from alexnet_jax.metrics import read_metrics
 
@@ -37,17 +37,15 @@ def load_run(workdir: str, step: int | None = None) -> tuple[Any, Any, train.Tra
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     pipeline = input_pipeline.create_pipeline(config)
-    model_config = models.config_from(config.model, pipeline.image_shape, pipeline.num_classes)
-    layout = parallel.create("single", model_config, implementation=config.model.implementation)
-    tx = train.create_optimizer(config, model_config, pipeline.steps_per_epoch)
-    state = train.create_train_state(config.seed, layout, tx)
+    parts = experiment.build(config, pipeline, parallelism="single")
+    state = train.create_train_state(config.seed, parts.layout, parts.tx)
     manager = checkpoints.CheckpointManager(workdir, config)
     step = manager.latest.latest_step() if step is None else step
     if step is None:
         raise checkpoints.CheckpointError(f"No checkpoint in {manager.directory}.")
     arrays, _ = checkpoints.read_checkpoint(manager.latest, step, state)
     manager.close()
-    return config, layout.model, state.replace(**arrays), pipeline
+    return config, parts.layout.model, state.replace(**arrays), pipeline
 
 
 def make_feature_extractor(model: Any, state: train.TrainState):

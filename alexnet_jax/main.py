@@ -35,7 +35,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import checkpoints, errors, parallel, run_io, seeds, supervisor, train
+from alexnet_jax import checkpoints, errors, experiment, parallel, run_io, seeds, supervisor
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -138,7 +138,7 @@ def main(argv):
         if _SEEDS.value:
             seeds.train_seeds(_CONFIG.value, _seed_list(), _WORKDIR.value, _STOP_DEADLINE.value)
         else:
-            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STOP_DEADLINE.value)
+            experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STOP_DEADLINE.value)
     except jax.errors.JaxRuntimeError as error:
         if jax.process_count() == 1:
             raise

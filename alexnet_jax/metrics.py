@@ -26,17 +26,48 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return -jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=1)[:, 0]
 
 
-def first_non_finite(window: list[dict]) -> int | None:
-    """The index of the first step of ``window`` (per-step metrics) whose loss is not finite."""
+def error_rates(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """The batch's top-1 and top-5 error rates."""
+    return {f"top{k}_error": 1.0 - topk_correct(logits, labels, k).mean() for k in (1, 5)}
+
+
+def masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """The loss and the top-1 and top-5 hits summed over the examples whose ``mask`` is 1
+    (padding is 0), and their count: what an evaluation adds up over a split."""
+    return {"loss": jnp.sum(cross_entropy(logits, labels) * mask),
+            "top1_correct": jnp.sum(topk_correct(logits, labels, 1) * mask),
+            "top5_correct": jnp.sum(topk_correct(logits, labels, 5) * mask),
+            "count": jnp.sum(mask)}
+
+
+def check_finite(window: list[dict], step: int, which: str = "") -> None:
+    """Stops a run whose loss is not finite at a step of ``window`` (the per-step metrics
+    of the steps up to ``step``), naming that step and ``which`` run."""
     losses = np.asarray(jax.device_get([m["loss"] for m in window]), np.float64)
     bad = np.flatnonzero(~np.isfinite(losses))
-    return int(bad[0]) if bad.size else None
+    if bad.size:
+        first = step - len(window) + 1 + int(bad[0])
+        raise FloatingPointError(
+            f"Training loss{which} became {losses[bad[0]]} at step {first}; stopping. Nothing "
+            "from that step on was saved: the run's checkpoints are those before it. Lower "
+            "the learning rate, or check the data.")
 
 
 def mean_metrics(window: list[dict]) -> dict[str, float]:
     """Each metric's mean over ``window``'s steps, fetched from the devices at once."""
     fetched = jax.device_get(window)
     return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def training_record(window: list[dict], epoch: float, batch_size: int, seconds: float
+                    ) -> dict[str, float]:
+    """What a run logs of its last steps: the means of ``window``'s metrics (the loss and
+    errors prefixed ``train_``), the epoch, and the images per second over ``seconds``."""
+    means = mean_metrics(window)
+    return {"epoch": epoch,
+            **{f"train_{k}": v for k, v in means.items() if k != "learning_rate"},
+            "learning_rate": means["learning_rate"],
+            "images_per_s": len(window) * batch_size / seconds}
 
 
 class MetricWriter:

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from alexnet_jax import models
+
 SCHEDULES = ("plateau", "step", "cosine", "linear", "constant")
 DECAYS_TO_ZERO = ("cosine", "linear")  # the schedules that take ``warmup_epochs``
 
@@ -75,6 +77,15 @@ def optimizer_from_config(optim: Any, params: Any, steps_per_epoch: int,
     return factory(learning_rate=schedule_from_config(optim, steps_per_epoch, num_epochs),
                    lr_scale=1.0, momentum=optim.momentum, weight_decay=optim.weight_decay,
                    decay_mask=mask)
+
+
+def create_optimizer(config: Any, model_config: models.ModelConfig, steps_per_epoch: int
+                     ) -> optax.GradientTransformation:
+    """``config.optim``'s optimiser for ``model_config``'s network, over ``config.num_epochs``
+    epochs of ``steps_per_epoch`` steps (the parameters' shapes say which are kernels)."""
+    dummy = jax.ShapeDtypeStruct((1, *model_config.input_shape), jnp.float32)
+    params = jax.eval_shape(models.AlexNet(model_config).init, jax.random.key(0), dummy)["params"]
+    return optimizer_from_config(config.optim, params, steps_per_epoch, config.num_epochs)
 
 
 def current_learning_rate(opt_state: Any) -> jax.Array:

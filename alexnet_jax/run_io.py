@@ -154,6 +154,12 @@ class TrainingInterrupted(Exception):
         super().__init__(message)
         self.signum = signum
 
+    @classmethod
+    def at(cls, step: int, signum: int, checkpoints_dir: str) -> TrainingInterrupted:
+        """The stop at ``step``, whose checkpoint is in ``checkpoints_dir``."""
+        return cls(f"Stopped by {signal_name(signum)} at step {step}; its checkpoint is in "
+                   f"{checkpoints_dir}. Run the same command again to resume.", signum)
+
 
 STOP_DEADLINE_S = 60.0
 _STOP_KEY = "alexnet_jax/stop"

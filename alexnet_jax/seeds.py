@@ -36,8 +36,8 @@ from alexnet_jax import (
     checkpoints,
     config_base,
     evaluation,
+    experiment,
     input_pipeline,
-    models,
     optim,
     parallel,
     run_io,
@@ -161,7 +161,7 @@ class SeedsTrainer(train.Trainer):
 
 def train_seeds(config: Any, seeds: Sequence[int], workdir_template: str,
                 stop_deadline_s: float = run_io.STOP_DEADLINE_S) -> list[dict[str, Any]]:
-    """``train.train_and_evaluate`` for each of ``seeds`` at once (the module docstring);
+    """``experiment.train_and_evaluate`` for each of ``seeds`` at once (the module docstring);
     returns each seed's summary, as its run alone would write it."""
     runs, shared = workdirs(workdir_template, seeds)
     configs = [seed_config(config, seed) for seed in seeds]
@@ -184,12 +184,11 @@ def _train_seeds(configs: list[Any], runs: list[str], shared: str,
     pipelines = [input_pipeline.create_pipeline(one) for one in configs]
     stop.check("while reading the data; nothing was changed")
     pipeline = pipelines[0]
-    model_config = models.config_from(config.model, pipeline.image_shape, pipeline.num_classes)
-    layout = parallel.create("single", model_config, 1, config.model.implementation)
-    tx = train.create_optimizer(config, model_config, pipeline.steps_per_epoch)
-    steps = make_seed_steps(layout, tx, pipeline.center_view, pipeline.device)
+    parts = experiment.build(config, pipeline)
+    layout, model_config = parts.layout, parts.model_config
+    steps = make_seed_steps(layout, parts.tx, pipeline.center_view, pipeline.device)
     manager = checkpoints.CheckpointManager(shared, config)
-    fresh = stack([train.create_train_state(one.seed, layout, tx) for one in configs])
+    fresh = stack([train.create_train_state(one.seed, layout, parts.tx) for one in configs])
     plateaus = Plateaus([optim.PlateauPolicy.from_config(one.optim) for one in configs])
     state, plateaus, histories, wall_before = manager.resume(fresh, plateaus)
     step = int(state.step[0])
@@ -204,15 +203,7 @@ def _train_seeds(configs: list[Any], runs: list[str], shared: str,
     session = train.Session(config, pipeline, layout, steps, manager, writers[0], stop)
     trainer = SeedsTrainer(session, pipelines, writers, state, plateaus, histories,
                            wall_before, started)
-    try:
-        step = trainer.train()
-    finally:
-        trainer.progress.close()
-        manager.close()
-        for writer in writers:
-            if step == pipeline.steps_per_epoch * config.num_epochs:
-                writer.finished()
-            writer.close()
+    step = experiment.train_to_end(trainer, writers)
     summaries = []
     for one, workdir, history, pipe in zip(configs, runs, trainer.history, pipelines):
         summary = run_io.run_summary(history, step, trainer.wall_s(), pipe, one, model_config)

@@ -1,11 +1,11 @@
 """The one trainer: TrainState, the pure step functions, and the training loop.
 
-Every model, dataset and layout goes through ``train_and_evaluate(config, workdir)``;
-sweeps, benchmarks and figures call it or its pieces.  The step functions are pure
-(``train_step``, ``eval_step``); ``make_steps`` jit-compiles them for one run, closed
-over that run's model (its layout's ``apply``) and optimiser, so the state holds arrays
-only.  ``Trainer.train`` is the loop; what a run does around it (files, the console,
-signals) is ``run_io.py``'s.
+Every model, dataset and layout trains here: ``experiment.train_and_evaluate`` assembles
+a run and hands it to ``Trainer``; benchmarks, seeds and figures use the steps and the
+state directly.  The step functions are pure (``train_step``, ``eval_step``);
+``make_steps`` jit-compiles them for one run, closed over that run's model (its layout's
+``apply``) and optimiser, so the state holds arrays only.  ``Trainer.train`` is the loop;
+what a run does around it (files, the console, signals) is ``run_io.py``'s.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import flax.struct
 import jax
@@ -22,24 +22,15 @@ import optax
 
 from alexnet_jax import (
     checkpoints,
-    config_base,
     evaluation,
     input_pipeline,
-    models,
+    metrics,
     optim,
     parallel,
     run_io,
     supervisor,
 )
 from alexnet_jax.layers import compiler_options
-from alexnet_jax.metrics import (
-    TEN_CROP,
-    MetricWriter,
-    cross_entropy,
-    first_non_finite,
-    mean_metrics,
-    topk_correct,
-)
 
 
 @flax.struct.dataclass
@@ -76,7 +67,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Call
     def loss_fn(params):
         logits, updates = apply_fn(variables_of(state, params), images, train=True,
                                    rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-        return cross_entropy(logits, batch["label"]).mean(), (logits, updates)
+        return metrics.cross_entropy(logits, batch["label"]).mean(), (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -84,11 +75,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Call
                               params=optax.apply_updates(state.params, param_updates),
                               opt_state=opt_state,
                               batch_stats=updates.get("batch_stats", state.batch_stats))
-    metrics = {"loss": loss,
-               "top1_error": 1.0 - topk_correct(logits, batch["label"], 1).mean(),
-               "top5_error": 1.0 - topk_correct(logits, batch["label"], 5).mean(),
-               "learning_rate": optim.current_learning_rate(state.opt_state)}
-    return new_state, metrics
+    return new_state, {"loss": loss, **metrics.error_rates(logits, batch["label"]),
+                       "learning_rate": optim.current_learning_rate(state.opt_state)}
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Callable,
@@ -105,19 +93,12 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Calla
     flat = images.reshape(-1, *images.shape[-3:])
     logits = apply_fn(variables_of(state, state.params), flat, train=False)
     logits = logits.reshape(images.shape[0], views, -1)
-    sums = _masked_sums(logits[:, center_view if views > 1 else 0], labels, mask)
+    sums = metrics.masked_sums(logits[:, center_view if views > 1 else 0], labels, mask)
     if views > 1:
         averaged = jnp.log(jnp.mean(jax.nn.softmax(logits), axis=1))
-        sums.update({TEN_CROP + k: v for k, v in _masked_sums(averaged, labels, mask).items()
-                     if k != "count"})
+        ten_crop = metrics.masked_sums(averaged, labels, mask)
+        sums.update({metrics.TEN_CROP + k: v for k, v in ten_crop.items() if k != "count"})
     return sums
-
-
-def _masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-    return {"loss": jnp.sum(cross_entropy(logits, labels) * mask),
-            "top1_correct": jnp.sum(topk_correct(logits, labels, 1) * mask),
-            "top5_correct": jnp.sum(topk_correct(logits, labels, 5) * mask),
-            "count": jnp.sum(mask)}
 
 
 class Steps(NamedTuple):
@@ -140,13 +121,6 @@ def make_steps(layout: parallel.Layout, tx: optax.GradientTransformation,
         eval=jax.jit(functools.partial(eval_step, apply_fn=layout.apply, center_view=center_view,
                                        augmentation=augmentation),
                      compiler_options=options))
-
-
-def create_optimizer(config: Any, model_config: models.ModelConfig, steps_per_epoch: int
-                     ) -> optax.GradientTransformation:
-    dummy = jax.ShapeDtypeStruct((1, *model_config.input_shape), jnp.float32)
-    params = jax.eval_shape(models.AlexNet(model_config).init, jax.random.key(0), dummy)["params"]
-    return optim.optimizer_from_config(config.optim, params, steps_per_epoch, config.num_epochs)
 
 
 def create_train_state(seed: int, layout: parallel.Layout,
@@ -175,7 +149,7 @@ class Session:
     layout: parallel.Layout
     steps: Steps
     manager: checkpoints.CheckpointManager
-    writer: MetricWriter
+    writer: metrics.MetricWriter
     stop: run_io.StopSignals
 
 
@@ -223,9 +197,9 @@ class Trainer:
             batch = next(batches, None)
             if batch is None:
                 return step
-            self.state, metrics = self.session.steps.train(
+            self.state, step_metrics = self.session.steps.train(
                 self.state, self.session.layout.shard_batch(batch))
-            self.window.append(metrics)
+            self.window.append(step_metrics)
             step += 1
             supervisor.report(str(step))
             checkpoint_due = (self.session.manager.should_save(step)
@@ -237,8 +211,7 @@ class Trainer:
             if checkpoint_due:
                 self.checkpoint(step)
         self.log(step)
-        self.checkpoint(step)
-        self.interrupt(step)
+        self.stop_at(step)
 
     def batches(self, step: int) -> Iterator[dict]:
         for epoch in range(step // self.steps_per_epoch, self.config.num_epochs):
@@ -251,24 +224,13 @@ class Trainer:
             self.progress.update(len(self.window), record)
             self.window, self.window_start = [], time.time()
 
-    def log_run(self, step: int, window: list[dict], writer: MetricWriter,
+    def log_run(self, step: int, window: list[dict], writer: metrics.MetricWriter,
                 which: str = "") -> dict[str, float]:
         """Writes one run's training metrics, the means over ``window``'s steps; a
         non-finite loss among them stops the run, naming its step (and ``which`` run)."""
-        bad = first_non_finite(window)
-        if bad is not None:
-            first = step - len(window) + 1 + bad
-            loss = float(jax.device_get(window[bad]["loss"]))
-            raise FloatingPointError(
-                f"Training loss{which} became {loss} at step {first}; stopping. Nothing from "
-                "that step on was saved: the run's checkpoints are those before it. Lower the "
-                "learning rate, or check the data.")
-        means = mean_metrics(window)
-        record = {"epoch": step / self.steps_per_epoch,
-                  **{f"train_{k}": v for k, v in means.items() if k != "learning_rate"},
-                  "learning_rate": means["learning_rate"],
-                  "images_per_s": len(window) * self.config.batch_size
-                  / (time.time() - self.window_start)}
+        metrics.check_finite(window, step, which)
+        record = metrics.training_record(window, step / self.steps_per_epoch,
+                                         self.config.batch_size, time.time() - self.window_start)
         writer.write(step, record)
         return record
 
@@ -287,18 +249,12 @@ class Trainer:
     def evaluate_splits(self, step: int) -> list[dict[str, dict]]:
         """Per run, each evaluation split's scores; a stop during them saves and stops
         (the resumed run evaluates first)."""
-        per_split = {}
         try:
-            for split in self.pipeline.evaluation_splits:
-                per_split[split] = evaluation.evaluate(
-                    self.session.steps.eval, self.state,
-                    self.pipeline.eval_batches(self.config.eval_batch_size, split),
-                    self.session.layout, self.session.stop.interrupts_evaluation)
+            return evaluation.evaluate_splits(
+                self.session.steps.eval, self.state, self.pipeline, self.config.eval_batch_size,
+                self.session.layout, self.session.stop.interrupts_evaluation)
         except evaluation.EvaluationInterrupted:
-            self.checkpoint(step)
-            self.interrupt(step)
-        runs = len(per_split["test"])
-        return [{split: scores[run] for split, scores in per_split.items()} for run in range(runs)]
+            self.stop_at(step)
 
     def checkpoint(self, step: int) -> None:
         self.session.manager.save(
@@ -306,68 +262,8 @@ class Trainer:
             self.history[-1]["selection_top1_error"] if self.evaluated_at(step) else None)
         self.window_start = time.time()
 
-    def interrupt(self, step: int) -> None:
-        signum = self.session.stop.received
-        raise run_io.TrainingInterrupted(
-            f"Stopped by {run_io.signal_name(signum)} at step {step}; its checkpoint is in "
-            f"{self.session.manager.directory}. Run the same command again to resume.", signum)
-
-
-def train_and_evaluate(config: Any, workdir: str,
-                       stop_deadline_s: float = run_io.STOP_DEADLINE_S) -> dict[str, Any]:
-    """Trains ``config``'s experiment in ``workdir`` (resuming what is there), evaluates it,
-    and writes ``summary.json``; returns the summary.  A signal stops it within
-    ``stop_deadline_s`` (``run_io.StopSignals``).
-
-    Nothing in the workdir changes before the config has been checked, the data read and
-    the checkpoint being resumed found to fit the config: a rejected command leaves an
-    existing run as it was."""
-    config_base.validate(config, jax.device_count(), jax.process_count())
-    with run_io.StopSignals(stop_deadline_s, checkpoints.directory_of(workdir)) as stop:
-        return _train_and_evaluate(config, workdir, stop)
-
-
-def _train_and_evaluate(config: Any, workdir: str, stop: run_io.StopSignals) -> dict[str, Any]:
-    started = time.time()
-    run_io.check_workdir(workdir)
-    pipeline = input_pipeline.create_pipeline(config, jax.process_index(), jax.process_count())
-    stop.check("while reading the data; nothing was changed")
-    model_config = models.config_from(config.model, pipeline.image_shape, pipeline.num_classes)
-    layout = parallel.create(config.parallelism, model_config, config.num_devices,
-                             config.model.implementation, config.model.sync_batch_stats)
-    tx = create_optimizer(config, model_config, pipeline.steps_per_epoch)
-    steps = make_steps(layout, tx, pipeline.center_view, pipeline.device)
-    manager = checkpoints.CheckpointManager(workdir, config)
-    state, plateau, history, wall_before = manager.resume(
-        create_train_state(config.seed, layout, tx), optim.PlateauPolicy.from_config(config.optim),
-        config.restore_from)
-    step = int(state.step)
-    if config.eval_only:
-        manager.close()
-        if not step and not config.restore_from:
-            raise checkpoints.CheckpointError(
-                f"eval_only: no checkpoint in {manager.directory} and no restore_from given.")
-        return evaluation.evaluate_only(steps.eval, state, pipeline, config, workdir, layout)
-    stop.check("during start-up; nothing was changed")
-    writer = run_io.open_run(workdir, config, model_config, step)
-    print(f"{config.model.variant} AlexNet on {config.data.dataset}: {pipeline.num_train} "
-          f"training examples, {pipeline.steps_per_epoch} steps/epoch x {config.num_epochs} "
-          f"epochs, batch {config.batch_size}; {layout.describe(config.batch_size)}.")
-    trainer = Trainer(Session(config, pipeline, layout, steps, manager, writer, stop),
-                      state, plateau, history, wall_before, started)
-    try:
-        step = trainer.train()
-    finally:
-        trainer.progress.close()
-        manager.close()
-        if step == pipeline.steps_per_epoch * config.num_epochs:
-            writer.finished()
-        writer.close()
-    summary = run_io.run_summary(trainer.history, step, trainer.wall_s(), pipeline, config,
-                                 model_config)
-    summary.update(checkpoint_s=manager.seconds_blocked,  # this session's, for the overhead
-                   layout=layout.kind, devices=layout.num_devices)
-    run_io.write_json(workdir, "summary.json", summary)
-    print(f"Test top-1 error {summary['test_top1_error']:.4f}, top-5 "
-          f"{summary['test_top5_error']:.4f} after {step} steps; {workdir}/summary.json")
-    return summary
+    def stop_at(self, step: int) -> NoReturn:
+        """Saves ``step`` and ends the session there: a stop was asked for."""
+        self.checkpoint(step)
+        raise run_io.TrainingInterrupted.at(step, self.session.stop.received,
+                                            self.session.manager.directory)

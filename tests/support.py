@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from alexnet_jax import models, parallel, train
+from alexnet_jax import models, optim, parallel, train
 from alexnet_jax.config_base import base_config
 
 
@@ -45,7 +45,7 @@ def build(config: Any, steps_per_epoch: int = 10, parallelism: str = "single",
     model_config = models.config_from(config.model, (28, 28, 1), 10)
     layout = parallel.create(parallelism, model_config, num_devices, config.model.implementation,
                              config.model.sync_batch_stats)
-    tx = train.create_optimizer(config, model_config, steps_per_epoch)
+    tx = optim.create_optimizer(config, model_config, steps_per_epoch)
     return Run(layout, tx, train.make_steps(layout, tx), train.create_train_state(config.seed,
                                                                                     layout, tx))
 

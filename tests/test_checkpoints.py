@@ -16,7 +16,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import checkpoints, metrics, optim, run_io, train  # noqa: E402
+from alexnet_jax import checkpoints, experiment, metrics, optim, run_io, train  # noqa: E402
 from support import build, tiny_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,14 +105,14 @@ def test_a_process_that_cannot_reach_a_safe_point_still_ends_at_the_deadline(tmp
 def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, monkeypatch):
     sig = signal.SIGTERM
     with tfds.testing.mock_data(num_examples=96):
-        full = train.train_and_evaluate(tiny_config(), str(tmp_path / "full"))
+        full = experiment.train_and_evaluate(tiny_config(), str(tmp_path / "full"))
         wrap_train_step(monkeypatch, lambda step: StopAt(4, sig, step))
         with pytest.raises(run_io.TrainingInterrupted, match="Run the same command again"):
-            train.train_and_evaluate(tiny_config(), str(tmp_path / "cut"))
+            experiment.train_and_evaluate(tiny_config(), str(tmp_path / "cut"))
         monkeypatch.undo()
         manager = checkpoints.CheckpointManager(str(tmp_path / "cut"), tiny_config())
         assert manager.latest.latest_step() == 4
-        resumed = train.train_and_evaluate(tiny_config(), str(tmp_path / "cut"))
+        resumed = experiment.train_and_evaluate(tiny_config(), str(tmp_path / "cut"))
     a, plateau_a, history_a = final_params(str(tmp_path / "full"))
     b, plateau_b, history_b = final_params(str(tmp_path / "cut"))
     jax.tree.map(np.testing.assert_array_equal, a, b)  # bitwise
@@ -140,24 +140,24 @@ def test_nan_loss_stops_naming_the_first_bad_step_and_saves_nothing_bad(tmp_path
     wrap_train_step(monkeypatch, poisoning)
     with tfds.testing.mock_data(num_examples=192):
         with pytest.raises(FloatingPointError, match="became nan at step 4;"):
-            train.train_and_evaluate(config, str(tmp_path))
+            experiment.train_and_evaluate(config, str(tmp_path))
     steps = checkpoints.CheckpointManager(str(tmp_path), config).latest.all_steps()
     assert list(steps) == [3]
 
 
 def test_mismatched_checkpoint_names_step_and_shapes_and_is_kept(tmp_path):
     with tfds.testing.mock_data(num_examples=96):
-        train.train_and_evaluate(tiny_config(epochs=1), str(tmp_path))
+        experiment.train_and_evaluate(tiny_config(epochs=1), str(tmp_path))
         other = tiny_config(epochs=2)
         other.model.towers = 1
         with pytest.raises(checkpoints.CheckpointError, match=r"step 3 .*conv1.*shape \(2,"):
-            train.train_and_evaluate(other, str(tmp_path))
+            experiment.train_and_evaluate(other, str(tmp_path))
     assert 3 in checkpoints.CheckpointManager(str(tmp_path), tiny_config()).latest.all_steps()
 
 
 def test_garbage_in_a_checkpoint_is_a_clear_error_and_it_is_kept_aside(tmp_path):
     with tfds.testing.mock_data(num_examples=96):
-        train.train_and_evaluate(tiny_config(epochs=1, every_steps=0), str(tmp_path))
+        experiment.train_and_evaluate(tiny_config(epochs=1, every_steps=0), str(tmp_path))
         step_dir = tmp_path / "checkpoints" / "latest" / "3" / "state"
         for root, _, files in os.walk(step_dir):
             for name in files:
@@ -165,21 +165,21 @@ def test_garbage_in_a_checkpoint_is_a_clear_error_and_it_is_kept_aside(tmp_path)
                     with open(os.path.join(root, name), "wb") as f:
                         f.write(b"garbage")
         with pytest.raises(checkpoints.CheckpointError, match=r"step\(s\) 3 were damaged"):
-            train.train_and_evaluate(tiny_config(epochs=2, every_steps=0), str(tmp_path))
+            experiment.train_and_evaluate(tiny_config(epochs=2, every_steps=0), str(tmp_path))
     assert [name.split("-")[0] for name in os.listdir(tmp_path / "checkpoints" / "damaged")] == \
         ["3"]
 
 
 def test_half_written_step_is_never_loaded_and_is_removed_at_the_next_start(tmp_path, capsys):
     with tfds.testing.mock_data(num_examples=96):
-        train.train_and_evaluate(tiny_config(epochs=1), str(tmp_path))
+        experiment.train_and_evaluate(tiny_config(epochs=1), str(tmp_path))
         latest = tmp_path / "checkpoints" / "latest"
         # What a SIGKILL in the middle of orbax's save leaves behind.
         shutil.copytree(latest / "3", latest / "5.orbax-checkpoint-tmp-1234")
         manager = checkpoints.CheckpointManager(str(tmp_path), tiny_config())
         assert manager.latest.latest_step() == 3
         manager.close()
-        summary = train.train_and_evaluate(tiny_config(epochs=2), str(tmp_path))
+        summary = experiment.train_and_evaluate(tiny_config(epochs=2), str(tmp_path))
     assert summary["steps"] == 6
     assert "Removed 5.orbax-checkpoint-tmp-1234" in capsys.readouterr().out
     assert not any("tmp" in name for name in os.listdir(latest))
@@ -203,11 +203,11 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_run_resumes_from_the_one_be
     """Step 6's bytes changed on disk: the restart names it, moves it aside, resumes from
     step 3 and ends bitwise where an undisturbed run does."""
     with tfds.testing.mock_data(num_examples=96):
-        train.train_and_evaluate(tiny_config(epochs=3, every_steps=0), str(tmp_path / "full"))
-        train.train_and_evaluate(tiny_config(epochs=2, every_steps=0), str(tmp_path / "cut"))
+        experiment.train_and_evaluate(tiny_config(epochs=3, every_steps=0), str(tmp_path / "full"))
+        experiment.train_and_evaluate(tiny_config(epochs=2, every_steps=0), str(tmp_path / "cut"))
         damage(tmp_path / "cut" / "checkpoints" / "latest" / "6")
         capsys.readouterr()
-        resumed = train.train_and_evaluate(tiny_config(epochs=3, every_steps=0),
+        resumed = experiment.train_and_evaluate(tiny_config(epochs=3, every_steps=0),
                                            str(tmp_path / "cut"))
     out = capsys.readouterr().out
     assert "The checkpoint of step 6" in out and "Resuming from step 3" in out
@@ -237,10 +237,10 @@ def test_checksums_name_the_array_whose_bytes_changed():
 
 def test_with_no_intact_checkpoint_left_the_run_stops(tmp_path):
     with tfds.testing.mock_data(num_examples=96):
-        train.train_and_evaluate(tiny_config(epochs=1, every_steps=0), str(tmp_path))
+        experiment.train_and_evaluate(tiny_config(epochs=1, every_steps=0), str(tmp_path))
         damage(tmp_path / "checkpoints" / "latest" / "3")
         with pytest.raises(checkpoints.CheckpointError, match="No intact checkpoint is left"):
-            train.train_and_evaluate(tiny_config(epochs=2, every_steps=0), str(tmp_path))
+            experiment.train_and_evaluate(tiny_config(epochs=2, every_steps=0), str(tmp_path))
 
 
 def test_full_disk_is_a_clear_error(tmp_path, monkeypatch):
@@ -252,7 +252,7 @@ def test_full_disk_is_a_clear_error(tmp_path, monkeypatch):
         with pytest.raises(checkpoints.CheckpointError, match=r"The file system of .* is full "
                            r"\(.* free of .*\): a checkpoint needs about .* MB; no checkpoint "
                            r"was complete yet\. Free space there"):
-            train.train_and_evaluate(tiny_config(), str(tmp_path))
+            experiment.train_and_evaluate(tiny_config(), str(tmp_path))
 
 
 @pytest.fixture
@@ -277,9 +277,9 @@ def test_a_full_disk_stops_with_one_line_and_resumes_exactly_once_there_is_room(
     config.checkpoint.async_save = True
     workdir = str(small_disk / "run")
     with tfds.testing.mock_data(num_examples=96):
-        train.train_and_evaluate(config, str(tmp_path / "roomy"))
+        experiment.train_and_evaluate(config, str(tmp_path / "roomy"))
         with pytest.raises(checkpoints.CheckpointError) as stopped:
-            train.train_and_evaluate(config, workdir)
+            experiment.train_and_evaluate(config, workdir)
         message = str(stopped.value)
         assert re.fullmatch(r"The file system of .*/disk/run/checkpoints is full \(.* MB free "
                             r"of 13\.0 MB\): a checkpoint needs about [\d.]+ MB; the last "
@@ -292,7 +292,7 @@ def test_a_full_disk_stops_with_one_line_and_resumes_exactly_once_there_is_room(
             assert not [n for n in os.listdir(small_disk / "run" / "checkpoints" / manager)
                         if "tmp" in n]
         subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
-        resumed = train.train_and_evaluate(config, workdir)
+        resumed = experiment.train_and_evaluate(config, workdir)
     roomy = json.load(open(tmp_path / "roomy" / "summary.json"))
     assert resumed["steps"] == roomy["steps"] == 9
     assert resumed["test_loss"] == roomy["test_loss"]
@@ -302,11 +302,11 @@ def test_a_full_disk_stops_with_one_line_and_resumes_exactly_once_there_is_room(
 
 def test_restore_from_and_eval_only(tmp_path):
     with tfds.testing.mock_data(num_examples=96):
-        first = train.train_and_evaluate(tiny_config(epochs=1), str(tmp_path / "a"))
+        first = experiment.train_and_evaluate(tiny_config(epochs=1), str(tmp_path / "a"))
         config = tiny_config(epochs=1)
         config.eval_only = True
         config.restore_from = str(tmp_path / "a")
-        result = train.train_and_evaluate(config, str(tmp_path / "b"))
+        result = experiment.train_and_evaluate(config, str(tmp_path / "b"))
     assert result["test_top1_error"] == first["test_top1_error"]
     written = json.load(open(tmp_path / "b" / "eval.json"))
     assert written["test_top1_error"] == first["test_top1_error"]

@@ -6,7 +6,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import figures, train, visualize  # noqa: E402
+from alexnet_jax import experiment, figures, visualize  # noqa: E402
 from alexnet_jax.config_base import base_config  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def test_figures_from_a_trained_run(tmp_path):
     config.log_every_steps = 1
     config.progress_bar = False
     with tfds.testing.mock_data(num_examples=64):
-        train.train_and_evaluate(config, str(tmp_path))
+        experiment.train_and_evaluate(config, str(tmp_path))
         paths = figures.make_figures(str(tmp_path), examples=64)
     expected = {"conv1_filters": (432, 720), "predictions": (450, 1584),
                 "nearest_neighbours": (918, 1008), "curves": (360, 1620)}

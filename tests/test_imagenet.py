@@ -183,12 +183,12 @@ def test_paper_experiment_runs_end_to_end_on_mock_imagenet_from_the_full_size_im
     import json
 
     tfds = pytest.importorskip("tensorflow_datasets")
-    from alexnet_jax import train
+    from alexnet_jax import experiment
     config = shrink(importlib.import_module("experiments.paper_imagenet").get_config(),
                     tmp_path / "data")
     config.data.store = "source"
     with tfds.testing.mock_data(num_examples=8):
-        summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+        summary = experiment.train_and_evaluate(config, str(tmp_path / "run"))
     assert summary["steps"] == 2 and summary["test_examples"] == 4
     for key in ("test_top1_error", "test_top5_error", "test_10crop_top1_error",
                 "test_10crop_top5_error"):
@@ -202,13 +202,13 @@ def test_one_tower_experiment_prepares_its_store_and_trains_from_it(tmp_path):
     10 patches cut on the device."""
     import importlib
 
-    from alexnet_jax import train
+    from alexnet_jax import experiment
     from alexnet_jax.input_pipeline import store
     write_image_folder(tmp_path / "images", per_class=3)
     config = importlib.import_module("experiments.one_tower_imagenet").get_config()
     config = shrink(config, tmp_path / "data", train=9, test=6, batch=3)
     config.data.dataset, config.data.image_folder = "image_folder", str(tmp_path / "images")
-    summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+    summary = experiment.train_and_evaluate(config, str(tmp_path / "run"))
     assert store.is_prepared(config.data)
     assert summary["steps"] == 3 and summary["test_examples"] == 6
     assert 0.0 <= summary["test_10crop_top1_error"] <= 1.0

@@ -13,7 +13,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import train  # noqa: E402
+from alexnet_jax import experiment  # noqa: E402
 from support import tiny_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +59,7 @@ def existing_run(tmp_path_factory):
     config = tiny_config(epochs=1, every_steps=0)
     config.optim.schedule, config.optim.learning_rate = "cosine", 0.03
     with tfds.testing.mock_data(num_examples=96):
-        train.train_and_evaluate(config, workdir)
+        experiment.train_and_evaluate(config, workdir)
     return workdir
 
 

@@ -15,7 +15,7 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
-from alexnet_jax import metrics, train  # noqa: E402
+from alexnet_jax import experiment, metrics  # noqa: E402
 from support import tiny_config  # noqa: E402
 
 EVERYTHING = {event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0,
@@ -30,7 +30,7 @@ def sweep_dir(tmp_path_factory):
         for name, learning_rate in (("lr=0.01-seed0", 0.01), ("lr=0.03-seed0", 0.03)):
             config = tiny_config(epochs=2, every_steps=0)
             config.optim.learning_rate = learning_rate
-            train.train_and_evaluate(config, str(root / name))
+            experiment.train_and_evaluate(config, str(root / name))
     return root
 
 

@@ -20,7 +20,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import checkpoints, components, layers, models, optim, parallel, train  # noqa: E402
+from alexnet_jax import checkpoints, components, experiment, layers, models, optim, parallel  # noqa: E402
 from alexnet_jax.config_base import base_config  # noqa: E402
 from alexnet_jax.cpu import onednn  # noqa: E402
 from support import build, tiny_config  # noqa: E402
@@ -225,12 +225,12 @@ def saved_params(workdir):
 def test_checkpoints_move_between_layouts_and_continue_exactly(tmp_path, order_keeping_kernels):
     """1 epoch under one layout, the 2nd resumed under the other = 2 epochs on one device."""
     with tfds.testing.mock_data(num_examples=96):
-        train.train_and_evaluate(tiny_run_config("single", 1, 2), str(tmp_path / "whole"))
+        experiment.train_and_evaluate(tiny_run_config("single", 1, 2), str(tmp_path / "whole"))
         for first, second in [(("data_model", 8), ("single", 1)),
                               (("single", 1), ("data_model", 8))]:
             workdir = str(tmp_path / f"{first[0]}_then_{second[0]}")
-            train.train_and_evaluate(tiny_run_config(*first, epochs=1), workdir)
-            summary = train.train_and_evaluate(tiny_run_config(*second, epochs=2), workdir)
+            experiment.train_and_evaluate(tiny_run_config(*first, epochs=1), workdir)
+            summary = experiment.train_and_evaluate(tiny_run_config(*second, epochs=2), workdir)
             assert summary["steps"] == 6 and summary["layout"] == second[0]
             params, history = saved_params(workdir)
             reference, reference_history = saved_params(str(tmp_path / "whole"))

@@ -9,7 +9,7 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 import support  # noqa: E402
-from alexnet_jax import config_base, metrics, seeds, train  # noqa: E402
+from alexnet_jax import config_base, experiment, metrics, seeds  # noqa: E402
 from alexnet_jax.errors import ConfigError  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +40,7 @@ def test_each_vmapped_seed_is_its_own_run(tmp_path):
     config = short_config()
     together = seeds.train_seeds(config, [0, 1], str(tmp_path / "vmapped-seed{seed}"))
     for seed, summary in zip((0, 1), together):
-        alone = train.train_and_evaluate(seeds.seed_config(config, seed),
+        alone = experiment.train_and_evaluate(seeds.seed_config(config, seed),
                                          str(tmp_path / f"alone-seed{seed}"))
         assert summary["config_hash"] == alone["config_hash"]
         assert abs(summary["test_top1_error"] - alone["test_top1_error"]) <= 0.001

@@ -12,7 +12,7 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 import support  # noqa: E402
-from alexnet_jax import metrics, run_io, train  # noqa: E402
+from alexnet_jax import experiment, metrics, models, optim, parallel, run_io, train  # noqa: E402
 from support import build  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +34,7 @@ def tiny_config(data_dir="/nonexistent", train_examples=128, epochs=1, batch=32)
 def test_train_and_evaluate_end_to_end_under_mock_data(tmp_path):
     config = tiny_config()
     with tfds.testing.mock_data(num_examples=128):
-        summary = train.train_and_evaluate(config, str(tmp_path))
+        summary = experiment.train_and_evaluate(config, str(tmp_path))
     for key in ("test_top1_error", "test_top5_error", "steps", "wall_s", "best_test_top1_error"):
         assert key in summary
     assert summary["steps"] == 4
@@ -58,7 +58,7 @@ def test_train_and_evaluate_on_a_few_hundred_real_fashion_mnist_examples(tmp_pat
     config.data.max_test_examples = 500
     config.data.random_crop_padding = 0
     config.optim.learning_rate = 0.02
-    summary = train.train_and_evaluate(config, str(tmp_path))
+    summary = experiment.train_and_evaluate(config, str(tmp_path))
     assert summary["steps"] == 60 and summary["test_examples"] == 500
     # 10 classes: chance is 90% error. A few hundred examples already do far better.
     assert summary["test_top1_error"] < 0.6
@@ -132,9 +132,9 @@ def test_eval_step_counts_only_unmasked_examples():
 def test_ten_view_evaluation_scores_the_centre_view_and_the_averaged_softmax():
     """Images (batch, 10, H, W, C): top-1 of view 4 (the centre patch) and, as the paper
     did, of the softmax averaged over the 10 views; checked against NumPy."""
-    model_config = train.models.config_from(tiny_config().model, (28, 28, 1), 10)
-    layout = train.parallel.create("single", model_config)
-    tx = train.create_optimizer(tiny_config(), model_config, 10)
+    model_config = models.config_from(tiny_config().model, (28, 28, 1), 10)
+    layout = parallel.create("single", model_config)
+    tx = optim.create_optimizer(tiny_config(), model_config, 10)
     step = jax.jit(functools.partial(train.eval_step, apply_fn=layout.apply, center_view=4))
     state = train.create_train_state(0, layout, tx)
     rng = np.random.default_rng(3)
