@@ -50,21 +50,16 @@ def build(config: Any, steps_per_epoch: int = 10, parallelism: str = "single",
                                                                                     layout, tx))
 
 
-def lrn_loop(a, k, n, alpha, beta, xp=np):
-    """The paper's formula, one channel at a time (float64 with NumPy; traceable with jnp)."""
-    if xp is np:
-        a = np.asarray(a, np.float64)
+def lrn_numpy(a, k, n, alpha, beta):
+    """The paper's formula in float64, one channel at a time."""
+    a = np.asarray(a, np.float64)
     channels = a.shape[-1]
     out = []
     for c in range(channels):
         lo, hi = max(0, c - n // 2), min(channels - 1, c + (n - 1) // 2)
-        s = xp.sum(a[..., lo:hi + 1] ** 2, axis=-1)
+        s = np.sum(a[..., lo:hi + 1] ** 2, axis=-1)
         out.append(a[..., c] / (k + alpha * s) ** beta)
-    return xp.stack(out, axis=-1)
-
-
-def lrn_numpy(a, k, n, alpha, beta):
-    return lrn_loop(a, k, n, alpha, beta, np)
+    return np.stack(out, axis=-1)
 
 
 def lowered_calls(function, *args) -> set[str]:
