@@ -28,7 +28,7 @@ import shutil
 import sys
 import time
 import traceback
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from alexnet_jax.errors import CheckpointError, DamagedError, MismatchError
+
+
+class Resumed(NamedTuple):
+    """Where a run starts: its state, plateau policy and evaluation history, and the wall
+    time of the sessions before this one (the fresh state, with none, for a new run)."""
+
+    state: Any
+    plateau: Any
+    history: list
+    wall_s: float
 
 
 def _arrays(state: Any) -> dict[str, Any]:
@@ -242,11 +252,10 @@ class CheckpointManager:
                 f"Could not write a checkpoint under {self.directory}: {error}. Fix its "
                 f"permissions; {intact}{cleaned}.") from None
 
-    def resume(self, state: Any, plateau: Any, restore_from: str = ""
-               ) -> tuple[Any, Any, list, float]:
+    def resume(self, state: Any, plateau: Any, restore_from: str = "") -> Resumed:
         """Where a run starts: its newest intact checkpoint (removing what killed saves left
         unfinished), else ``restore_from``'s weights, else the given fresh state; says
-        which.  (state, plateau policy, evaluation history, wall time so far.)"""
+        which."""
         try:
             state, plateau, history, wall_s = self.restore_or_keep(state, plateau)
         except CheckpointError:
@@ -260,12 +269,12 @@ class CheckpointManager:
         elif restore_from:
             state = state.replace(**load_weights(restore_from, state))
             print(f"Starting from the weights in {restore_from}.")
-        return state, plateau, history, wall_s
+        return Resumed(state, plateau, history, wall_s)
 
-    def restore_or_keep(self, state: Any, plateau: Any) -> tuple[Any, Any, list, float]:
-        """The newest intact checkpoint (state, plateau policy, eval history, wall time so
-        far), or the given fresh state if there is none.  A damaged one (its checksums do
-        not match its arrays) is moved aside, saying so, and the one before it is tried."""
+    def restore_or_keep(self, state: Any, plateau: Any) -> Resumed:
+        """The newest intact checkpoint, or the given fresh state if there is none.  A
+        damaged one (its checksums do not match its arrays) is moved aside, saying so, and
+        the one before it is tried."""
         damaged = []
         for step in sorted(self.latest.all_steps(), reverse=True):
             try:
@@ -277,15 +286,16 @@ class CheckpointManager:
                 continue
             if damaged:
                 print(f"Resuming from step {step}, the newest intact checkpoint.")
-            return (state.replace(**arrays), type(plateau).from_state_dict(meta["plateau"]),
-                    list(meta["history"]), float(meta.get("wall_s", 0.0)))
+            return Resumed(state.replace(**arrays),
+                           type(plateau).from_state_dict(meta["plateau"]),
+                           list(meta["history"]), float(meta.get("wall_s", 0.0)))
         if damaged:
             raise CheckpointError(
                 f"No intact checkpoint is left in {self.latest.directory}: step(s) "
                 f"{', '.join(map(str, damaged))} were damaged and moved to "
                 f"{os.path.join(self.directory, 'damaged')}. Run the same command again to "
                 "start from scratch, or restore a copy of the checkpoints.")
-        return state, plateau, [], 0.0
+        return Resumed(state, plateau, [], 0.0)
 
     def move_aside(self, step: int) -> str:
         """Moves a damaged step out of orbax's sight (process 0; every process decides alike)."""

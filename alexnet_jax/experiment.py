@@ -89,23 +89,23 @@ def _train_and_evaluate(config: Any, workdir: str, stop: run_io.StopSignals) -> 
     layout = parts.layout
     steps = train.make_steps(layout, parts.tx, pipeline.center_view, pipeline.device)
     manager = checkpoints.CheckpointManager(workdir, config)
-    state, plateau, history, wall_before = manager.resume(
-        train.create_train_state(config.seed, layout, parts.tx),
-        optim.PlateauPolicy.from_config(config.optim), config.restore_from)
-    step = int(state.step)
+    resumed = manager.resume(train.create_train_state(config.seed, layout, parts.tx),
+                             optim.PlateauPolicy.from_config(config.optim), config.restore_from)
+    step = int(resumed.state.step)
     if config.eval_only:
         manager.close()
         if not step and not config.restore_from:
             raise checkpoints.CheckpointError(
                 f"eval_only: no checkpoint in {manager.directory} and no restore_from given.")
-        return evaluation.evaluate_only(steps.eval, state, pipeline, config, workdir, layout)
+        return evaluation.evaluate_only(steps.eval, resumed.state, pipeline, config, workdir,
+                                        layout)
     stop.check("during start-up; nothing was changed")
     writer = run_io.open_run(workdir, config, parts.model_config, step)
     print(f"{config.model.variant} AlexNet on {config.data.dataset}: {pipeline.num_train} "
           f"training examples, {pipeline.steps_per_epoch} steps/epoch x {config.num_epochs} "
           f"epochs, batch {config.batch_size}; {layout.describe(config.batch_size)}.")
-    trainer = train.Trainer(train.Session(config, pipeline, layout, steps, manager, writer, stop),
-                            state, plateau, history, wall_before, started)
+    trainer = train.Trainer(
+        train.Session(config, pipeline, layout, steps, manager, writer, stop, started), resumed)
     step = train_to_end(trainer, [writer])
     summary = run_io.run_summary(trainer.history, step, trainer.wall_s(), pipeline, config,
                                  parts.model_config)

@@ -105,10 +105,9 @@ class SeedsTrainer(train.Trainer):
     """``train.Trainer``'s loop over stacked seeds: batches stacked from each seed's
     pipeline, and each seed's metrics, evaluations and plateau policy its own."""
 
-    def __init__(self, session: train.Session, pipelines: list[Any], writers: list[MetricWriter],
-                 state: train.TrainState, plateaus: Plateaus, histories: list[list[dict]],
-                 wall_before: float, started: float):
-        super().__init__(session, state, plateaus, histories, wall_before, started)
+    def __init__(self, session: train.Session, resumed: checkpoints.Resumed,
+                 pipelines: list[Any], writers: list[MetricWriter]):
+        super().__init__(session, resumed)
         self.pipelines, self.writers = pipelines, writers
 
     def batches(self, step: int) -> Iterator[dict]:
@@ -190,9 +189,9 @@ def _train_seeds(configs: list[Any], runs: list[str], shared: str,
     manager = checkpoints.CheckpointManager(shared, config)
     fresh = stack([train.create_train_state(one.seed, layout, parts.tx) for one in configs])
     plateaus = Plateaus([optim.PlateauPolicy.from_config(one.optim) for one in configs])
-    state, plateaus, histories, wall_before = manager.resume(fresh, plateaus)
-    step = int(state.step[0])
-    histories = histories or [[] for _ in configs]
+    resumed = manager.resume(fresh, plateaus)
+    resumed = resumed._replace(history=resumed.history or [[] for _ in configs])
+    step = int(resumed.state.step[0])
     stop.check("during start-up; nothing was changed")
     writers = [run_io.open_run(workdir, one, model_config, step)
                for one, workdir in zip(configs, runs)]
@@ -200,9 +199,8 @@ def _train_seeds(configs: list[Any], runs: list[str], shared: str,
           f"{config.model.variant} AlexNet on {config.data.dataset}, vmapped in one program: "
           f"{pipeline.steps_per_epoch} steps/epoch x {config.num_epochs} epochs, batch "
           f"{config.batch_size} each; {layout.describe(config.batch_size)}.")
-    session = train.Session(config, pipeline, layout, steps, manager, writers[0], stop)
-    trainer = SeedsTrainer(session, pipelines, writers, state, plateaus, histories,
-                           wall_before, started)
+    session = train.Session(config, pipeline, layout, steps, manager, writers[0], stop, started)
+    trainer = SeedsTrainer(session, resumed, pipelines, writers)
     step = experiment.train_to_end(trainer, writers)
     summaries = []
     for one, workdir, history, pipe in zip(configs, runs, trainer.history, pipelines):

@@ -142,7 +142,8 @@ def create_train_state(seed: int, layout: parallel.Layout,
 
 @dataclasses.dataclass(frozen=True)
 class Session:
-    """What one session of training works with, fixed while it trains."""
+    """What one session of training works with, fixed while it trains; ``started``: when
+    it started (``time.time()``)."""
 
     config: Any
     pipeline: input_pipeline.Pipeline
@@ -151,17 +152,16 @@ class Session:
     manager: checkpoints.CheckpointManager
     writer: metrics.MetricWriter
     stop: run_io.StopSignals
+    started: float
 
 
 class Trainer:
     """The loop, and what it changes: the state, the plateau policy, the evaluations."""
 
-    def __init__(self, session: Session, state: TrainState, plateau: optim.PlateauPolicy,
-                 history: list[dict], wall_before: float, started: float):
-        self.session, self.state, self.plateau, self.history = session, state, plateau, history
-        self.config, self.pipeline = session.config, session.pipeline
+    def __init__(self, session: Session, resumed: checkpoints.Resumed):
+        self.session, self.config, self.pipeline = session, session.config, session.pipeline
+        self.state, self.plateau, self.history, self.wall_before = resumed
         self.steps_per_epoch = session.pipeline.steps_per_epoch
-        self.started, self.wall_before = started, wall_before
         self.progress = run_io.Progress(self.config.progress_bar,
                                         self.steps_per_epoch * self.config.num_epochs,
                                         self.current_step())
@@ -169,7 +169,7 @@ class Trainer:
         self.window_start = time.time()
 
     def wall_s(self) -> float:
-        return self.wall_before + time.time() - self.started
+        return self.wall_before + time.time() - self.session.started
 
     def current_step(self) -> int:
         return int(self.state.step)
