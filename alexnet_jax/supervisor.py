@@ -5,11 +5,11 @@ When a process of a multi-host run dies, the survivors first see their collectiv
 heartbeats and ends each survivor itself: an abort from C++, with a dump of every
 thread, that Python cannot catch.  So ``python -m alexnet_jax.main`` with multi-host
 flags runs the trainer in a child process and watches it.  The child's output passes
-through; the child reports each step it takes on a pipe; where the runtime ends it (or
-it reports a collective that failed), the parent holds back the runtime's dump and
-prints one line instead: which process was lost, at which step, and the step that
-restarting every process with the same command resumes from.  It then exits with status
-1.  The child writes no core dump.
+through (less gloo's notice of each communicator it connects); the child reports each
+step it takes on a pipe; where the runtime ends it (or it reports a collective that
+failed), the parent holds back the runtime's dump and prints one line instead: which
+process was lost, at which step, and the step that restarting every process with the
+same command resumes from.  It then exits with status 1.  The child writes no core dump.
 """
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ RUNTIME_FAILURE = re.compile(r"coordination_service|Terminating process because 
 # How the runtime names the processes ("tasks") whose heartbeats stopped.
 LOST_TASKS = re.compile(r"Task (\d+) heartbeat timeout|stopped sending heartbeats\):\s*"
                         r"((?:\d+[\s,]*)+)")
+# gloo's C++ writes this once per communicator as a run starts: nothing a user acts on.
+GLOO_CONNECTED = re.compile(r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks")
 PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
@@ -63,8 +65,9 @@ def supervise(argv: list[str], checkpoints_dir: str, process_index: int, process
     """Runs ``argv`` (this very command) as a child under watch; returns the exit status
     to end with."""
     read, write = os.pipe()
-    child = subprocess.Popen(argv, env={**os.environ, SUPERVISED: str(write)},
-                             pass_fds=(write,), stderr=subprocess.PIPE,
+    child = subprocess.Popen(argv, env={**os.environ, SUPERVISED: str(write),
+                                        "PYTHONUNBUFFERED": "1"},  # its lines as they come
+                             pass_fds=(write,), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              preexec_fn=_in_child)
     os.close(write)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -79,18 +82,30 @@ def supervise(argv: list[str], checkpoints_dir: str, process_index: int, process
                 elif line.strip().isdigit():
                     last["step"] = int(line)
 
-    reader = threading.Thread(target=follow_reports, daemon=True)
-    reader.start()
+    def pass_output() -> None:
+        for raw in child.stdout:
+            line = raw.decode(errors="replace")
+            if not GLOO_CONNECTED.match(line):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+
+    threads = [threading.Thread(target=target, daemon=True)
+               for target in (follow_reports, pass_output)]
+    for thread in threads:
+        thread.start()
     held_back: list[str] = []
     for raw in child.stderr:
         line = raw.decode(errors="replace")
+        if GLOO_CONNECTED.match(line):
+            continue
         if held_back or last["lost"] or RUNTIME_FAILURE.search(line):
             held_back.append(line)
         else:
             sys.stderr.write(line)
             sys.stderr.flush()
     status = child.wait()
-    reader.join(timeout=5)
+    for thread in threads:
+        thread.join(timeout=5)
     if last["lost"] or (held_back and status != 0):
         print(lost_process_line(held_back, last["step"], checkpoints_dir, process_index,
                                 processes), file=sys.stderr, flush=True)

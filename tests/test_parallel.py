@@ -380,6 +380,7 @@ def test_two_processes_equal_one_process_and_a_lost_one_ends_the_other_and_resum
     for process in [single, *workers, *restarted]:
         assert process.wait(timeout=300) == 0, output(process)[-3000:]
     assert "2 data replica(s) x 2 device(s) per replica over 2 process(es)" in output(workers[0])
+    assert "[Gloo]" not in output(workers[0]) + output(workers[1])  # the supervisor drops it
     assert "Resuming from the checkpoint of step" in output(restarted[0])
     two, one, cut = (json.load(open(tmp_path / run / "summary.json"))
                      for run in ("two", "one", "cut"))
