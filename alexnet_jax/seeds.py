@@ -22,7 +22,6 @@ the sweep's default and this is an option (``--vmap_seeds``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -39,12 +38,10 @@ from alexnet_jax import (
     experiment,
     input_pipeline,
     optim,
-    parallel,
     run_io,
     train,
 )
 from alexnet_jax.errors import ConfigError
-from alexnet_jax.layers import compiler_options
 from alexnet_jax.metrics import MetricWriter
 
 SEED = "{seed}"
@@ -84,21 +81,6 @@ class Plateaus:
 
 def stack(trees: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def make_seed_steps(layout: parallel.Layout, tx: Any, center_view: int = 0,
-                    augmentation: Any = None) -> train.Steps:
-    """``train.make_steps``'s steps vmapped over a leading seed axis: of the states and
-    the training batches; every seed evaluates the same batch."""
-    options = compiler_options() or None
-    step = functools.partial(train.train_step, apply_fn=layout.apply, tx=tx,
-                             augmentation=augmentation)
-    evaluate = functools.partial(train.eval_step, apply_fn=layout.apply,
-                                 center_view=center_view, augmentation=augmentation)
-    return train.Steps(train=jax.jit(jax.vmap(step), donate_argnums=0,
-                                     compiler_options=options),
-                       eval=jax.jit(jax.vmap(evaluate, in_axes=(0, None)),
-                                    compiler_options=options))
 
 
 class SeedsTrainer(train.Trainer):
@@ -185,7 +167,8 @@ def _train_seeds(configs: list[Any], runs: list[str], shared: str,
     pipeline = pipelines[0]
     parts = experiment.build(config, pipeline)
     layout, model_config = parts.layout, parts.model_config
-    steps = make_seed_steps(layout, parts.tx, pipeline.center_view, pipeline.device)
+    steps = train.make_steps(layout, parts.tx, pipeline.center_view, pipeline.device,
+                             over_seeds=True)
     manager = checkpoints.CheckpointManager(shared, config)
     fresh = stack([train.create_train_state(one.seed, layout, parts.tx) for one in configs])
     plateaus = Plateaus([optim.PlateauPolicy.from_config(one.optim) for one in configs])

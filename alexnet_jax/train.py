@@ -109,18 +109,22 @@ class Steps(NamedTuple):
 
 
 def make_steps(layout: parallel.Layout, tx: optax.GradientTransformation,
-               center_view: int = 0, augmentation: Any = None) -> Steps:
+               center_view: int = 0, augmentation: Any = None, over_seeds: bool = False
+               ) -> Steps:
     """``train_step`` and ``eval_step`` for one run: closed over the layout's ``apply``, the
     optimiser and the input's on-device augmentation, jit-compiled with the backend's
-    compiler options (``layers.compiler_options``)."""
+    compiler options (``layers.compiler_options``).  ``over_seeds``: vmapped over a leading
+    seed axis of the states and the training batches, every seed evaluating the same
+    batch (``seeds.py``)."""
+    step = functools.partial(train_step, apply_fn=layout.apply, tx=tx,
+                             augmentation=augmentation)
+    evaluate = functools.partial(eval_step, apply_fn=layout.apply, center_view=center_view,
+                                 augmentation=augmentation)
+    if over_seeds:
+        step, evaluate = jax.vmap(step), jax.vmap(evaluate, in_axes=(0, None))
     options = compiler_options() or None
-    return Steps(
-        train=jax.jit(functools.partial(train_step, apply_fn=layout.apply, tx=tx,
-                                        augmentation=augmentation),
-                      donate_argnums=0, compiler_options=options),
-        eval=jax.jit(functools.partial(eval_step, apply_fn=layout.apply, center_view=center_view,
-                                       augmentation=augmentation),
-                     compiler_options=options))
+    return Steps(train=jax.jit(step, donate_argnums=0, compiler_options=options),
+                 eval=jax.jit(evaluate, compiler_options=options))
 
 
 def create_train_state(seed: int, layout: parallel.Layout,
