@@ -232,6 +232,7 @@ class Trainer:
                 which: str = "") -> dict[str, float]:
         """Writes one run's training metrics, the means over ``window``'s steps; a
         non-finite loss among them stops the run, naming its step (and ``which`` run)."""
+        window = jax.device_get(window)  # one transfer for the check and the means
         metrics.check_finite(window, step, which)
         record = metrics.training_record(window, step / self.steps_per_epoch,
                                          self.config.batch_size, time.time() - self.window_start)
