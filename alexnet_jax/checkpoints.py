@@ -135,6 +135,24 @@ def directory_of(workdir: str) -> str:
     return os.path.abspath(os.path.join(workdir, "checkpoints"))
 
 
+def has_checkpoint(workdir: str) -> bool:
+    """Whether ``workdir`` holds a complete checkpoint to resume from."""
+    return bool(complete_steps(os.path.join(directory_of(workdir), "latest")))
+
+
+def check_latest_beside_best(workdir: str) -> None:
+    """Refuses (``MismatchError``) a start from step 0 beside an earlier run's "best": with
+    ``latest`` gone the run would silently train again from scratch next to it."""
+    directory = directory_of(workdir)
+    best = complete_steps(os.path.join(directory, "best"))
+    if best and not has_checkpoint(workdir):
+        raise MismatchError(
+            f"{directory}/latest holds no checkpoint, but {directory}/best holds step "
+            f"{best[-1]}: this command would train from step 0 beside it. To continue from "
+            f"it: --workdir NEW_DIR --config.restore_from={directory}/best/{best[-1]}; to start "
+            f"over here: remove {directory}.")
+
+
 def complete_steps(directory: str) -> list[int]:
     """The steps of ``directory`` (a manager's: ``latest`` or ``best``) that are complete,
     in order, from the folder names alone (orbax renames a step into place once it is
@@ -296,6 +314,36 @@ class CheckpointManager:
                 f"{os.path.join(self.directory, 'damaged')}. Run the same command again to "
                 "start from scratch, or restore a copy of the checkpoints.")
         return Resumed(state, plateau, [], 0.0)
+
+    def set_aside_diverged(self, bad_step: int) -> str:
+        """After the loss diverged at ``bad_step``: the checkpoints of that step's
+        parameters (step ``bad_step - 1``, whose loss it was) and later are moved to
+        ``checkpoints/diverged/``; returns what to do next, naming the newest kept."""
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+        moved = []
+        for manager in (self.latest, self.best):
+            for step in manager.all_steps():
+                if step >= bad_step - 1:
+                    moved.append(step)
+                    aside = os.path.join(self.directory, "diverged",
+                                         f"{os.path.basename(str(manager.directory))}-{step}")
+                    if jax.process_index() == 0:
+                        os.makedirs(os.path.dirname(aside), exist_ok=True)
+                        shutil.rmtree(aside, ignore_errors=True)
+                        os.replace(os.path.join(str(manager.directory), str(step)), aside)
+            manager.reload()
+        workdir = os.path.dirname(self.directory)
+        kept = complete_steps(str(self.latest.directory))
+        aside = (f"The checkpoint(s) of step(s) {', '.join(map(str, sorted(set(moved))))}, "
+                 f"whose parameters gave that loss, were moved to "
+                 f"{os.path.join(self.directory, 'diverged')}. " if moved else "")
+        start = (f"from step {kept[-1]}'s weights: --workdir NEW_DIR --config.restore_from="
+                 f"{workdir} and a lower --config.optim.learning_rate" if kept else
+                 f"with a lower --config.optim.learning_rate in a new --workdir (or remove "
+                 f"{workdir})")
+        return (f"{aside}Lower the learning rate (or check the data) and start a new run "
+                f"{start}.")
 
     def move_aside(self, step: int) -> str:
         """Moves a damaged step out of orbax's sight (process 0; every process decides alike)."""

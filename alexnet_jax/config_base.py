@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 import ml_collections
@@ -158,6 +159,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
         if not isinstance(value, (int, float)) or value < low:
             raise ConfigError(f"config.{key}={value!r} must be at least {low}{what}.")
 
+    _check_finite(json.loads(config.to_json_best_effort()))
     choice("data.dataset", tuple(input_pipeline.sources.DATASETS))
     model = _network(config, models, input_pipeline)
     choice("model.implementation", layers.IMPLEMENTATIONS)
@@ -197,6 +199,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     _validate_layout(config, model.towers, num_devices, process_count, parallel)
 
 
+def _check_finite(tree: dict, prefix: str = "config.") -> None:
+    """Every number of the config is finite (a NaN or infinite rate passes every bound)."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            _check_finite(value, f"{prefix}{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{key}={value!r} must be a finite number.")
+
+
 def _get(config: ml_collections.ConfigDict, key: str):
     for part in key.split("."):
         config = config[part]
@@ -206,10 +217,15 @@ def _get(config: ml_collections.ConfigDict, key: str):
 def _network(config, models, input_pipeline) -> Any:
     """The network the trainer builds (every model setting checked by building it), and the
     images (the dataset's, or model.input_shape) against its smallest input."""
-    shape = config.model.input_shape or input_pipeline.info(config.data.dataset).image_shape
+    images = tuple(input_pipeline.info(config.data.dataset).image_shape)
+    shape = config.model.input_shape or images
     if len(shape) != 3 or min(shape) < 1:
         raise ConfigError(f"config.model.input_shape={tuple(shape)!r} must be three positive "
                           "sizes: (height, width, channels).")
+    if tuple(shape) != images:
+        raise ConfigError(f"config.model.input_shape={tuple(shape)!r}, but {config.data.dataset} "
+                          f"gives the network images of {images!r}: leave it unset, or set it "
+                          "to that shape.")
     try:
         model = models.config_from(config.model, tuple(shape), 10)
     except ValueError as error:
@@ -224,7 +240,7 @@ def _network(config, models, input_pipeline) -> Any:
     raise ConfigError(
         f"config.model.variant={config.model.variant} needs images of at least {smallest}x"
         f"{smallest} pixels, but {config.data.dataset} gives {shape[0]}x{shape[1]}: "
-        f"{suggestion} (or set config.model.input_shape to images this variant takes).")
+        f"{suggestion}.")
 
 
 def _validate_layout(config, towers, num_devices, process_count, parallel) -> None:

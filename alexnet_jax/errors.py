@@ -3,7 +3,7 @@ imports nothing of the package, so that every module can raise them without impo
 cycles.
 
 * Rejections (exit status 2: the command was wrong, nothing was changed): ``ConfigError``,
-  ``LayoutError``, ``MismatchError``.
+  ``LayoutError``, ``MismatchError``, ``WorkdirInUseError``.
 * Failures (exit status 1): ``DatasetUnavailableError``, ``CheckpointError`` (and
   ``DamagedError``), and in ``main.py`` a non-finite loss and an unwritable workdir.
 """
@@ -34,5 +34,9 @@ class DamagedError(CheckpointError):
     """A checkpoint's arrays do not match the checksums it was written with."""
 
 
-REJECTIONS = (ConfigError, LayoutError, MismatchError)
+class WorkdirInUseError(RuntimeError):
+    """Another run holds the workdir's lock; the message names it (host, pid, since when)."""
+
+
+REJECTIONS = (ConfigError, LayoutError, MismatchError, WorkdirInUseError)
 FAILURES = (DatasetUnavailableError, CheckpointError, FloatingPointError, PermissionError)

@@ -31,6 +31,7 @@ from alexnet_jax import (
     train,
 )
 from alexnet_jax.metrics import MetricWriter
+from alexnet_jax.workdir_lock import WorkdirLock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +77,17 @@ def train_and_evaluate(config: Any, workdir: str,
     and writes ``summary.json``; returns the summary.  A signal stops it within
     ``stop_deadline_s`` (``run_io.StopSignals``), with a checkpoint to resume from."""
     config_base.validate(config, jax.device_count(), jax.process_count())
-    with run_io.StopSignals(stop_deadline_s, checkpoints.directory_of(workdir)) as stop:
+    run_io.check_workdir(workdir)
+    with WorkdirLock(workdir, enabled=jax.process_index() == 0), \
+            run_io.StopSignals(stop_deadline_s, checkpoints.directory_of(workdir)) as stop:
         return _train_and_evaluate(config, workdir, stop)
 
 
 def _train_and_evaluate(config: Any, workdir: str, stop: run_io.StopSignals) -> dict[str, Any]:
     started = time.time()
-    run_io.check_workdir(workdir)
+    resumes = run_io.resume_changes(workdir, config)
+    if not config.eval_only:
+        checkpoints.check_latest_beside_best(workdir)
     pipeline = input_pipeline.create_pipeline(config, jax.process_index(), jax.process_count())
     stop.check("while reading the data; nothing was changed")
     parts = build(config, pipeline)
@@ -100,7 +105,7 @@ def _train_and_evaluate(config: Any, workdir: str, stop: run_io.StopSignals) -> 
         return evaluation.evaluate_only(steps.eval, resumed.state, pipeline, config, workdir,
                                         layout)
     stop.check("during start-up; nothing was changed")
-    writer = run_io.open_run(workdir, config, parts.model_config, step)
+    writer = run_io.open_run(workdir, config, parts.model_config, step, resumes)
     print(f"{config.model.variant} AlexNet on {config.data.dataset}: {pipeline.num_train} "
           f"training examples, {pipeline.steps_per_epoch} steps/epoch x {config.num_epochs} "
           f"epochs, batch {config.batch_size}; {layout.describe(config.batch_size)}.")
@@ -108,7 +113,7 @@ def _train_and_evaluate(config: Any, workdir: str, stop: run_io.StopSignals) -> 
         train.Session(config, pipeline, layout, steps, manager, writer, stop, started), resumed)
     step = train_to_end(trainer, [writer])
     summary = run_io.run_summary(trainer.history, step, trainer.wall_s(), pipeline, config,
-                                 parts.model_config)
+                                 parts.model_config, resumes)
     summary.update(checkpoint_s=manager.seconds_blocked,  # this session's, for the overhead
                    layout=layout.kind, devices=layout.num_devices)
     run_io.write_json(workdir, "summary.json", summary)

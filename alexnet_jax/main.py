@@ -42,6 +42,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summary.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "",
                                    "Multi-host: HOST:PORT of process 0's coordinator service.")
+_BIND_ADDRESS = flags.DEFINE_string(
+    "coordinator_bind_address", "", "Multi-host: HOST:PORT process 0's coordinator listens "
+    "on (default: --coordinator_address itself).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
@@ -75,16 +78,18 @@ def fail(message: object, status: int) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with an unknown flag or config key as one line (exit status 2)."""
+    """absl's parsing, with an unknown flag or config key, or a config file that does not
+    load, as one line (exit status 2)."""
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, ValueError, KeyError, AttributeError, TypeError) as error:
+    except Exception as error:  # noqa: BLE001 - a config file may raise anything
         fail(error if verbose() else _flag_message(error, argv), REJECTED)
 
 
 def _flag_message(error: BaseException, argv: list[str]) -> str:
     """One line for a parsing error: the flag it is about and what is wrong with it; for an
-    unknown config key, the key and the one config_flags suggests."""
+    unknown config key, the key and the one config_flags suggests, or the keys beside it;
+    for a config file that does not load, the file and why."""
     message = " ".join(str(error).split())
     suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', str(error))
     if suggestion:
@@ -92,7 +97,34 @@ def _flag_message(error: BaseException, argv: list[str]) -> str:
         culprit = next((arg for arg in argv[1:] if f".{wrong}" in arg.split("=")[0]), wrong)
         return (f"{culprit}: the config has no key {wrong!r}; did you mean {right!r}? "
                 "(alexnet_jax/config_base.py lists every key.)")
+    if isinstance(error, (KeyError, AttributeError)):
+        unknown = _unknown_key(message.strip("\"'"), argv)
+        if unknown:
+            return unknown
+    if not isinstance(error, (flags.Error, ValueError, KeyError, AttributeError, TypeError)):
+        config_file = next((value for name, value in zip(argv, argv[1:]) if name == "--config"),
+                           next((arg.split("=", 1)[1] for arg in argv
+                                 if arg.startswith("--config=")), "the config file"))
+        where = f" (line {error.lineno})" if isinstance(error, SyntaxError) else ""
+        return (f"--config {config_file} could not be loaded{where}: "
+                f"{type(error).__name__}: {message}")
     return message
+
+
+def _unknown_key(key: str, argv: list[str]) -> str:
+    """The line for ``--config.PATH.KEY=...`` naming a key the config lacks: its path and
+    the keys its section has."""
+    from alexnet_jax.config_base import base_config
+    flag = next((arg.split("=")[0] for arg in argv[1:]
+                 if arg.startswith("--config.") and arg.split("=")[0].endswith(f".{key}")), "")
+    if not flag:
+        return ""
+    section, node = flag[len("--config."):].rsplit(".", 1)[0] if flag.count(".") > 1 else "", \
+        base_config()
+    for part in filter(None, section.split(".")):
+        node = node[part]
+    return (f"{flag}: the config has no key {flag[len('--config.'):]!r}; "
+            f"config{'.' + section if section else ''} has: {', '.join(sorted(node.keys()))}.")
 
 
 def _seed_list() -> list[int]:
@@ -116,12 +148,27 @@ def lost_peer(error: Exception) -> None:
     os._exit(FAILED)  # not through jax.distributed's shutdown, which would wait for it
 
 
+def out_of_memory(error: Exception, config) -> str:
+    """The line for a device that ran out of memory: what was asked, and the fix."""
+    asked = re.search(r"allocating (\d+) bytes", str(error))
+    size = f" ({int(asked.group(1)) / 2**30:.1f} GiB at once)" if asked else ""
+    return (f"Out of memory{size} on {jax.devices()[0].platform} with batch_size="
+            f"{config.batch_size} and eval_batch_size={config.eval_batch_size}: lower them "
+            "(--config.batch_size=...), or spread the batch over more devices "
+            "(--config.parallelism=auto). The checkpoints written so far are intact.")
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax narrates every save at INFO
     if len(argv) > 1:
         fail(f"Unexpected arguments: {' '.join(argv[1:])}", REJECTED)
     if _WORKDIR.value is None or _CONFIG.value is None:
         fail("--config and --workdir are required.", REJECTED)
+    try:
+        _CONFIG.value.get("seed")  # config_flags defers a file's failure to load to here
+    except OSError as error:
+        fail(f"--config could not be loaded: {str(error).strip().splitlines()[-1].strip()}",
+             REJECTED)
     if jax.config.jax_compilation_cache_dir is None:
         # Steps are compiled per run; a resumed or repeated run loads them from here.
         jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
@@ -133,13 +180,16 @@ def main(argv):
             *parallel.process_identity(_PROCESS_ID.value, _NUM_PROCESSES.value)))
     if multi_host:
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                        _PROCESS_ID.value, _HEARTBEAT_TIMEOUT.value)
+                                        _PROCESS_ID.value, _HEARTBEAT_TIMEOUT.value,
+                                        _BIND_ADDRESS.value)
     try:
         if _SEEDS.value:
             seeds.train_seeds(_CONFIG.value, _seed_list(), _WORKDIR.value, _STOP_DEADLINE.value)
         else:
             experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STOP_DEADLINE.value)
     except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" in str(error):
+            fail(out_of_memory(error, _CONFIG.value), FAILED)
         if jax.process_count() == 1:
             raise
         lost_peer(error)

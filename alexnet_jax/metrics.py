@@ -40,17 +40,31 @@ def masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[s
             "count": jnp.sum(mask)}
 
 
-def check_finite(window: list[dict], step: int, which: str = "") -> None:
-    """Stops a run whose loss is not finite at a step of ``window`` (the per-step metrics
-    of the steps up to ``step``), naming that step and ``which`` run."""
+# A mean training loss this many times a uniform guess's (ln of the classes) is divergence:
+# no network that is learning gets near it (the "scaled" init starts below 10x).
+DIVERGED_FACTOR = 100.0
+
+
+class Diverged(FloatingPointError):
+    """The training loss became non-finite, or blew up, at ``step``."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+def check_diverged(window: list[dict], step: int, num_classes: int, which: str = "") -> None:
+    """Stops a run (``Diverged``) whose loss at a step of ``window`` (the per-step metrics
+    of the steps up to ``step``) is not finite or over ``DIVERGED_FACTOR`` times a uniform
+    guess's, naming that step and ``which`` run."""
     losses = np.asarray(jax.device_get([m["loss"] for m in window]), np.float64)
-    bad = np.flatnonzero(~np.isfinite(losses))
+    limit = DIVERGED_FACTOR * math.log(max(num_classes, 2))
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~(np.abs(losses) <= limit))
     if bad.size:
         first = step - len(window) + 1 + int(bad[0])
-        raise FloatingPointError(
-            f"Training loss{which} became {losses[bad[0]]} at step {first}; stopping. Nothing "
-            "from that step on was saved: the run's checkpoints are those before it. Lower "
-            "the learning rate, or check the data.")
+        raise Diverged(f"Training loss{which} became {losses[bad[0]]:.4g} at step {first}; "
+                       "stopping.", first)
 
 
 def mean_metrics(window: list[dict]) -> dict[str, float]:

@@ -100,6 +100,11 @@ def plan(parallelism: str, towers: int, num_devices: int, processes: int = 1) ->
     devices over ``processes`` processes (``create`` builds it), or a ``LayoutError``."""
     devices = 1 if parallelism == "single" else num_devices
     kind = choose(parallelism, towers, devices)
+    if kind == "single" and processes > 1:
+        raise LayoutError(f"parallelism={parallelism} trains on one device, but this run has "
+                          f"{processes} processes: each would train a model of its own on its "
+                          "share of the batch. Use parallelism=auto to train one model on "
+                          "every process's devices.")
     replicas = 1 if kind == "single" else (devices // towers if kind in ("model", "data_model")
                                            else devices)
     if kind != "single" and replicas % processes:
@@ -282,18 +287,23 @@ def process_identity(process_id: int = -1, num_processes: int = 0) -> tuple[int,
 
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
-                           process_id: int = -1, heartbeat_timeout_s: int = 60) -> None:
+                           process_id: int = -1, heartbeat_timeout_s: int = 60,
+                           bind_address: str = "") -> None:
     """Starts ``jax.distributed`` (one process per host) before any other JAX call.
 
     Arguments left unset are read from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``
     and ``JAX_PROCESS_ID``; where those are unset too, JAX detects the cluster itself
     (Cloud TPU, SLURM, Open MPI).  CPU processes exchange data through gloo.  A process
     whose heartbeats stop for ``heartbeat_timeout_s`` is taken for lost, and the others
-    end (``supervisor.py``).
+    end (``supervisor.py``).  Process 0's coordinator listens on ``bind_address`` where
+    given, else on the coordinator address itself (JAX's own default is every interface);
+    where JAX detects the cluster and no address is given, JAX chooses.  The coordinator
+    has no authentication: it belongs on a private network.
     """
     address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
     index, count = process_identity(process_id, num_processes)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU backend only
     jax.distributed.initialize(coordinator_address=address, num_processes=count or None,
                                process_id=None if index < 0 else index,
-                               heartbeat_timeout_seconds=heartbeat_timeout_s)
+                               heartbeat_timeout_seconds=heartbeat_timeout_s,
+                               coordinator_bind_address=bind_address or address)

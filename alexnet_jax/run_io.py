@@ -3,7 +3,9 @@ bar, TensorBoard's hyperparameters, and stopping on a signal.
 
 * ``check_workdir``, ``write_config``, ``write_json``, ``truncate_metrics``: the files a
   run writes besides its metrics and checkpoints (only process 0 writes shared files);
-  ``open_run`` writes them as a run (re)starts and opens its metric writer.
+  ``open_run`` writes them as a run (re)starts and opens its metric writer;
+  ``resume_changes`` and ``run_hash``: a run resumed with other settings says so and
+  records them in its identity.
 * ``Progress``: the console's progress bar (tqdm).
 * ``HPARAMS`` and ``hyperparameters``: what TensorBoard's HParams view compares.
 * ``StopSignals``: SIGTERM and SIGINT as a request to stop at a step every process agrees
@@ -11,6 +13,7 @@ bar, TensorBoard's hyperparameters, and stopping on a signal.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -38,39 +41,111 @@ def check_workdir(workdir: str) -> None:
                               "another --workdir or fix its permissions.") from error
 
 
+# Keys a resumed run may change: how it is carried out, not what it computes (a layout
+# trains the same numbers as any other, parallel.py).
+RESUMES = "resumed_with_changes"  # config.json's record of them (``resume_changes``)
+RESUMABLE_KEYS = (RESUMES, *config_base.UNHASHED_KEYS, "parallelism", "num_devices",
+                  "log_every_steps", "eval_batch_size", "eval_only", "restore_from")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def resume_changes(workdir: str, config: Any) -> list[dict[str, Any]]:
+    """The settings a run was resumed with that differ from those its checkpoints were
+    written under (keys outside ``RESUMABLE_KEYS``), each resume's as a record (the step
+    and ``{key: [before, now]}``), the earlier resumes' first; said as a warning.  The run's
+    identity then records them (``run_hash``), so that it is not taken for a fresh run."""
+    path = os.path.join(workdir, "config.json")
+    steps = checkpoints_steps(workdir)
+    if not steps or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        recorded = json.load(f)
+    defaults = json.loads(config_base.base_config().to_json_best_effort())
+    before = _flat(config_base._with_defaults(defaults, {k: v for k, v in recorded.items()
+                                                         if k != RESUMES}))
+    now = _flat(json.loads(config.to_json_best_effort()))
+    changed = {key: [before.get(key), now.get(key)] for key in sorted(set(before) | set(now))
+               if key not in RESUMABLE_KEYS and before.get(key) != now.get(key)}
+    earlier = list(recorded.get(RESUMES, []))
+    if not changed:
+        return earlier
+    print(f"warning: resuming {workdir} at step {steps[-1]} with settings other than those it "
+          "was trained with: " + "; ".join(f"{key} {a!r} -> {b!r}" for key, (a, b) in
+                                            changed.items())
+          + ". Its config_hash records them: it is no longer the run a fresh start of this "
+          "config gives.", file=sys.stderr, flush=True)
+    return [*earlier, {"step": steps[-1], "changed": changed}]
+
+
+def checkpoints_steps(workdir: str) -> list[int]:
+    latest = os.path.join(workdir, "checkpoints", "latest")
+    return sorted(int(n) for n in os.listdir(latest) if n.isdigit()) \
+        if os.path.isdir(latest) else []
+
+
+def run_hash(config: Any, resumes: list[dict[str, Any]]) -> str:
+    """A run's identity: its config's hash, and the changes it was resumed with, if any."""
+    if not resumes:
+        return config_base.config_hash(config)
+    text = config_base.config_hash(config) + json.dumps(resumes, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def write_json(workdir: str, name: str, record: dict[str, Any]) -> None:
     if jax.process_index() == 0:  # the primary process writes for all
         with open(os.path.join(workdir, name), "w") as f:
             json.dump(record, f, indent=1)
 
 
-def write_config(workdir: str, config: Any) -> None:
-    """``config.json``: the resolved config, and its ``config_hash`` (the run's identity
-    for sweeps, ``config_base.config_hash``)."""
+def write_config(workdir: str, config: Any, resumes: list[dict[str, Any]] = ()) -> None:
+    """``config.json``: the resolved config, the changes it was resumed with, and its
+    ``config_hash`` (the run's identity for sweeps, ``run_hash``)."""
     write_json(workdir, "config.json", {**json.loads(config.to_json_best_effort()),
-                                        "config_hash": config_base.config_hash(config)})
+                                        **({RESUMES: list(resumes)} if resumes else {}),
+                                        "config_hash": run_hash(config, list(resumes))})
 
 
 def truncate_metrics(workdir: str, step: int) -> None:
     """Drops records written after ``step`` by a run that died before its next checkpoint,
-    so that the resumed run's records follow on without duplicates."""
+    so that the resumed run's records follow on without duplicates, and a line a crash cut
+    short mid-write (with a warning naming it)."""
     path = os.path.join(workdir, "metrics.jsonl")
     if jax.process_index() != 0 or not os.path.exists(path):
         return
+    kept = []
     with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                print(f"warning: dropped line {number} of {path}, which a crash cut short "
+                      f"mid-write: {line.strip()[:60]!r}", file=sys.stderr, flush=True)
+                continue
+            if record["step"] <= step:
+                kept.append(line.rstrip("\n") + "\n")
     with open(path + ".tmp", "w") as f:
-        f.writelines(lines)
+        f.writelines(kept)
     os.replace(path + ".tmp", path)
 
 
-def open_run(workdir: str, config: Any, model_config: models.ModelConfig, step: int
-             ) -> MetricWriter:
+def open_run(workdir: str, config: Any, model_config: models.ModelConfig, step: int,
+             resumes: list[dict[str, Any]] = ()) -> MetricWriter:
     """What a run writes as it starts or resumes at ``step``: its ``config.json``, its
     metrics cut back to ``step`` (also after a run killed before its first checkpoint), and
     its TensorBoard config text and hyperparameters; returns its metric writer (process
     0's writes, the others' are dropped)."""
-    write_config(workdir, config)
+    write_config(workdir, config, resumes)
     truncate_metrics(workdir, step)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     writer.text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```")
@@ -79,7 +154,8 @@ def open_run(workdir: str, config: Any, model_config: models.ModelConfig, step: 
 
 
 def run_summary(history: list[dict], step: int, wall_s: float, pipeline: Any,
-                config: Any, model_config: models.ModelConfig) -> dict[str, Any]:
+                config: Any, model_config: models.ModelConfig,
+                resumes: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """``summary.json``'s record: the final evaluation, the best one by the selection
     error (validation where there is a validation split; test otherwise), and what the
     network's normalisation resolved (e.g. its groups), where it resolves anything."""
@@ -95,7 +171,7 @@ def run_summary(history: list[dict], step: int, wall_s: float, pipeline: Any,
             best["selection_top1_error"], "steps": step, "epochs": config.num_epochs,
             "wall_s": wall_s, "train_examples": pipeline.num_train,
             "platform": jax.default_backend(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "config_hash": config_base.config_hash(config),
+            "config_hash": run_hash(config, list(resumes)),
             **({"norm_layers": facts} if (facts := models.norm_facts(model_config)) else {})}
 
 

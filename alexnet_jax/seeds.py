@@ -21,6 +21,7 @@ the sweep's default and this is an option (``--vmap_seeds``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -43,6 +44,7 @@ from alexnet_jax import (
 )
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.metrics import MetricWriter
+from alexnet_jax.workdir_lock import WorkdirLock
 
 SEED = "{seed}"
 
@@ -153,15 +155,19 @@ def train_seeds(config: Any, seeds: Sequence[int], workdir_template: str,
                           "run on one device; set parallelism=single.")
     for one in configs:
         config_base.validate(one, jax.device_count(), jax.process_count())
-    with run_io.StopSignals(stop_deadline_s, checkpoints.directory_of(shared)) as stop:
+    for workdir in (*runs, shared):
+        run_io.check_workdir(workdir)
+    with contextlib.ExitStack() as held:
+        for workdir in (*runs, shared):
+            held.enter_context(WorkdirLock(workdir, enabled=jax.process_index() == 0))
+        stop = held.enter_context(run_io.StopSignals(stop_deadline_s,
+                                                     checkpoints.directory_of(shared)))
         return _train_seeds(configs, runs, shared, stop)
 
 
 def _train_seeds(configs: list[Any], runs: list[str], shared: str,
                  stop: run_io.StopSignals) -> list[dict[str, Any]]:
     started, config = time.time(), configs[0]
-    for workdir in (*runs, shared):
-        run_io.check_workdir(workdir)
     pipelines = [input_pipeline.create_pipeline(one) for one in configs]
     stop.check("while reading the data; nothing was changed")
     pipeline = pipelines[0]

@@ -231,9 +231,14 @@ class Trainer:
     def log_run(self, step: int, window: list[dict], writer: metrics.MetricWriter,
                 which: str = "") -> dict[str, float]:
         """Writes one run's training metrics, the means over ``window``'s steps; a
-        non-finite loss among them stops the run, naming its step (and ``which`` run)."""
+        non-finite or blown-up loss among them stops the run, naming its step (and
+        ``which`` run), with the checkpoints it made unsound set aside."""
         window = jax.device_get(window)  # one transfer for the check and the means
-        metrics.check_finite(window, step, which)
+        try:
+            metrics.check_diverged(window, step, self.pipeline.num_classes, which)
+        except metrics.Diverged as diverged:
+            advice = self.session.manager.set_aside_diverged(diverged.step)
+            raise metrics.Diverged(f"{diverged} {advice}", diverged.step) from None
         record = metrics.training_record(window, step / self.steps_per_epoch,
                                          self.config.batch_size, time.time() - self.window_start)
         writer.write(step, record)

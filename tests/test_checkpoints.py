@@ -102,6 +102,7 @@ def test_a_process_that_cannot_reach_a_safe_point_still_ends_at_the_deadline(tmp
         f"command to resume from step 12 (its checkpoint is in {tmp_path}/checkpoints/latest).")
 
 
+@pytest.mark.long
 def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, monkeypatch):
     sig = signal.SIGTERM
     with tfds.testing.mock_data(num_examples=96):
@@ -124,9 +125,10 @@ def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, monkeypatch):
         metrics.read_metrics(str(tmp_path / "cut")))
 
 
-def test_nan_loss_stops_naming_the_first_bad_step_and_saves_nothing_bad(tmp_path, monkeypatch):
+def test_nan_loss_stops_naming_the_first_bad_step_and_keeps_nothing_bad(tmp_path, monkeypatch):
     """The window of 6 logged steps holds the bad one (step 4): the message names step 4,
-    found among the window's per-step losses, not the window's last step."""
+    found among the window's per-step losses, not the window's last step.  Step 3's
+    checkpoint, whose parameters gave that loss, is set aside."""
     def poisoning(original):
         def poisoned(state, batch):
             state, m = original(state, batch)
@@ -139,10 +141,13 @@ def test_nan_loss_stops_naming_the_first_bad_step_and_saves_nothing_bad(tmp_path
     config.data.max_train_examples, config.log_every_steps = 192, 6
     wrap_train_step(monkeypatch, poisoning)
     with tfds.testing.mock_data(num_examples=192):
-        with pytest.raises(FloatingPointError, match="became nan at step 4;"):
+        with pytest.raises(FloatingPointError, match="became nan at step 4; stopping. The "
+                           r"checkpoint\(s\) of step\(s\) 3, whose parameters gave that loss, "
+                           "were moved to .*diverged. Lower the learning rate"):
             experiment.train_and_evaluate(config, str(tmp_path))
     steps = checkpoints.CheckpointManager(str(tmp_path), config).latest.all_steps()
-    assert list(steps) == [3]
+    assert list(steps) == []
+    assert os.listdir(tmp_path / "checkpoints" / "diverged") == ["latest-3"]
 
 
 def test_mismatched_checkpoint_names_step_and_shapes_and_is_kept(tmp_path):
@@ -267,6 +272,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+@pytest.mark.long
 def test_a_full_disk_stops_with_one_line_and_resumes_exactly_once_there_is_room(
         tmp_path, small_disk, capfd):
     """Asynchronous saves fill the disk: the run stops with the error naming the full
@@ -312,6 +318,7 @@ def test_restore_from_and_eval_only(tmp_path):
     assert written["test_top1_error"] == first["test_top1_error"]
 
 
+@pytest.mark.long
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="Fashion-MNIST absent: run `make data`")
 def test_sigkill_mid_run_then_restart_equals_uninterrupted_run(tmp_path):
     args = ["--config", "experiments/fashion_mnist.py", "--config.data.max_train_examples=384",

@@ -48,6 +48,9 @@ def test_the_experiments_defaults_are_valid():
     ({"optim.schedule": "linear", "optim.warmup_epochs": 5.0, "num_epochs": 4},
      r"warmup_epochs=5.0 leaves no epoch of the 4 for the linear decay"),
     ({"model.input_shape": (28, 28)}, r"input_shape=\(28, 28\) must be three positive sizes"),
+    ({"optim.learning_rate": float("nan")}, r"config.optim.learning_rate=nan must be a finite"),
+    ({"optim.learning_rate": float("inf")}, r"config.optim.learning_rate=inf must be a finite"),
+    ({"optim.momentum": float("-inf")}, r"config.optim.momentum=-inf must be a finite"),
     ({"data.dataset": "image_folder", "model.variant": "paper"},
      r"image_folder needs config.data.image_folder"),
 ])
@@ -61,8 +64,11 @@ def test_a_variant_too_big_for_the_images_names_its_smallest_input_and_one_that_
                                           r"but fashion_mnist gives 28x28: use "
                                           r"config.model.variant=small"):
         validate(fashion_mnist(**{"model.variant": "paper"}), num_devices=1)
-    validate(fashion_mnist(**{"model.variant": "paper", "model.input_shape": (64, 64, 1)}),
-             num_devices=1)
+    # The network must take the images the data gives: input_shape cannot resize them.
+    with pytest.raises(ConfigError, match=r"input_shape=\(64, 64, 1\), but fashion_mnist gives "
+                                          r"the network images of \(28, 28, 1\)"):
+        validate(fashion_mnist(**{"model.variant": "paper", "model.input_shape": (64, 64, 1)}),
+                 num_devices=1)
 
 
 @pytest.mark.parametrize("changes,devices,processes,message", [
@@ -75,6 +81,10 @@ def test_a_variant_too_big_for_the_images_names_its_smallest_input_and_one_that_
     ({"num_devices": 4}, 2, 1, r"config.num_devices=4, but only 2 device"),
     ({"parallelism": "data_model", "batch_size": 63}, 4, 2, r"not divisible by the 2"),
     ({"parallelism": "pipeline"}, 2, 1, r"config.parallelism='pipeline' is not one of"),
+    # The default layout with two processes would train two models, one on each half batch.
+    ({}, 2, 2, r"parallelism=single trains on one device, but this run has 2 processes.*"
+               r"Use parallelism=auto"),
+    ({"parallelism": "auto", "num_devices": 1}, 2, 2, r"this run has 2 processes"),
 ])
 def test_the_layout_is_checked_against_the_devices(changes, devices, processes, message):
     with pytest.raises(ConfigError, match=message):

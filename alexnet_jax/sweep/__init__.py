@@ -40,6 +40,7 @@ from alexnet_jax.sweep.plan import (
 )
 from alexnet_jax.sweep.precision import difference_interval, mean_std, next_round
 from alexnet_jax.sweep.results import aggregate, markdown_table, report, run_record, tuning_table
+from alexnet_jax.workdir_lock import WorkdirLock
 
 __all__ = ["LAUNCHERS", "ClusterOptions", "Run", "SweepError", "TrainingJob", "aggregate",
            "choose", "command", "difference_interval", "expand", "is_finished", "launch",
@@ -134,43 +135,44 @@ def run_sweep(sweep_file: str, workdir: str, parallel: int = 1, quick: bool = Fa
     if stale and not rerun_stale:
         checks.refuse_stale(workdir, stale, sweep_file)
     os.makedirs(workdir, exist_ok=True)
-    for moved in checks.move_aside(workdir, stale):
-        print(f"Moved aside {moved}: made with another config; it runs again.")
+    with WorkdirLock(workdir):  # one sweep at a time; each run takes its own
+        for moved in checks.move_aside(workdir, stale):
+            print(f"Moved aside {moved}: made with another config; it runs again.")
 
-    def run_stage(runs: list[Run]) -> list[str]:
-        for name, source in checks.link_identical(workdir, {r.name: hashes[r.name]
-                                                            for r in runs}):
-            print(f"  reused {source} as {name} (the same config)")
-        return launch(sweep, runs, workdir, launcher, parallel, cluster, vmap_seeds)
+        def run_stage(runs: list[Run]) -> list[str]:
+            for name, source in checks.link_identical(workdir, {r.name: hashes[r.name]
+                                                                for r in runs}):
+                print(f"  reused {source} as {name} (the same config)")
+            return launch(sweep, runs, workdir, launcher, parallel, cluster, vmap_seeds)
 
-    failed = run_stage(first)
-    tuning, choices = None, {variant: () for variant, _ in expand(sweep)}
-    if "tune" in sweep:
-        choices, outcomes = choose(sweep, first, workdir)
-        tuning = (choices, outcomes)
-        for variant, _ in expand(sweep):
-            print(f"  {variant}: " + (", ".join(f"{k}={v}" for k, v in choices[variant])
-                                      if variant in choices else "no finished tuning run"))
-    seeds = {variant: initial for variant in choices}
-    runs = plan_seeds(sweep, choices, quick, seeds)
-    if "tune" in sweep:
-        failed = run_stage(runs)
-    while "precision" in sweep and not failed:
-        targets = next_round(_differences(workdir, runs, baseline), sweep["precision"] / 100,
-                             max_seeds(sweep))
-        if not targets:
-            break
-        print("More seeds, for variants not yet settled: "
-              + ", ".join(f"{variant} to {count}" for variant, count in targets.items()))
-        for variant, count in targets.items():
-            seeds[variant] = seed_list(sweep, count)
-        seeds[baseline] = seed_list(sweep, max(len(s) for s in seeds.values()))
+        failed = run_stage(first)
+        tuning, choices = None, {variant: () for variant, _ in expand(sweep)}
+        if "tune" in sweep:
+            choices, outcomes = choose(sweep, first, workdir)
+            tuning = (choices, outcomes)
+            for variant, _ in expand(sweep):
+                print(f"  {variant}: " + (", ".join(f"{k}={v}" for k, v in choices[variant])
+                                          if variant in choices else "no finished tuning run"))
+        seeds = {variant: initial for variant in choices}
         runs = plan_seeds(sweep, choices, quick, seeds)
-        failed = run_stage(runs)
-    report(sweep, runs, workdir, title, tuning)
-    print(f"Results: {workdir}/results.md, results.csv, curves.png, bars.png")
-    if failed:
-        print(f"{len(failed)} run(s) failed: {', '.join(failed)}; see their console.log. "
-              "Run the sweep again to retry them.")
-        return 1
-    return 0
+        if "tune" in sweep:
+            failed = run_stage(runs)
+        while "precision" in sweep and not failed:
+            targets = next_round(_differences(workdir, runs, baseline), sweep["precision"] / 100,
+                                 max_seeds(sweep))
+            if not targets:
+                break
+            print("More seeds, for variants not yet settled: "
+                  + ", ".join(f"{variant} to {count}" for variant, count in targets.items()))
+            for variant, count in targets.items():
+                seeds[variant] = seed_list(sweep, count)
+            seeds[baseline] = seed_list(sweep, max(len(s) for s in seeds.values()))
+            runs = plan_seeds(sweep, choices, quick, seeds)
+            failed = run_stage(runs)
+        report(sweep, runs, workdir, title, tuning)
+        print(f"Results: {workdir}/results.md, results.csv, curves.png, bars.png")
+        if failed:
+            print(f"{len(failed)} run(s) failed: {', '.join(failed)}; see their console.log. "
+                  "Run the sweep again to retry them.")
+            return 1
+        return 0

@@ -3,6 +3,7 @@ import sys
 
 from absl import app, flags, logging
 
+from alexnet_jax.errors import WorkdirInUseError
 from alexnet_jax.sweep import LAUNCHERS, ClusterOptions, run_sweep
 
 flags.DEFINE_string("sweep", None, "A sweep file, e.g. experiments/sweeps/lrn_vs_bn.py.")
@@ -38,7 +39,7 @@ def main(argv: list[str]) -> int:
     try:
         return run_sweep(args.sweep, args.workdir, args.parallel, args.quick, args.report,
                          args.launcher, cluster, args.rerun_stale, args.plan, args.vmap_seeds)
-    except (FileNotFoundError, ValueError) as error:  # SweepError is a ValueError
+    except (FileNotFoundError, ValueError, WorkdirInUseError) as error:  # SweepError: ValueError
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return REJECTED
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ import dataclasses
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -118,6 +119,15 @@ def _stop_on_sigterm(signum, frame):
     raise KeyboardInterrupt  # the same as Ctrl-C: the runs checkpoint, the sweep stops
 
 
+def die_with_parent() -> None:
+    """In a child, before it runs: SIGTERM when the process that started it dies (Linux's
+    PR_SET_PDEATHSIG), so that a sweep killed even by SIGKILL leaves no trainer behind to
+    collide with the next one; the trainer saves a checkpoint on SIGTERM."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _run_locally(jobs: list[Job], workdir: str, parallel: int) -> list[str]:
     """Up to ``parallel`` jobs at once; SIGTERM or Ctrl-C stops them all (each writes a
     checkpoint: the same command resumes them) and the sweep."""
@@ -134,7 +144,7 @@ def _run_locally(jobs: list[Job], workdir: str, parallel: int) -> list[str]:
                 resumed = os.path.isdir(os.path.join(os.path.dirname(job.log), "checkpoints"))
                 print(f"  start  {job.name}{' (resuming)' if resumed else ''}", flush=True)
                 process = subprocess.Popen(job.argv, cwd=REPO, stdout=log,
-                                           stderr=subprocess.STDOUT)
+                                           stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
                 active[job.name] = (job, process, time.time(), log)
             time.sleep(0.5)
             for name, (job, process, started, log) in list(active.items()):
@@ -169,7 +179,8 @@ class TrainingJob:
     def __call__(self, argv: list[str], log_path: str) -> int:
         with open(log_path, "a") as log:
             self._process = subprocess.Popen(argv, cwd=REPO, stdout=log,
-                                             stderr=subprocess.STDOUT)
+                                             stderr=subprocess.STDOUT,
+                                             preexec_fn=die_with_parent)
             return self._process.wait()
 
     def checkpoint(self, argv: list[str], log_path: str) -> Any:
