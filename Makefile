@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 LOGDIR ?= runs
 PORT ?= 6006
 
-.PHONY: train test data venv kernels tensorboard
+.PHONY: train test test-long test-isas data venv kernels tensorboard
 
 venv: $(VENV)/installed
 $(VENV)/installed: requirements.txt
@@ -55,10 +55,22 @@ train: venv data kernels
 # started with the flag below, so they run apart, on two workers (the flag slows
 # single-device code by ~25% on CPU); the flags such devices need besides come from the
 # CPU extra, as for the entry points (alexnet_jax/cpu/devices.py).
+# `make test` leaves out the tests marked `long` (multi-process faults, SIGKILL and SIGTERM
+# resumes, a full disk, submitit, layouts through checkpoints: real processes and
+# timeouts, ~7 minutes); `make test-long` runs them, and CI runs both.
 MULTI_DEVICE_FLAGS := --xla_force_host_platform_device_count=8
+PHASES = $(VENV)/bin/ruff check alexnet_jax tests experiments benchmarks && \
+	$(PY) -c "from alexnet_jax import config_base, input_pipeline as p; p.load_builder(config_base.base_config().data)" && \
+	$(PY) -m pytest -q -n 3 --dist loadfile -m "$(1)" $(PYTEST_ARGS) tests --ignore=tests/test_parallel.py \
+	  --ignore=tests/test_export.py && \
+	XLA_FLAGS="$(MULTI_DEVICE_FLAGS)" $(PY) -m pytest -q -n 2 --dist load -m "$(1)" $(PYTEST_ARGS) \
+	  tests/test_parallel.py tests/test_export.py
 test: venv data kernels
-	$(VENV)/bin/ruff check alexnet_jax tests experiments benchmarks
-	$(PY) -c "from alexnet_jax import config_base, input_pipeline as p; p.load_builder(config_base.base_config().data)"
-	$(PY) -m pytest -q -n 3 --dist loadfile $(PYTEST_ARGS) tests --ignore=tests/test_parallel.py \
-	  --ignore=tests/test_export.py
-	XLA_FLAGS="$(MULTI_DEVICE_FLAGS)" $(PY) -m pytest -q -n 2 --dist load $(PYTEST_ARGS) tests/test_parallel.py tests/test_export.py
+	$(call PHASES,not long)
+test-long: venv data kernels
+	$(call PHASES,long)
+
+# The numerical tests under the instruction sets this CPU has below its own (AVX2 on an
+# AVX-512 machine): another CPU's arithmetic, from this one.  Not part of `make test`.
+test-isas: venv data kernels
+	bash scripts/test_isas.sh $(ISAS)

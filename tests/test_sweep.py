@@ -189,6 +189,7 @@ def test_tuning_needs_a_validation_split(tmp_path):
         sweep.load_sweep(str(path))
 
 
+@pytest.mark.long
 @pytest.mark.skipif(not os.path.exists(os.path.join(REPO, "data", "fashion-mnist")),
                     reason="Fashion-MNIST absent: run `make data`")
 def test_submitit_runs_a_sweep_as_the_local_launcher_does_and_a_rerun_runs_nothing(tmp_path):
