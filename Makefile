@@ -26,10 +26,15 @@ $(VENV)/installed: requirements.txt
 # The CPU extra's oneDNN handlers for XLA:CPU (alexnet_jax/cpu/onednn.py; which run when:
 # alexnet_jax/cpu/chooser.py), compiled against the oneDNN wheel in .venv/.  Without a C++
 # compiler it says so, and XLA's own forms run.
+# Without alexnet_jax/cpu/ (an optional extra), there is nothing to build.
+ifneq ($(wildcard alexnet_jax/cpu/onednn_kernels.cc),)
 ONEDNN_KERNELS := alexnet_jax/cpu/_onednn_kernels.so
 kernels: $(ONEDNN_KERNELS)
 $(ONEDNN_KERNELS): alexnet_jax/cpu/onednn_kernels.cc $(VENV)/installed
 	$(PY) -c "from alexnet_jax.cpu import onednn; onednn.main()"
+else
+kernels:
+endif
 
 # Fashion-MNIST's four IDX files from Debian's dataset-fashion-mnist package; no root needed.
 data: $(FASHION_MNIST)/train-images-idx3-ubyte.gz

@@ -97,6 +97,7 @@ def _train_and_evaluate(config: Any, workdir: str, stop: run_io.StopSignals) -> 
     resumed = manager.resume(train.create_train_state(config.seed, layout, parts.tx),
                              optim.PlateauPolicy.from_config(config.optim), config.restore_from)
     step = int(resumed.state.step)
+    resumes = run_io.say_changes(workdir, resumes if step else [])
     if config.eval_only:
         manager.close()
         if not step and not config.restore_from:

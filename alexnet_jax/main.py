@@ -8,7 +8,7 @@ Running it again on the same workdir resumes from the latest checkpoint.  ``--se
 writing its own run (``seeds.py``).  Multi-host:
 start one process per host with ``--coordinator_address=HOST:PORT --num_processes=N
 --process_id=I`` (or ``--distributed`` where JAX detects the cluster: Cloud TPU,
-SLURM, Open MPI); see README "Multi-device and multi-host".  Each such process trains in
+SLURM, Open MPI); see README "Layouts, devices and hosts".  Each such process trains in
 a child that ``supervisor.py`` watches, so that a lost process ends the others with one
 line.
 
@@ -23,7 +23,6 @@ A bad command ends as one line on stderr, without a traceback (``--verbose`` or
   the same command resumes it.
 """
 import os
-import re
 import sys
 import time
 
@@ -35,7 +34,16 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import checkpoints, errors, experiment, parallel, run_io, seeds, supervisor
+from alexnet_jax import (
+    checkpoints,
+    command_line,
+    errors,
+    experiment,
+    parallel,
+    run_io,
+    seeds,
+    supervisor,
+)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -83,48 +91,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except Exception as error:  # noqa: BLE001 - a config file may raise anything
-        fail(error if verbose() else _flag_message(error, argv), REJECTED)
-
-
-def _flag_message(error: BaseException, argv: list[str]) -> str:
-    """One line for a parsing error: the flag it is about and what is wrong with it; for an
-    unknown config key, the key and the one config_flags suggests, or the keys beside it;
-    for a config file that does not load, the file and why."""
-    message = " ".join(str(error).split())
-    suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', str(error))
-    if suggestion:
-        right, wrong = suggestion.groups()
-        culprit = next((arg for arg in argv[1:] if f".{wrong}" in arg.split("=")[0]), wrong)
-        return (f"{culprit}: the config has no key {wrong!r}; did you mean {right!r}? "
-                "(alexnet_jax/config_base.py lists every key.)")
-    if isinstance(error, (KeyError, AttributeError)):
-        unknown = _unknown_key(message.strip("\"'"), argv)
-        if unknown:
-            return unknown
-    if not isinstance(error, (flags.Error, ValueError, KeyError, AttributeError, TypeError)):
-        config_file = next((value for name, value in zip(argv, argv[1:]) if name == "--config"),
-                           next((arg.split("=", 1)[1] for arg in argv
-                                 if arg.startswith("--config=")), "the config file"))
-        where = f" (line {error.lineno})" if isinstance(error, SyntaxError) else ""
-        return (f"--config {config_file} could not be loaded{where}: "
-                f"{type(error).__name__}: {message}")
-    return message
-
-
-def _unknown_key(key: str, argv: list[str]) -> str:
-    """The line for ``--config.PATH.KEY=...`` naming a key the config lacks: its path and
-    the keys its section has."""
-    from alexnet_jax.config_base import base_config
-    flag = next((arg.split("=")[0] for arg in argv[1:]
-                 if arg.startswith("--config.") and arg.split("=")[0].endswith(f".{key}")), "")
-    if not flag:
-        return ""
-    section, node = flag[len("--config."):].rsplit(".", 1)[0] if flag.count(".") > 1 else "", \
-        base_config()
-    for part in filter(None, section.split(".")):
-        node = node[part]
-    return (f"{flag}: the config has no key {flag[len('--config.'):]!r}; "
-            f"config{'.' + section if section else ''} has: {', '.join(sorted(node.keys()))}.")
+        fail(error if verbose() else command_line.flag_message(error, argv), REJECTED)
 
 
 def _seed_list() -> list[int]:
@@ -146,16 +113,6 @@ def lost_peer(error: Exception) -> None:
           "a process of this run was lost. Restart every process with the same command to "
           "resume from its last checkpoint.", file=sys.stderr, flush=True)
     os._exit(FAILED)  # not through jax.distributed's shutdown, which would wait for it
-
-
-def out_of_memory(error: Exception, config) -> str:
-    """The line for a device that ran out of memory: what was asked, and the fix."""
-    asked = re.search(r"allocating (\d+) bytes", str(error))
-    size = f" ({int(asked.group(1)) / 2**30:.1f} GiB at once)" if asked else ""
-    return (f"Out of memory{size} on {jax.devices()[0].platform} with batch_size="
-            f"{config.batch_size} and eval_batch_size={config.eval_batch_size}: lower them "
-            "(--config.batch_size=...), or spread the batch over more devices "
-            "(--config.parallelism=auto). The checkpoints written so far are intact.")
 
 
 def main(argv):
@@ -189,7 +146,7 @@ def main(argv):
             experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _STOP_DEADLINE.value)
     except jax.errors.JaxRuntimeError as error:
         if "RESOURCE_EXHAUSTED" in str(error):
-            fail(out_of_memory(error, _CONFIG.value), FAILED)
+            fail(command_line.out_of_memory(error, _CONFIG.value), FAILED)
         if jax.process_count() == 1:
             raise
         lost_peer(error)

@@ -1,4 +1,5 @@
-"""Classification metrics and where they are written: JSON lines, TensorBoard, the console."""
+"""Classification metrics and where they are written: JSON lines and TensorBoard (the
+console's progress bar is ``run_io.Progress``)."""
 from __future__ import annotations
 
 import json

@@ -1,10 +1,19 @@
-"""What an entry point does first, before JAX starts: the CPU extra's process settings
-(``cpu.prepare_process``: forced host devices' flags, malloc that keeps what it frees),
-where the extra is installed and the backend will be the CPU."""
+"""What an entry point does first, before JAX starts: end with the process that started
+it where that asked (``DIE_WITH_PARENT``: a sweep's trainers), and the CPU extra's process
+settings (``cpu.prepare_process``: forced host devices' flags, malloc that keeps what it
+frees), where the extra is installed and the backend will be the CPU."""
 from __future__ import annotations
+
+import os
+import signal
+import sys
+
+# Set by a parent (to its pid) that wants this process to get SIGTERM when it dies.
+DIE_WITH_PARENT = "ALEXNET_JAX_DIE_WITH_PARENT"
 
 
 def prepare() -> None:
+    die_with_parent()
     try:
         from alexnet_jax.cpu import prepare_process
     except ModuleNotFoundError as error:  # the CPU extra was removed: nothing to prepare
@@ -12,3 +21,17 @@ def prepare() -> None:
             raise
         return
     prepare_process()
+
+
+def die_with_parent() -> None:
+    """Where ``DIE_WITH_PARENT`` names this process's parent: SIGTERM when the parent dies,
+    even by SIGKILL (Linux's PR_SET_PDEATHSIG; the trainer saves a checkpoint and stops),
+    and an exit now if it is gone already.  Asked for by the process itself, after the
+    fork, since a ``preexec_fn`` would run Python in a forked copy of a threaded process."""
+    parent = os.environ.pop(DIE_WITH_PARENT, "")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):
+        sys.exit(f"error: the process that started this one ({parent}) is gone.")

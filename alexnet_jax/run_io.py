@@ -61,8 +61,9 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
 def resume_changes(workdir: str, config: Any) -> list[dict[str, Any]]:
     """The settings a run was resumed with that differ from those its checkpoints were
     written under (keys outside ``RESUMABLE_KEYS``), each resume's as a record (the step
-    and ``{key: [before, now]}``), the earlier resumes' first; said as a warning.  The run's
-    identity then records them (``run_hash``), so that it is not taken for a fresh run."""
+    and ``{key: [before, now]}``), the earlier resumes' first (``say_changes`` tells of
+    this one's once it has resumed).  The run's identity then records them
+    (``run_hash``), so that it is not taken for a fresh run."""
     path = os.path.join(workdir, "config.json")
     steps = checkpoints_steps(workdir)
     if not steps or not os.path.exists(path):
@@ -78,12 +79,21 @@ def resume_changes(workdir: str, config: Any) -> list[dict[str, Any]]:
     earlier = list(recorded.get(RESUMES, []))
     if not changed:
         return earlier
-    print(f"warning: resuming {workdir} at step {steps[-1]} with settings other than those it "
-          "was trained with: " + "; ".join(f"{key} {a!r} -> {b!r}" for key, (a, b) in
-                                            changed.items())
-          + ". Its config_hash records them: it is no longer the run a fresh start of this "
-          "config gives.", file=sys.stderr, flush=True)
-    return [*earlier, {"step": steps[-1], "changed": changed}]
+    return [*earlier, {"step": steps[-1], "changed": changed, "new": True}]
+
+
+def say_changes(workdir: str, resumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Warns of the changes this session resumed with (``resume_changes``), once the
+    checkpoint was found to fit; returns the records as ``config.json`` keeps them."""
+    kept = [{k: v for k, v in record.items() if k != "new"} for record in resumes]
+    if resumes and resumes[-1].get("new") and jax.process_index() == 0:
+        changed = resumes[-1]["changed"]
+        print(f"warning: resumed {workdir} at step {resumes[-1]['step']} with settings other "
+              "than those it was trained with: " + "; ".join(
+                  f"{key} {a!r} -> {b!r}" for key, (a, b) in changed.items())
+              + ". Its config_hash records them: it is no longer the run a fresh start of "
+              "this config gives.", file=sys.stderr, flush=True)
+    return kept
 
 
 def checkpoints_steps(workdir: str) -> list[int]:

@@ -9,6 +9,7 @@ import pytest
 
 from alexnet_jax import components, config_base, layer_table, models
 from alexnet_jax.models import create_model
+from support import jitted_apply
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGISTRIES = {"model.norm": components.NORMS, "model.activation": components.ACTIVATIONS,
@@ -46,9 +47,9 @@ def test_every_normalisation_trains_a_step_and_keeps_the_maps_shape(norm):
                                 rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])
         return jnp.mean(logits ** 2)
 
-    grads = jax.grad(loss)(variables["params"])
+    grads = jax.jit(jax.grad(loss))(variables["params"])
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
-    _, state = model.apply(variables, x, mutable=["intermediates"])
+    _, state = jitted_apply(model, mutable=["intermediates"])(variables, x)
     stages = state["intermediates"]["towers"]
     for index in (1, 2):
         assert stages[f"norm{index}_out"][0].shape == stages[f"conv{index}_out"][0].shape
@@ -63,7 +64,7 @@ def test_every_normalisation_trains_a_step_and_keeps_the_maps_shape(norm):
 def test_every_activation_builds_the_network(name):
     model = create_model("small", activation=name)
     x = jnp.ones((2, 28, 28, 1))
-    logits = model.apply(jax.jit(model.init)(jax.random.key(0), x), x)
+    logits = jitted_apply(model)(jax.jit(model.init)(jax.random.key(0), x), x)
     assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
 
 

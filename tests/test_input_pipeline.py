@@ -225,10 +225,14 @@ def test_what_a_killed_preparation_left_is_removed(tmp_path):
 
 
 @needs_fashion_mnist
-def test_a_damaged_record_file_is_named_with_how_to_prepare_it_again(tmp_path):
-    """Bits flipped in a prepared TFRecord file: its CRC fails, and the error says which
-    file and that deleting the prepared directory makes the next run prepare it anew."""
+def test_a_damaged_record_file_is_named_with_how_to_prepare_it_again(tmp_path, monkeypatch):
+    """Bits flipped in a prepared TFRecord file of a split too large to read through before
+    training: its CRC fails as it is read, and the error says which file and that deleting
+    the prepared directory makes the next run prepare it anew."""
     import shutil
+
+    from alexnet_jax.input_pipeline import pipeline
+    monkeypatch.setattr(pipeline, "READ_THROUGH_BYTES", 0)
     tfds_dir = tmp_path / "data" / "tfds"
     shutil.copytree(os.path.join(DATA_DIR, "tfds"), tfds_dir)
     records = sorted(tfds_dir.rglob("*test.tfrecord*"))
@@ -260,3 +264,26 @@ def test_a_batch_iterator_left_open_at_exit_closes_quietly():
     assert done.returncode == 0, done.stderr[-2000:]
     assert "(64, 28, 28, 1)" in done.stdout
     assert "Exception ignored" not in done.stderr, done.stderr[-2000:]
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "missing"])
+def test_every_split_is_checked_before_training(tmp_path, damage):
+    """The test split truncated, with bits flipped in place, or gone: creating the pipeline
+    (before any step) names the split or the file and says to prepare it again."""
+    import shutil
+    tfds_dir = tmp_path / "data" / "tfds"
+    shutil.copytree(os.path.join(DATA_DIR, "tfds"), tfds_dir)
+    record = sorted(tfds_dir.rglob("*test.tfrecord*"))[0]
+    if damage == "truncated":
+        os.truncate(record, os.path.getsize(record) - 100)
+    elif damage == "flipped":
+        with open(record, "r+b") as f:
+            f.seek(os.path.getsize(record) // 2)
+            f.write(b"\xff\xff\xff\xff")
+    else:
+        os.remove(record)
+    with pytest.raises(input_pipeline.DatasetUnavailableError,
+                       match=r"(test split .* is damaged|damaged or missing \(.*test\.tfrecord).*"
+                             r"Delete .* and run again"):
+        input_pipeline.create_pipeline(small_config(data_dir=str(tmp_path / "data")))

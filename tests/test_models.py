@@ -10,7 +10,7 @@ from alexnet_jax import components, layers, models
 from alexnet_jax.components import LocalResponseNorm
 from alexnet_jax.cpu import onednn
 from alexnet_jax.models import create_model
-from support import lowered_calls, lrn_numpy
+from support import jitted_apply, lowered_calls, lrn_numpy
 
 IM2COL = layers.select("im2col", grouped=True, platform="cpu")
 
@@ -216,11 +216,12 @@ def test_dropout_only_when_training_and_keyed():
     model = create_model("small")
     x = jax.random.normal(jax.random.key(9), (4, *model.config.input_shape))
     variables = init(model, x)
-    evals = [model.apply(variables, x) for _ in range(2)]
+    evaluate, train = jitted_apply(model), jitted_apply(model, train=True)
+    evals = [evaluate(variables, x) for _ in range(2)]
     np.testing.assert_array_equal(evals[0], evals[1])
-    a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
-    a2 = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
-    b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    a = train(variables, x, rngs={"dropout": jax.random.key(1)})
+    a2 = train(variables, x, rngs={"dropout": jax.random.key(1)})
+    b = train(variables, x, rngs={"dropout": jax.random.key(2)})
     np.testing.assert_array_equal(a, a2)
     assert not np.allclose(a, b)
     assert not np.allclose(a, evals[0])
@@ -233,11 +234,11 @@ def test_dropout_masks_differ_between_towers():
     # Give both towers identical weights: then only the dropout masks can differ.
     same = jax.tree.map(lambda v: jnp.broadcast_to(v[:1], v.shape), variables["params"]["towers"])
     params = {**variables["params"], "towers": same}
-    _, state = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(3)},
-                           mutable=["intermediates"])
+    _, state = jitted_apply(model, train=True, mutable=["intermediates"])(
+        {"params": params}, x, rngs={"dropout": jax.random.key(3)})
     fc6 = state["intermediates"]["towers"]["fc6_out"][0]  # after dropout
     assert not np.allclose(fc6[0], fc6[1])
-    _, state = model.apply({"params": params}, x, train=False, mutable=["intermediates"])
+    _, state = jitted_apply(model, train=False, mutable=["intermediates"])({"params": params}, x)
     fc6 = state["intermediates"]["towers"]["fc6_out"][0]
     np.testing.assert_array_equal(fc6[0], fc6[1])
 
@@ -247,11 +248,11 @@ def test_batchnorm_statistics_update_only_when_training():
     x = jax.random.normal(jax.random.key(10), (8, *model.config.input_shape))
     variables = init(model, x)
     stats = variables["batch_stats"]
-    _, updated = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)},
-                             mutable=["batch_stats"])
+    _, updated = jitted_apply(model, train=True, mutable=["batch_stats"])(
+        variables, x, rngs={"dropout": jax.random.key(1)})
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), stats, updated["batch_stats"])
     assert all(jax.tree.leaves(changed))
-    _, kept = model.apply(variables, x, train=False, mutable=["batch_stats"])
+    _, kept = jitted_apply(model, train=False, mutable=["batch_stats"])(variables, x)
     jax.tree.map(np.testing.assert_array_equal, stats, kept["batch_stats"])
     # Per-tower statistics: a leading tower axis on every statistic.
     assert stats["towers"]["bn1"]["mean"].shape == (2, 24)

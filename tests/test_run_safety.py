@@ -14,7 +14,14 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import checkpoints, config_base, experiment, main, metrics, run_io  # noqa: E402,E501
+from alexnet_jax import (  # noqa: E402
+    checkpoints,
+    command_line,
+    config_base,
+    experiment,
+    metrics,
+    run_io,
+)
 from alexnet_jax.errors import MismatchError, WorkdirInUseError  # noqa: E402
 from alexnet_jax.workdir_lock import WorkdirLock  # noqa: E402
 from support import tiny_config  # noqa: E402
@@ -61,7 +68,7 @@ def test_a_resume_with_other_settings_is_recorded_in_the_runs_identity(tmp_path,
         longer = tiny_config(epochs=2, every_steps=0)
         longer.optim.learning_rate = 0.02
         summary = experiment.train_and_evaluate(longer, workdir)
-    assert "resuming" in capsys.readouterr().err
+    assert "warning: resumed" in capsys.readouterr().err
     recorded = json.load(open(tmp_path / "config.json"))
     assert recorded[run_io.RESUMES] == [{"step": 3, "changed": {
         "num_epochs": [1, 2], "optim.learning_rate": [0.01, 0.02]}}]
@@ -125,7 +132,7 @@ def test_a_torn_last_line_of_the_metrics_is_dropped_with_a_warning(tmp_path, cap
 def test_out_of_memory_is_one_line_with_the_batch_and_the_fix():
     config = tiny_config()
     error = RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 52052769408 bytes.")
-    line = main.out_of_memory(error, config)
+    line = command_line.out_of_memory(error, config)
     assert line.startswith("Out of memory (48.5 GiB at once) on cpu with batch_size=32 and "
                            "eval_batch_size=40: lower them")
 
@@ -151,25 +158,30 @@ def test_a_config_file_that_does_not_load_is_one_line_and_exit_2(tmp_path, text,
 
 
 def test_an_unknown_key_without_a_near_match_names_its_path_and_its_siblings():
-    line = main._flag_message(AttributeError("\"'beta1'\""),
+    line = command_line.flag_message(AttributeError("\"'beta1'\""),
                               ["main", "--config", "x.py", "--config.optim.beta1=0.9"])
     assert line.startswith("--config.optim.beta1: the config has no key 'optim.beta1'; "
                            "config.optim has: decay_biases_and_norms, learning_rate, momentum")
 
 
 def test_a_sweeps_trainers_die_with_it_even_by_sigkill(tmp_path):
-    """A sweep killed with SIGKILL: its child gets SIGTERM (and would save and stop)."""
+    """A sweep killed with SIGKILL: its trainer, started as the sweep starts it, gets SIGTERM
+    (on which a trainer saves and stops)."""
     marker = tmp_path / "ended"
-    child = (f"import signal, time; signal.signal(signal.SIGTERM, lambda *a: "
-             f"(open({str(marker)!r}, 'w').close(), exit(0))); time.sleep(60)")
+    child = (f"from alexnet_jax import process; process.prepare(); import signal, time; "
+             f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), "
+             f"exit(0))); open({str(marker)!r} + '.ready', 'w').close(); time.sleep(60)")
     parent = textwrap.dedent(f"""
         import subprocess, sys, time
-        from alexnet_jax.sweep.launch import die_with_parent
-        subprocess.Popen([sys.executable, "-c", {child!r}], preexec_fn=die_with_parent)
+        from alexnet_jax.sweep.launch import child_environment
+        subprocess.Popen([sys.executable, "-c", {child!r}], env=child_environment())
         time.sleep(60)
     """)
-    sweep = subprocess.Popen([sys.executable, "-c", parent], cwd=REPO)
-    time.sleep(3)
+    sweep = subprocess.Popen([sys.executable, "-c", parent], cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": REPO})
+    deadline = time.monotonic() + 60
+    while not os.path.exists(f"{marker}.ready") and time.monotonic() < deadline:
+        time.sleep(0.1)
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
     deadline = time.monotonic() + 20

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexnet_jax.input_pipeline import preprocess, sources, store
+from alexnet_jax.input_pipeline import pipeline, preprocess, sources, store
 from alexnet_jax.input_pipeline.pipeline import Pipeline, pad_batch
 from alexnet_jax.input_pipeline.sources import DatasetUnavailableError, info, load_builder
 
@@ -34,5 +34,6 @@ def create_pipeline(config: Any, process_index: int = 0, process_count: int = 1)
             return Pipeline(config, StorePreprocessing(config, builder, store.store_dir(data)),
                             builder, sources.info(data.dataset), process_index, process_count)
     builder = load_builder(data)
+    pipeline.check_splits(builder)
     return Pipeline(config, preprocess.for_dataset(config, builder), builder,
                     sources.info(data.dataset), process_index, process_count)

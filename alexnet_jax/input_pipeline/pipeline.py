@@ -257,12 +257,49 @@ def _explained(iterator, builder: Any = None):
             "and run again: it is prepared anew from its source.") from None
 
 
-def damaged_files(builder: Any) -> list[str]:
-    """The prepared dataset's record files that are missing or fail their checksums (each
-    read through once: only after a read failed)."""
+# TFRecord frames each record with 16 bytes (its length, and two CRC-32s).
+RECORD_FRAMING = 16
+# Splits this small are read through (every record's CRC) before training; larger ones
+# have their sizes checked and their records' CRCs as they are read.
+READ_THROUGH_BYTES = 64 * 2**20
+
+
+def check_splits(builder: Any, read_through: tuple[str, ...] = ("test",)) -> None:
+    """Every split of a prepared TFDS dataset, checked before training: its files are all
+    there, with the bytes TFDS recorded (``num_bytes`` and the records' framing), and the
+    ``read_through`` splits of at most ``READ_THROUGH_BYTES`` read through.  A damaged
+    test split then stops a run before its first step, not at its first evaluation."""
+    if not os.path.isdir(getattr(builder, "data_dir", "")):  # TFDS's mock data, in tests
+        return
+    for name, split in builder.info.splits.items():
+        paths = [os.path.join(builder.data_dir, file) for file in split.filenames]
+        missing = [path for path in paths if not os.path.exists(path)]
+        expected = split.num_bytes + RECORD_FRAMING * split.num_examples
+        found = sum(os.path.getsize(path) for path in paths if os.path.exists(path))
+        if missing or (split.num_bytes and found != expected):
+            what = (f"missing {', '.join(missing)}" if missing else
+                    f"{found:,} bytes where {expected:,} were written")
+            raise DatasetUnavailableError(
+                f"The {name} split of the prepared dataset in {builder.data_dir} is damaged "
+                f"({what}). Delete {builder.data_dir} and run again: it is prepared anew from "
+                "its source.")
+        if name in read_through and found <= READ_THROUGH_BYTES:
+            damaged = damaged_files(builder, (name,))
+            if damaged:
+                raise DatasetUnavailableError(
+                    f"A file of the prepared dataset is damaged or missing ({', '.join(damaged)})."
+                    f" Delete {builder.data_dir} and run again: it is prepared anew from its "
+                    "source.")
+
+
+def damaged_files(builder: Any, splits: tuple[str, ...] | None = None) -> list[str]:
+    """The prepared dataset's record files (of ``splits``, default all) that are missing or
+    fail their checksums, each read through once."""
     tf = _tf()
     damaged = []
-    for split in getattr(getattr(builder, "info", None), "splits", {}).values():
+    for name, split in getattr(getattr(builder, "info", None), "splits", {}).items():
+        if splits is not None and name not in splits:
+            continue
         for name in split.filenames:
             path = os.path.join(builder.data_dir, name)
             try:

@@ -6,11 +6,11 @@ image such that the shorter side was of length 256, and then cropped out the cen
 its 224 crops from them; the crops, flips and colour noise are cheap.
 
 The store is a TFDS dataset (``tfds.builder_from_directory``) in
-``DATA_DIR/prepared/<source>_<format>/1.0.0/``: ``image`` (256x256x3, JPEG at
-``data.store_quality``, or raw uint8 with ``data.store_format=raw``) and ``label``, with
-the source's splits.  ``prepare`` writes it shard by shard, decoding, resizing and
-encoding on every core (tf.data), each shard renamed into place once complete, so a
-preparation killed at any moment restarts at the first missing shard.
+``DATA_DIR/prepared/<source>_256_<jpegQ|raw>/<VERSION>/`` (``store_dir``): ``image``
+(256x256x3, JPEG at ``data.store_quality``, or raw uint8 with ``data.store_format=raw``)
+and ``label``, with the source's splits.  ``prepare`` writes it shard by shard, decoding,
+resizing and encoding on every core (tf.data), each shard renamed into place once complete,
+so a preparation killed at any moment restarts at the first missing shard.
 
 ``shard_lengths.json`` records each shard's examples, bytes and CRC-32.  Opening the store
 checks that every shard is there with its size (cheap: no file is read); one missing or

@@ -19,11 +19,11 @@ import dataclasses
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from alexnet_jax.process import DIE_WITH_PARENT
 from alexnet_jax.sweep.plan import REPO, SEED, Run, command, diverged, is_finished
 
 LAUNCHERS = ("local", "slurm", "submitit_local")
@@ -119,13 +119,10 @@ def _stop_on_sigterm(signum, frame):
     raise KeyboardInterrupt  # the same as Ctrl-C: the runs checkpoint, the sweep stops
 
 
-def die_with_parent() -> None:
-    """In a child, before it runs: SIGTERM when the process that started it dies (Linux's
-    PR_SET_PDEATHSIG), so that a sweep killed even by SIGKILL leaves no trainer behind to
-    collide with the next one; the trainer saves a checkpoint on SIGTERM."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def child_environment() -> dict[str, str]:
+    """A trainer's environment: it gets SIGTERM when this sweep dies, even by SIGKILL, so
+    that no trainer is left behind to collide with the next sweep (``process.py``)."""
+    return {**os.environ, DIE_WITH_PARENT: str(os.getpid())}
 
 
 def _run_locally(jobs: list[Job], workdir: str, parallel: int) -> list[str]:
@@ -144,7 +141,7 @@ def _run_locally(jobs: list[Job], workdir: str, parallel: int) -> list[str]:
                 resumed = os.path.isdir(os.path.join(os.path.dirname(job.log), "checkpoints"))
                 print(f"  start  {job.name}{' (resuming)' if resumed else ''}", flush=True)
                 process = subprocess.Popen(job.argv, cwd=REPO, stdout=log,
-                                           stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+                                           stderr=subprocess.STDOUT, env=child_environment())
                 active[job.name] = (job, process, time.time(), log)
             time.sleep(0.5)
             for name, (job, process, started, log) in list(active.items()):
@@ -180,7 +177,7 @@ class TrainingJob:
         with open(log_path, "a") as log:
             self._process = subprocess.Popen(argv, cwd=REPO, stdout=log,
                                              stderr=subprocess.STDOUT,
-                                             preexec_fn=die_with_parent)
+                                             env=child_environment())
             return self._process.wait()
 
     def checkpoint(self, argv: list[str], log_path: str) -> Any:
