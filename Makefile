@@ -60,9 +60,10 @@ train: venv data kernels
 # started with the flag below, so they run apart, on two workers (the flag slows
 # single-device code by ~25% on CPU); the flags such devices need besides come from the
 # CPU extra, as for the entry points (alexnet_jax/cpu/devices.py).
-# `make test` leaves out the tests marked `long` (multi-process faults, SIGKILL and SIGTERM
-# resumes, a full disk, submitit, layouts through checkpoints: real processes and
-# timeouts, ~7 minutes); `make test-long` runs them, and CI runs both.
+# `make test` leaves out the end-to-end tests marked `long` (multi-process faults, SIGKILL
+# and SIGTERM resumes, a full disk, submitit, layouts through checkpoints, the README's
+# forced-device command, the ImageNet experiments, vmapped seeds against separate runs:
+# real processes, timeouts and whole runs); `make test-long` runs them, and CI runs both.
 MULTI_DEVICE_FLAGS := --xla_force_host_platform_device_count=8
 PHASES = $(VENV)/bin/ruff check alexnet_jax tests experiments benchmarks && \
 	$(PY) -c "from alexnet_jax import config_base, input_pipeline as p; p.load_builder(config_base.base_config().data)" && \

@@ -117,7 +117,7 @@ def config_hash(config: Any) -> str:
     it was.  Tuples and lists hash alike (JSON has only lists)."""
     if isinstance(config, ml_collections.ConfigDict):
         config = json.loads(config.to_json_best_effort())
-    resolved = _with_defaults(json.loads(base_config().to_json_best_effort()), config)
+    resolved = with_defaults(json.loads(base_config().to_json_best_effort()), config)
     for key in UNHASHED_KEYS:
         *parents, leaf = key.split(".")
         node = resolved
@@ -128,11 +128,12 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _with_defaults(defaults: dict, given: dict) -> dict:
+def with_defaults(defaults: dict, given: dict) -> dict:
+    """``given`` (a config as JSON) with ``defaults``' values for the keys it lacks."""
     merged = dict(defaults)
     for key, value in given.items():
         if isinstance(value, dict) and isinstance(defaults.get(key), dict):
-            merged[key] = _with_defaults(defaults[key], value)
+            merged[key] = with_defaults(defaults[key], value)
         else:
             merged[key] = value
     return merged

@@ -24,7 +24,7 @@ from typing import Any
 
 import jax
 
-from alexnet_jax import config_base, models, supervisor
+from alexnet_jax import checkpoints, config_base, models, supervisor
 from alexnet_jax.metrics import TEN_CROP, MetricWriter
 
 # --- the workdir ---------------------------------------------------------------------------
@@ -44,7 +44,7 @@ def check_workdir(workdir: str) -> None:
 # Keys a resumed run may change: how it is carried out, not what it computes (a layout
 # trains the same numbers as any other, parallel.py).
 RESUMES = "resumed_with_changes"  # config.json's record of them (``resume_changes``)
-RESUMABLE_KEYS = (RESUMES, *config_base.UNHASHED_KEYS, "parallelism", "num_devices",
+RESUMABLE_KEYS = (*config_base.UNHASHED_KEYS, "parallelism", "num_devices",
                   "log_every_steps", "eval_batch_size", "eval_only", "restore_from")
 
 
@@ -65,13 +65,13 @@ def resume_changes(workdir: str, config: Any) -> list[dict[str, Any]]:
     this one's once it has resumed).  The run's identity then records them
     (``run_hash``), so that it is not taken for a fresh run."""
     path = os.path.join(workdir, "config.json")
-    steps = checkpoints_steps(workdir)
+    steps = checkpoints.complete_steps(os.path.join(checkpoints.directory_of(workdir), "latest"))
     if not steps or not os.path.exists(path):
         return []
     with open(path) as f:
         recorded = json.load(f)
     defaults = json.loads(config_base.base_config().to_json_best_effort())
-    before = _flat(config_base._with_defaults(defaults, {k: v for k, v in recorded.items()
+    before = _flat(config_base.with_defaults(defaults, {k: v for k, v in recorded.items()
                                                          if k != RESUMES}))
     now = _flat(json.loads(config.to_json_best_effort()))
     changed = {key: [before.get(key), now.get(key)] for key in sorted(set(before) | set(now))
@@ -94,12 +94,6 @@ def say_changes(workdir: str, resumes: list[dict[str, Any]]) -> list[dict[str, A
               + ". Its config_hash records them: it is no longer the run a fresh start of "
               "this config gives.", file=sys.stderr, flush=True)
     return kept
-
-
-def checkpoints_steps(workdir: str) -> list[int]:
-    latest = os.path.join(workdir, "checkpoints", "latest")
-    return sorted(int(n) for n in os.listdir(latest) if n.isdigit()) \
-        if os.path.isdir(latest) else []
 
 
 def run_hash(config: Any, resumes: list[dict[str, Any]]) -> str:

@@ -175,6 +175,7 @@ def shrink(config, data_dir, train=8, test=4, batch=4):
     return config
 
 
+@pytest.mark.long
 def test_paper_experiment_runs_end_to_end_on_mock_imagenet_from_the_full_size_images(tmp_path):
     """The experiment's own config through the real trainer, the full-size images decoded
     and augmented on the host (data.store=source), on TFDS's mock ImageNet: a batch of 4
@@ -196,6 +197,7 @@ def test_paper_experiment_runs_end_to_end_on_mock_imagenet_from_the_full_size_im
     assert json.load(open(tmp_path / "run" / "summary.json"))["test_10crop_loss"] > 0
 
 
+@pytest.mark.long
 def test_one_tower_experiment_prepares_its_store_and_trains_from_it(tmp_path):
     """The default path for ImageNet-style data on an image folder: the first run prepares
     the 256x256 store, trains with the augmentation in the jitted step, and evaluates the

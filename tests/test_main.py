@@ -118,6 +118,7 @@ def test_verbose_shows_the_traceback(tmp_path):
     assert "ConfigError: config.batch_size=0" in result.stderr
 
 
+@pytest.mark.long
 def test_sigterm_ends_the_run_with_its_checkpoint_and_status_143(tmp_path):
     """What a preemptible VM or Kubernetes sends: the run stops at the next step, writes
     that step's checkpoint, says how to resume and exits with 128 + SIGTERM."""
@@ -165,6 +166,7 @@ def test_a_process_knows_its_place_in_the_group_from_slurm_and_says_whom_it_lost
     assert line.startswith("error: This process: another process was lost (it stopped"), line
 
 
+@pytest.mark.long
 def test_the_readmes_forced_device_command_works_as_written(tmp_path):
     """The README's paper split on 2 CPU devices sets only the device count: the entry point
     adds what forced devices need (their own threads, a 10-minute collective timeout:

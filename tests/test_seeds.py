@@ -31,6 +31,7 @@ def short_config():
     return config
 
 
+@pytest.mark.long
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="Fashion-MNIST absent: run `make data`")
 def test_each_vmapped_seed_is_its_own_run(tmp_path):
     """Two seeds in one program against each run alone: the same config hash (a sweep

@@ -1,5 +1,5 @@
 // oneDNN's convolutions, matrix products and LRN, and loops of our own beside them, called from
-// jitted JAX code through XLA's FFI (alexnet_jax/kernels/onednn.py).
+// jitted JAX code through XLA's FFI (alexnet_jax/cpu/onednn.py).
 //
 // XLA:CPU runs convolutions with Eigen's kernels; oneDNN's direct (brgemm / jit) kernels run the
 // same convolutions faster on x86 CPUs.  Three handlers for them:
@@ -16,7 +16,7 @@
 // several threads (several XLA devices) may run at once.  Float32 only.
 //
 // Two for local response normalisation across channels (NHWC, any leading axes as the batch), as
-// alexnet_jax/kernels/lrn.py writes it (alpha not divided by the window's size), for an odd
+// alexnet_jax/layers/lrn.py writes it (alpha not divided by the window's size), for an odd
 // window:
 //
 //   alexnet_lrn_forward   (x)      -> y    oneDNN's

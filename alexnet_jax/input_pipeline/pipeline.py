@@ -269,8 +269,9 @@ def check_splits(builder: Any, read_through: tuple[str, ...] = ("test",)) -> Non
     there, with the bytes TFDS recorded (``num_bytes`` and the records' framing), and the
     ``read_through`` splits of at most ``READ_THROUGH_BYTES`` read through.  A damaged
     test split then stops a run before its first step, not at its first evaluation."""
-    if not os.path.isdir(getattr(builder, "data_dir", "")):  # TFDS's mock data, in tests
-        return
+    data_dir = getattr(builder, "data_dir", "")
+    if not os.path.exists(os.path.join(data_dir, "dataset_info.json")):
+        return  # not read from prepared record files: TFDS's mock data, an image folder
     for name, split in builder.info.splits.items():
         paths = [os.path.join(builder.data_dir, file) for file in split.filenames]
         missing = [path for path in paths if not os.path.exists(path)]
