@@ -20,7 +20,7 @@ PORT ?= 6006
 venv: $(VENV)/installed
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt
 	touch $@
 
 # The CPU extra's oneDNN handlers for XLA:CPU (alexnet_jax/cpu/onednn.py; which run when:
@@ -65,16 +65,24 @@ train: venv data kernels
 # forced-device command, the ImageNet experiments, vmapped seeds against separate runs:
 # real processes, timeouts and whole runs); `make test-long` runs them, and CI runs both.
 MULTI_DEVICE_FLAGS := --xla_force_host_platform_device_count=8
-PHASES = $(VENV)/bin/ruff check alexnet_jax tests experiments benchmarks && \
-	$(PY) -c "from alexnet_jax import config_base, input_pipeline as p; p.load_builder(config_base.base_config().data)" && \
-	$(PY) -m pytest -q -n 3 --dist loadfile -m "$(1)" $(PYTEST_ARGS) tests --ignore=tests/test_parallel.py \
-	  --ignore=tests/test_export.py && \
-	XLA_FLAGS="$(MULTI_DEVICE_FLAGS)" $(PY) -m pytest -q -n 2 --dist load -m "$(1)" $(PYTEST_ARGS) \
-	  tests/test_parallel.py tests/test_export.py
+CHECKS = $(VENV)/bin/ruff check alexnet_jax tests experiments benchmarks && \
+	$(PY) -c "from alexnet_jax import config_base, input_pipeline as p; p.load_builder(config_base.base_config().data)"
+ONE_DEVICE = $(PY) -m pytest -q -n 3 --dist loadfile -m "$(1)" $(PYTEST_ARGS) tests \
+	--ignore=tests/test_parallel.py --ignore=tests/test_export.py
+EIGHT_DEVICES = XLA_FLAGS="$(MULTI_DEVICE_FLAGS)" $(PY) -m pytest -q -n 2 --dist load -m "$(1)" \
+	$(PYTEST_ARGS) tests/test_parallel.py tests/test_export.py
+# make test's two phases run side by side, so that each fills the other's idle moments (the
+# 8-device phase's output follows the other's); the long tests' timeouts (a lost process's
+# heartbeats, a stop's deadline) are measured one phase at a time.
 test: venv data kernels
-	$(call PHASES,not long)
+	$(CHECKS)
+	{ $(call EIGHT_DEVICES,not long) > .test-devices.log 2>&1 & devices=$$!; \
+	  $(call ONE_DEVICE,not long); one=$$?; wait $$devices; eight=$$?; \
+	  cat .test-devices.log; rm -f .test-devices.log; [ $$one -eq 0 ] && [ $$eight -eq 0 ]; }
 test-long: venv data kernels
-	$(call PHASES,long)
+	$(CHECKS)
+	$(call ONE_DEVICE,long)
+	$(call EIGHT_DEVICES,long)
 
 # The numerical tests under the instruction sets this CPU has below its own (AVX2 on an
 # AVX-512 machine): another CPU's arithmetic, from this one.  Not part of `make test`.
