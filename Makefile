@@ -71,14 +71,10 @@ ONE_DEVICE = $(PY) -m pytest -q -n 3 --dist loadfile -m "$(1)" $(PYTEST_ARGS) te
 	--ignore=tests/test_parallel.py --ignore=tests/test_export.py
 EIGHT_DEVICES = XLA_FLAGS="$(MULTI_DEVICE_FLAGS)" $(PY) -m pytest -q -n 2 --dist load -m "$(1)" \
 	$(PYTEST_ARGS) tests/test_parallel.py tests/test_export.py
-# make test's two phases run side by side, so that each fills the other's idle moments (the
-# 8-device phase's output follows the other's); the long tests' timeouts (a lost process's
-# heartbeats, a stop's deadline) are measured one phase at a time.
 test: venv data kernels
 	$(CHECKS)
-	{ $(call EIGHT_DEVICES,not long) > .test-devices.log 2>&1 & devices=$$!; \
-	  $(call ONE_DEVICE,not long); one=$$?; wait $$devices; eight=$$?; \
-	  cat .test-devices.log; rm -f .test-devices.log; [ $$one -eq 0 ] && [ $$eight -eq 0 ]; }
+	$(call ONE_DEVICE,not long)
+	$(call EIGHT_DEVICES,not long)
 test-long: venv data kernels
 	$(CHECKS)
 	$(call ONE_DEVICE,long)
