@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The numerical tests under each instruction set this CPU has below its own, so that one
 # machine checks the tolerances other CPUs need (`make test-isas`; not part of `make test`).
-#   bash scripts/test_isas.sh [ISA ...]      default: those below the host's, down to AVX2
+#   bash scripts/test_isas.sh [ISA ...]   default: the one below the host's (AVX2 on AVX-512, AVX on AVX2)
 # XLA:CPU's generated code is held to the ISA by --xla_cpu_max_isa, oneDNN's kernels by
 # ONEDNN_MAX_CPU_ISA; the kernels precompiled into jaxlib (Eigen's) pick their own at run
 # time and are not held.  Names: XLA's (SSE4_2, AVX, AVX2, AVX512); oneDNN's follow.
