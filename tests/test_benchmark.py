@@ -4,9 +4,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from alexnet_jax import benchmark, models
 
 
+@pytest.mark.long
 def test_benchmark_smoke_run_writes_the_reference_keys_and_imports_no_tensorflow(tmp_path):
     out = tmp_path / "bench.json"
     code = ("import sys; from absl import flags; from alexnet_jax import benchmark; "

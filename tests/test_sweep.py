@@ -408,6 +408,7 @@ def test_plan_lists_every_run_with_its_overrides_and_the_time_finished_runs_took
     assert "~0.5 h for the runs above not yet done, and up to ~1.0 h for the 6 runs" in out
 
 
+@pytest.mark.long
 def test_plan_without_finished_runs_probes_the_training_step(tmp_path, capsys):
     path = sweep_file(tmp_path)
     assert sweep.run_sweep(path, str(tmp_path / "w"), plan_only=True, quick=True) == 0
