@@ -188,3 +188,15 @@ def test_a_sweeps_trainers_die_with_it_even_by_sigkill(tmp_path):
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert marker.exists()
+
+
+def test_the_coordinator_listens_only_where_it_was_told(monkeypatch):
+    """JAX's coordinator binds every interface unless told; the project tells it: the
+    coordinator address itself, or --coordinator_bind_address."""
+    from alexnet_jax import parallel
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(jax.config, "update", lambda *args: None)
+    parallel.initialize_distributed("127.0.0.1:4321", 2, 0)
+    parallel.initialize_distributed("10.0.0.5:4321", 2, 1, bind_address="10.0.0.5:4321")
+    assert [c["coordinator_bind_address"] for c in calls] == ["127.0.0.1:4321", "10.0.0.5:4321"]
