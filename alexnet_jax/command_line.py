@@ -42,11 +42,12 @@ def unknown_key(key: str, argv: list[str]) -> str:
                  if arg.startswith("--config.") and arg.split("=")[0].endswith(f".{key}")), "")
     if not flag:
         return ""
-    section, node = flag[len("--config."):].rsplit(".", 1)[0] if flag.count(".") > 1 else "", \
-        base_config()
+    path = flag[len("--config."):]
+    section = path.rsplit(".", 1)[0] if "." in path else ""
+    node = base_config()
     for part in filter(None, section.split(".")):
         node = node[part]
-    return (f"{flag}: the config has no key {flag[len('--config.'):]!r}; "
+    return (f"{flag}: the config has no key {path!r}; "
             f"config{'.' + section if section else ''} has: {', '.join(sorted(node.keys()))}.")
 
 

@@ -252,9 +252,13 @@ def _explained(iterator, builder: Any = None):
         if store.is_store(where):  # its shards are prepared again one by one
             raise store.damage_error(where, error) from None
         files = ", ".join(damaged_files(builder)) or error.message.splitlines()[0][:300]
-        raise DatasetUnavailableError(
-            f"A file of the prepared dataset is damaged or missing ({files}). Delete {where} "
-            "and run again: it is prepared anew from its source.") from None
+        raise _damaged(files, where) from None
+
+
+def _damaged(files: str, where: str) -> DatasetUnavailableError:
+    return DatasetUnavailableError(
+        f"A file of the prepared dataset is damaged or missing ({files}). Delete {where} and "
+        "run again: it is prepared anew from its source.")
 
 
 # TFRecord frames each record with 16 bytes (its length, and two CRC-32s).
@@ -287,10 +291,7 @@ def check_splits(builder: Any, read_through: tuple[str, ...] = ("test",)) -> Non
         if name in read_through and found <= READ_THROUGH_BYTES:
             damaged = damaged_files(builder, (name,))
             if damaged:
-                raise DatasetUnavailableError(
-                    f"A file of the prepared dataset is damaged or missing ({', '.join(damaged)})."
-                    f" Delete {builder.data_dir} and run again: it is prepared anew from its "
-                    "source.")
+                raise _damaged(", ".join(damaged), builder.data_dir)
 
 
 def damaged_files(builder: Any, splits: tuple[str, ...] | None = None) -> list[str]:
@@ -301,8 +302,8 @@ def damaged_files(builder: Any, splits: tuple[str, ...] | None = None) -> list[s
     for name, split in getattr(getattr(builder, "info", None), "splits", {}).items():
         if splits is not None and name not in splits:
             continue
-        for name in split.filenames:
-            path = os.path.join(builder.data_dir, name)
+        for file in split.filenames:
+            path = os.path.join(builder.data_dir, file)
             try:
                 tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
             except (tf.errors.DataLossError, tf.errors.NotFoundError):
