@@ -43,10 +43,13 @@ def _read(path: str) -> tuple[dict, float]:
     lock's age in seconds."""
     try:
         age = time.time() - os.path.getmtime(path)
+    except OSError:  # removed meanwhile: the next attempt creates it
+        return {}, 0.0
+    try:
         with open(path) as f:
             return json.load(f), age
     except (OSError, ValueError):
-        return {}, 0.0
+        return {}, age
 
 
 class WorkdirLock:

@@ -55,6 +55,16 @@ def test_a_lock_whose_holder_is_gone_is_taken_over_saying_so(tmp_path, capsys):
     assert f"took over the lock on {tmp_path}: its holder (pid {dead}" in capsys.readouterr().err
 
 
+def test_a_lock_its_holder_left_unwritten_is_taken_over(tmp_path, capsys):
+    """A holder killed between creating the lock and writing it leaves it empty: once it is
+    older than a write takes, it is a lock whose holder is gone."""
+    (tmp_path / ".lock").write_text("")
+    os.utime(tmp_path / ".lock", (time.time() - 60, time.time() - 60))
+    with WorkdirLock(str(tmp_path)):
+        assert json.load(open(tmp_path / ".lock"))["pid"] == os.getpid()
+    assert "took over the lock" in capsys.readouterr().err
+
+
 def test_a_resume_with_other_settings_is_recorded_in_the_runs_identity(tmp_path, capsys):
     """A finished run resumed with more epochs and another rate says so, and its
     config_hash (what sweeps take for its identity) is no longer a fresh run's."""
