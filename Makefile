@@ -23,15 +23,15 @@ $(VENV)/installed: requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt
 	touch $@
 
-# The CPU extra's oneDNN handlers for XLA:CPU (alexnet_jax/cpu/onednn.py; which run when:
-# alexnet_jax/cpu/chooser.py), compiled against the oneDNN wheel in .venv/.  Without a C++
+# The CPU extra's oneDNN handlers for XLA:CPU (alexnet_jax/model/cpu/onednn.py; which run when:
+# alexnet_jax/model/cpu/chooser.py), compiled against the oneDNN wheel in .venv/.  Without a C++
 # compiler it says so, and XLA's own forms run.
-# Without alexnet_jax/cpu/ (an optional extra), there is nothing to build.
-ifneq ($(wildcard alexnet_jax/cpu/onednn_kernels.cc),)
-ONEDNN_KERNELS := alexnet_jax/cpu/_onednn_kernels.so
+# Without alexnet_jax/model/cpu/ (an optional extra), there is nothing to build.
+ifneq ($(wildcard alexnet_jax/model/cpu/onednn_kernels.cc),)
+ONEDNN_KERNELS := alexnet_jax/model/cpu/_onednn_kernels.so
 kernels: $(ONEDNN_KERNELS)
-$(ONEDNN_KERNELS): alexnet_jax/cpu/onednn_kernels.cc $(VENV)/installed
-	$(PY) -c "from alexnet_jax.cpu import onednn; onednn.main()"
+$(ONEDNN_KERNELS): alexnet_jax/model/cpu/onednn_kernels.cc $(VENV)/installed
+	$(PY) -c "from alexnet_jax.model.cpu import onednn; onednn.main()"
 else
 kernels:
 endif
@@ -59,7 +59,7 @@ train: venv data kernels
 # only read them.  The layout tests need 8 devices: XLA gives 8 CPU devices to a process
 # started with the flag below, so they run apart, on two workers (the flag slows
 # single-device code by ~25% on CPU); the flags such devices need besides come from the
-# CPU extra, as for the entry points (alexnet_jax/cpu/devices.py).
+# CPU extra, as for the entry points (alexnet_jax/model/cpu/devices.py).
 # `make test` leaves out the end-to-end tests marked `long` (multi-process faults, SIGKILL
 # and SIGTERM resumes, a full disk, submitit, layouts through checkpoints, the README's
 # forced-device command, the ImageNet experiments, vmapped seeds against separate runs,
@@ -67,11 +67,11 @@ train: venv data kernels
 # runs); `make test-long` runs them, and CI runs both.
 MULTI_DEVICE_FLAGS := --xla_force_host_platform_device_count=8
 CHECKS = $(VENV)/bin/ruff check alexnet_jax tests experiments benchmarks && \
-	$(PY) -c "from alexnet_jax import config_base, input_pipeline as p; p.load_builder(config_base.base_config().data)"
+	$(PY) -c "from alexnet_jax import input_pipeline as p; from alexnet_jax.training import config_base; p.load_builder(config_base.base_config().data)"
 ONE_DEVICE = $(PY) -m pytest -q -n 3 --dist loadfile -m "$(1)" $(PYTEST_ARGS) tests \
-	--ignore=tests/test_parallel.py --ignore=tests/test_export.py
+	--ignore=tests/model/test_layouts.py --ignore=tests/model/test_layouts_lowering.py
 EIGHT_DEVICES = XLA_FLAGS="$(MULTI_DEVICE_FLAGS)" $(PY) -m pytest -q -n 2 --dist load -m "$(1)" \
-	$(PYTEST_ARGS) tests/test_parallel.py tests/test_export.py
+	$(PYTEST_ARGS) tests/model/test_layouts.py tests/model/test_layouts_lowering.py
 test: venv data kernels
 	$(CHECKS)
 	$(call ONE_DEVICE,not long)

@@ -22,10 +22,10 @@ every figure with the ratio project / peer; with torch, PyTorch's training step 
 
 Each figure comes with its GFLOP/s and their fraction of a float32 matrix product's rate
 measured in the same process (the machine's own ceiling); ``--profile`` adds the
-forward-backward's time per layer, forward and backward (``profile.py``).
+forward-backward's time per layer, forward and backward (``tools/profile.py``).
 
 ``--layouts`` times the training step under every device layout that fits the devices
-present (``parallel.py``), relative to ``single``; on CPU, start it with
+present (``layouts.py``), relative to ``single``; on CPU, start it with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` for 8 devices.
 
 ``--input`` measures the ImageNet training input on the host (``input_pipeline``) on
@@ -37,92 +37,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 if __name__ == "__main__" and "--compare" not in sys.argv:  # before JAX starts (--compare
-    from alexnet_jax import process  # only starts processes)
-    process.prepare()
+    from alexnet_jax import prepare_process  # only starts processes
+    prepare_process()
 
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAPER_SGD = SimpleNamespace(learning_rate=0.01, schedule="constant", momentum=0.9,
-                            weight_decay=0.0005, decay_biases_and_norms=True)
-
-
-def time_run(fn: Callable[[], Any], name: str, steps: int, burn_in: int) -> dict[str, float]:
-    """The seed's protocol: ``burn_in`` untimed calls, then mean and std over ``steps``."""
-    import jax
-    durations = []
-    for i in range(steps + burn_in):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        if i >= burn_in:
-            durations.append(time.perf_counter() - start)
-    mean = sum(durations) / steps
-    std = math.sqrt(max(sum(d * d for d in durations) / steps - mean * mean, 0.0))
-    print(f"{name} across {steps} steps, {mean:.3f} +/- {std:.3f} sec / batch", flush=True)
-    return {"mean_s": mean, "std_s": std, "steps": steps}
-
-
-def synthetic_batch(input_shape: Any, num_classes: int, batch: int) -> dict[str, Any]:
-    """N(0, 0.1) images and uniform labels, as host arrays."""
-    import jax
-    import jax.numpy as jnp
-    key_images, key_labels = jax.random.split(jax.random.PRNGKey(0))
-    images = 0.1 * jax.random.normal(key_images, (batch, *input_shape), jnp.float32)
-    labels = jax.random.randint(key_labels, (batch,), 0, num_classes)
-    return {"image": jax.device_get(images), "label": jax.device_get(labels)}
-
-
-def synthetic_training(layout: Any, batch: int) -> tuple[Callable, Any, dict[str, Any]]:
-    """(the trainer's own step, ``train.make_steps``; its initial state; a synthetic batch)
-    under ``layout``, with the paper's SGD."""
-    from alexnet_jax import optim, train
-
-    config = layout.model.config
-    data = layout.shard_batch(synthetic_batch(config.input_shape, config.num_classes, batch))
-    tx = optim.optimizer_from_config(PAPER_SGD, _params_shapes(config), 1, 1)
-    return train.make_steps(layout, tx).train, train.create_train_state(0, layout, tx), data
-
-
-def time_train_step(layout: Any, batch: int, steps: int, burn_in: int,
-                    name: str = "Train step") -> dict[str, float]:
-    """The trainer's own step (``train.make_steps``) on synthetic data under ``layout``."""
-    step, state, data = synthetic_training(layout, batch)
-    holder = {"state": state}
-
-    def one_train_step():
-        holder["state"], _ = step(holder["state"], data)
-        return holder["state"].params
-
-    timing = time_run(one_train_step, name, steps, burn_in)
-    return {**timing, "images_per_s": batch / timing["mean_s"]}
-
-
-def _params_shapes(config: Any) -> Any:
-    import jax
-    import jax.numpy as jnp
-
-    from alexnet_jax.models import AlexNet
-    dummy = jax.ShapeDtypeStruct((1, *config.input_shape), jnp.float32)
-    return jax.eval_shape(AlexNet(config).init, jax.random.key(0), dummy)["params"]
 
 
 def flops_per_image(config: Any) -> dict[str, float]:
     """Floating-point operations (2 per multiply-add) of the convolutions and dense layers
     for one image: forward, and forward-backward (the weights' gradients of every layer,
     the inputs' of every layer but the first)."""
-    from alexnet_jax import layer_table
+    from alexnet_jax.tools import layer_table
     macs = [row["macs"] for row in layer_table.layer_table(config) if row["macs"]]
     forward = 2.0 * sum(macs)
     return {"forward": forward, "forward_backward": forward + forward + 2.0 * sum(macs[1:])}
@@ -134,7 +71,7 @@ def matmul_ceiling(size: int = 2048, repeats: int = 10) -> float:
     import jax
     import jax.numpy as jnp
 
-    from alexnet_jax.layers import compiler_options
+    from alexnet_jax.model.layers import compiler_options
     a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
     product = jax.jit(lambda a, b: a @ b, compiler_options=compiler_options() or None)
     jax.block_until_ready(product(a, a))
@@ -163,11 +100,12 @@ def seed_protocol(variant: str, batch: int, dtype: str = "float32",
     import jax
     import jax.numpy as jnp
 
-    from alexnet_jax import parallel
-    from alexnet_jax.layers import compiler_options, select
-    from alexnet_jax.models import model_config
+    from alexnet_jax.model import layouts
+    from alexnet_jax.model.layers import compiler_options, select
+    from alexnet_jax.model.networks import model_config
+    from alexnet_jax.tools.timing import synthetic_batch
 
-    layout = parallel.create("single", model_config(variant, dtype=dtype),
+    layout = layouts.create("single", model_config(variant, dtype=dtype),
                              implementation=implementation)
     if xla_layers:
         xla = select("xla")
@@ -182,7 +120,7 @@ def seed_protocol(variant: str, batch: int, dtype: str = "float32",
     options = compiler_options() or None
     return SimpleNamespace(
         layout=layout,
-        params=parallel.initial_variables(config, jax.random.PRNGKey(1))["params"],
+        params=layouts.initial_variables(config, jax.random.PRNGKey(1))["params"],
         images=jnp.asarray(
             synthetic_batch(config.input_shape, config.num_classes, batch)["image"]),
         forward=jax.jit(softmax_output, compiler_options=options),
@@ -200,6 +138,8 @@ def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
     import flax
     import jax
     import optax
+
+    from alexnet_jax.tools.timing import time_run, time_train_step
 
     seed = seed_protocol(variant, batch, dtype, implementation)
     layout, params, images = seed.layout, seed.params, seed.images
@@ -229,7 +169,7 @@ def run_benchmark(variant: str, batch: int, steps: int, dtype: str = "float32",
               "float32 matrix product here", flush=True)
     print(f"Train step: {result['train_step']['images_per_s']:.1f} images/s", flush=True)
     if profile_layers:
-        from alexnet_jax import profile
+        from alexnet_jax.tools import profile
         instructions = profile.instruction_profile(forward_backward, params, images)
         result["profile"] = profile.per_layer(instructions)
         result["profile_instructions"] = instructions
@@ -244,8 +184,9 @@ def run_layouts(variant: str, batch: int, steps: int, dtype: str = "float32",
     """The training step under each layout that fits the devices, relative to single."""
     import jax
 
-    from alexnet_jax import parallel
-    from alexnet_jax.models import model_config
+    from alexnet_jax.model import layouts
+    from alexnet_jax.model.networks import model_config
+    from alexnet_jax.tools.timing import time_train_step
 
     config = model_config(variant, dtype=dtype)
     devices = jax.device_count()
@@ -255,9 +196,9 @@ def run_layouts(variant: str, batch: int, steps: int, dtype: str = "float32",
                                "device": jax.devices()[0].device_kind, "layouts": {}}
     for kind, count in candidates:
         try:
-            layout = parallel.create(kind, config, count)
+            layout = layouts.create(kind, config, count)
             layout.check_batch(batch)
-        except parallel.LayoutError as error:
+        except layouts.LayoutError as error:
             print(f"{kind}: skipped ({error})")
             continue
         timing = time_train_step(layout, batch, steps, burn_in,
@@ -312,8 +253,8 @@ def run_input_benchmark(batch: int, steps: int, images: int = 2048) -> dict[str,
     the host), and from the prepared 256x256 store as JPEG and raw (decoding and the crop on
     the host; the rest runs on the accelerator); the store's preparation rate; and the
     cores one H100 would need at its measured training rates."""
-    from alexnet_jax.config_base import base_config
     from alexnet_jax.input_pipeline import store
+    from alexnet_jax.training.config_base import base_config
 
     cores = os.cpu_count() or 1
     if (steps + 1) * batch > images:
@@ -473,13 +414,14 @@ def main(argv: list[str]) -> None:
 
 
 def define_flags() -> None:
-    flags.DEFINE_enum("variant", "tf_benchmark", ["tf_benchmark", "paper", "one_tower", "small"],
-                      "The network (models.VARIANTS).")
+    from alexnet_jax.model import layers, networks
+    flags.DEFINE_enum("variant", "tf_benchmark", list(networks.VARIANTS),
+                      "The network (networks.VARIANTS).")
     flags.DEFINE_integer("batch", 32, "Images per batch.")
     flags.DEFINE_integer("steps", 100, "Timed steps.")
     flags.DEFINE_integer("burn_in", 10, "Untimed steps first.")
-    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype.")
-    flags.DEFINE_enum("implementation", "auto", ["auto", "plain", "xla", "im2col"],
+    flags.DEFINE_enum("dtype", "float32", list(networks.DTYPES), "Computation dtype.")
+    flags.DEFINE_enum("implementation", "auto", list(layers.IMPLEMENTATIONS),
                       "The layers (layers.select).")
     flags.DEFINE_string("json", None, "Also write the result as JSON to this file.")
     flags.DEFINE_bool("compare", False, "The project and its peers side by side.")

@@ -27,9 +27,12 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from alexnet_jax import checkpoints, experiment, input_pipeline, train, visualize
+from alexnet_jax import input_pipeline
 from alexnet_jax.input_pipeline import sources
-from alexnet_jax.metrics import read_metrics
+from alexnet_jax.model import visualize
+from alexnet_jax.runtime import checkpoints
+from alexnet_jax.runtime.metric_writer import read_metrics
+from alexnet_jax.training import experiment, train
 
 
 def load_run(workdir: str, step: int | None = None) -> tuple[Any, Any, train.TrainState, Any]:

@@ -5,11 +5,11 @@
 
 Running it again on the same workdir resumes from the latest checkpoint.  ``--seeds
 0,1,2,3`` with ``{seed}`` in ``--workdir`` trains those seeds as one vmapped program, each
-writing its own run (``seeds.py``).  Multi-host:
+writing its own run (``training/seeds.py``).  Multi-host:
 start one process per host with ``--coordinator_address=HOST:PORT --num_processes=N
 --process_id=I`` (or ``--distributed`` where JAX detects the cluster: Cloud TPU,
 SLURM, Open MPI); see README "Layouts, devices and hosts".  Each such process trains in
-a child that ``supervisor.py`` watches, so that a lost process ends the others with one
+a child that ``runtime/supervisor.py`` watches, so that a lost process ends the others with one
 line.
 
 A bad command ends as one line on stderr, without a traceback (``--verbose`` or
@@ -27,23 +27,15 @@ import sys
 import time
 
 if __name__ == "__main__":  # before JAX starts
-    from alexnet_jax import process
-    process.prepare()
+    from alexnet_jax import prepare_process
+    prepare_process()
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import (
-    checkpoints,
-    command_line,
-    errors,
-    experiment,
-    parallel,
-    run_io,
-    seeds,
-    supervisor,
-)
+from alexnet_jax.runtime import checkpoints, distributed, errors, signals, supervisor
+from alexnet_jax.training import command_line, experiment, seeds
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -61,10 +53,10 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "heartbeat_timeout_s", 60, "Multi-host: seconds without a process's heartbeats after "
     "which the others stop, saying it was lost.")
 _STOP_DEADLINE = flags.DEFINE_float(
-    "stop_deadline_s", run_io.STOP_DEADLINE_S, "After SIGTERM or SIGINT, seconds a process "
+    "stop_deadline_s", signals.STOP_DEADLINE_S, "After SIGTERM or SIGINT, seconds a process "
     "may take to reach a step where every process saves, before it exits without saving.")
 _SEEDS = flags.DEFINE_list("seeds", [], "Several seeds trained together, vmapped in one "
-                           "program; --workdir holds {seed} (alexnet_jax/seeds.py).")
+                           "program; --workdir holds {seed} (alexnet_jax/training/seeds.py).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of an error.")
 
 COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax", "xla")
@@ -134,9 +126,9 @@ def main(argv):
     if multi_host and not supervisor.supervised():
         sys.exit(supervisor.supervise(
             [sys.executable, *sys.orig_argv[1:]], checkpoints.directory_of(_WORKDIR.value),
-            *parallel.process_identity(_PROCESS_ID.value, _NUM_PROCESSES.value)))
+            *distributed.process_identity(_PROCESS_ID.value, _NUM_PROCESSES.value)))
     if multi_host:
-        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+        distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                         _PROCESS_ID.value, _HEARTBEAT_TIMEOUT.value,
                                         _BIND_ADDRESS.value)
     try:
@@ -150,7 +142,7 @@ def main(argv):
         if jax.process_count() == 1:
             raise
         lost_peer(error)
-    except run_io.TrainingInterrupted as stop:
+    except signals.TrainingInterrupted as stop:
         print(stop, file=sys.stderr)
         sys.exit(128 + stop.signum)
     except REJECTIONS as error:

@@ -13,9 +13,10 @@ import sys
 from absl import app
 from ml_collections import config_flags
 
-from alexnet_jax import config_base, input_pipeline
-from alexnet_jax.errors import ConfigError, DatasetUnavailableError
+from alexnet_jax import input_pipeline
 from alexnet_jax.input_pipeline import store
+from alexnet_jax.runtime.errors import ConfigError, DatasetUnavailableError
+from alexnet_jax.training import config_base
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)

@@ -1,4 +1,4 @@
-"""The layer table of an experiment's model (``layer_table.py``), printed.
+"""The layer table of an experiment's model (``tools/layer_table.py``), printed.
 
     python -m alexnet_jax.summary --config experiments/paper_imagenet.py [--json FILE]
 
@@ -12,7 +12,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from alexnet_jax.layer_table import format_crossings, format_table, summarize
+from alexnet_jax.tools.layer_table import format_crossings, format_table, summarize
 
 
 def main(argv: list[str]) -> None:

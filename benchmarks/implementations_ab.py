@@ -76,6 +76,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from alexnet_jax import process  # as the trainer and the benchmark run
-    process.prepare()
+    from alexnet_jax import prepare_process  # as the trainer and the benchmark run
+    prepare_process()
     main()

@@ -1,6 +1,6 @@
 """The training step with this checkout's XLA:CPU forms against another version of them.
 
-    git show REV:alexnet_jax/cpu/xla_cpu.py > /tmp/xla_cpu_before.py
+    git show REV:alexnet_jax/model/cpu/xla_cpu.py > /tmp/xla_cpu_before.py
     python -m benchmarks.kernels_ab /tmp/xla_cpu_before.py [--variant small --batch 64]
 
 These machines' speed drifts by 20% within minutes, more than most changes to one layer
@@ -20,14 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import parallel
 from alexnet_jax.benchmark import synthetic_training
-from alexnet_jax.cpu import chooser
-from alexnet_jax.models import model_config
+from alexnet_jax.model import layouts
+from alexnet_jax.model.cpu import chooser
+from alexnet_jax.model.networks import model_config
 
 
 def load_forms(path: str):
-    """The module at ``path``, a version of ``alexnet_jax/cpu/xla_cpu.py``."""
+    """The module at ``path``, a version of ``alexnet_jax/model/cpu/xla_cpu.py``."""
     spec = importlib.util.spec_from_file_location("xla_cpu_other", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # Flax's dataclasses look their module up
@@ -37,7 +37,7 @@ def load_forms(path: str):
 
 def compiled_step(variant: str, batch: int) -> list:
     """[step, state, batch] with ``chooser.xla_cpu`` as it is now, after three steps."""
-    step, state, data = synthetic_training(parallel.create("single", model_config(variant)),
+    step, state, data = synthetic_training(layouts.create("single", model_config(variant)),
                                            batch)
     for _ in range(3):
         state, _ = step(state, data)
@@ -46,7 +46,7 @@ def compiled_step(variant: str, batch: int) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("other", help="another version of alexnet_jax/cpu/xla_cpu.py")
+    parser.add_argument("other", help="another version of alexnet_jax/model/cpu/xla_cpu.py")
     parser.add_argument("--variant", default="small")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=16)
@@ -77,6 +77,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from alexnet_jax import process  # as the trainer and the benchmark run
-    process.prepare()
+    from alexnet_jax import prepare_process  # as the trainer and the benchmark run
+    prepare_process()
     main()

@@ -1,7 +1,7 @@
 // The seed network's five convolutions (float32, batch 32 or argv[1]) in oneDNN (the v3 API of the
 // onednn-cpu-gomp wheel): forward with bias, backward-data and backward-weights with bias, median
 // of 15 runs after one, with the activations in NHWC / weights in HWIO (what XLA holds), in
-// NHWC with the weights in oneDNN's own layout (what alexnet_jax/cpu/onednn_kernels.cc runs),
+// NHWC with the weights in oneDNN's own layout (what alexnet_jax/model/cpu/onednn_kernels.cc runs),
 // and all in the blocked layouts oneDNN prefers (reorders not counted).
 // Built and run by scripts/onednn_probe.sh; benchmarks/xla_convolutions.py times XLA's.
 #include <oneapi/dnnl/dnnl.hpp>

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax.cpu import xla_cpu
+from alexnet_jax.model.cpu import xla_cpu
 from benchmarks.timing import median_ms
 
 # name, batch, side, input maps, output maps, kernel, stride (SAME padding throughout)

@@ -13,7 +13,7 @@ heavy dropout cost more than they give).  The learning rate rises linearly from 
 lowest held-out validation error (docs/performance.md).  The README's table gives the
 test error and wall time to expect.
 """
-from alexnet_jax.config_base import base_config
+from alexnet_jax.training.config_base import base_config
 
 
 def get_config():

@@ -8,8 +8,8 @@ training recipe.  61,100,840 parameters.
     python -m alexnet_jax.main --config experiments/one_tower_imagenet.py --workdir runs/one_tower
 
 Expected result (not measured here: no ImageNet on this machine; the config runs end to
-end on TFDS's mock ImageNet in tests/test_imagenet.py): cuda-convnet2's one-tower net,
-90 epochs with colour noise 0.1, reached 42.55% / 19.81% top-1 / top-5 error on the
+end on TFDS's mock ImageNet in tests/input_pipeline/test_imagenet.py): cuda-convnet2's
+one-tower net, 90 epochs with colour noise 0.1, reached 42.55% / 19.81% top-1 / top-5 error on the
 centre crop and 40.42% / 18.15% with 10 views (its published layers-imagenet-1gpu
 results); torchvision's AlexNet of these widths, without LRN, 43.48% / 20.93% on the
 centre crop (torchvision's model table).  0.714 G multiply-adds per image, against the

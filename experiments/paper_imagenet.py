@@ -13,11 +13,11 @@ device; evaluation on the centre crop and on the 10 patches (summary.json:
 test_top1_error, test_10crop_top1_error).
 
 Expected result: the paper reports 40.7% / 18.2% top-1 / top-5 error on ILSVRC-2012
-val with 10 patches (one network).  ``tests/test_imagenet.py`` runs this config end to
-end on TFDS's mock ImageNet; what a GPU's step and a host's input pipeline deliver, and
-so the wall time to expect, is in the README's performance table.
+val with 10 patches (one network).  ``tests/input_pipeline/test_imagenet.py`` runs this
+config end to end on TFDS's mock ImageNet; what a GPU's step and a host's input pipeline
+deliver, and so the wall time to expect, is in the README's performance table.
 """
-from alexnet_jax.config_base import base_config
+from alexnet_jax.training.config_base import base_config
 
 
 def get_config():

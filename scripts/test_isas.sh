@@ -19,15 +19,15 @@ else
 fi
 [ ${#isas[@]} -gt 0 ] || { echo "no instruction set below this CPU's to test"; exit 0; }
 declare -A onednn=([SSE4_2]=SSE41 [AVX]=AVX [AVX2]=AVX2 [AVX512]=AVX512_CORE)
-NUMERICAL="tests/test_kernels.py tests/test_models.py tests/test_components.py tests/test_optim.py
-           tests/test_cpu_extra.py"
+NUMERICAL="tests/model/test_layers.py tests/model/test_networks.py tests/model/test_components.py tests/training/test_optim.py
+           tests/model/test_cpu.py"
 status=0
 for isa in "${isas[@]}"; do
   echo "== $isa: XLA_FLAGS=--xla_cpu_max_isa=$isa ONEDNN_MAX_CPU_ISA=${onednn[$isa]}"
   export ONEDNN_MAX_CPU_ISA=${onednn[$isa]}
   XLA_FLAGS="--xla_cpu_max_isa=$isa" $PY -m pytest -q -n 2 $NUMERICAL || status=1
   XLA_FLAGS="--xla_cpu_max_isa=$isa --xla_force_host_platform_device_count=8" \
-    $PY -m pytest -q -n 2 tests/test_parallel.py \
+    $PY -m pytest -q -n 2 tests/model/test_layouts.py \
     -k "every_layout_trains or custom_vjp or literal_pmap" || status=1
 done
 exit $status

@@ -8,8 +8,8 @@ steps from this cache instead of compiling them again.
 import os
 import tempfile
 
-try:  # the CPU extra, which a project without alexnet_jax/cpu/ lacks
-    from alexnet_jax.cpu import devices
+try:  # the CPU extra, which a project without alexnet_jax/model/cpu/ lacks
+    from alexnet_jax.model.cpu import devices
     devices.give_forced_devices_their_flags()  # `make test`'s 8 devices: before JAX starts
 except ImportError:
     pass

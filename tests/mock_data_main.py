@@ -1,9 +1,9 @@
 """`python -m alexnet_jax.main` with TFDS's mock data in place of the dataset: lets tests
 run the real command line (multi-host flags included) in fresh processes, prepared as the
-entry point prepares itself (alexnet_jax/process.py)."""
-from alexnet_jax import process
+entry point prepares itself (alexnet_jax/runtime/process.py)."""
+from alexnet_jax import prepare_process
 
-process.prepare()  # before JAX starts, as `python -m alexnet_jax.main` does
+prepare_process()  # before JAX starts, as `python -m alexnet_jax.main` does
 
 import tensorflow_datasets as tfds  # noqa: E402
 from absl import app  # noqa: E402

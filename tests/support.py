@@ -1,13 +1,21 @@
 """Helpers the tests share: tiny configs, a run's pieces built as the trainer builds them,
 LRN by the paper's formula, and the FFI handlers a lowering calls."""
+import os
 import re
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from alexnet_jax import models, optim, parallel, train
-from alexnet_jax.config_base import base_config
+from alexnet_jax.model import layouts, networks
+from alexnet_jax.runtime import checkpoints
+from alexnet_jax.training import optim, train
+from alexnet_jax.training.config_base import base_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.path.join(REPO, "data")  # make data puts Fashion-MNIST here
+HAVE_FASHION_MNIST = os.path.exists(os.path.join(DATA_DIR, "fashion-mnist",
+                                                 "train-images-idx3-ubyte.gz"))
 
 
 def tiny_config(epochs: int = 2, every_steps: int = 2, data_dir: str = "/nonexistent",
@@ -31,8 +39,21 @@ def tiny_config(epochs: int = 2, every_steps: int = 2, data_dir: str = "/nonexis
     return config
 
 
+def trainer_config(data_dir: str = "/nonexistent", train_examples: int = 128, epochs: int = 1,
+                   batch: int = 32) -> Any:
+    """``tiny_config`` with a constant rate, asynchronous saves and no checkpoint inside an
+    epoch: a run the trainer carries through as a user's."""
+    config = tiny_config(epochs, 0, data_dir, train_examples, 100, batch)
+    config.eval_batch_size = 64
+    config.log_every_steps = 2
+    config.optim.schedule = "constant"
+    config.checkpoint.async_save = True
+    config.checkpoint.every_steps = 1000
+    return config
+
+
 class Run(NamedTuple):
-    layout: parallel.Layout
+    layout: layouts.Layout
     tx: Any
     steps: train.Steps
     state: train.TrainState
@@ -42,8 +63,8 @@ def build(config: Any, steps_per_epoch: int = 10, parallelism: str = "single",
           num_devices: int = 0) -> Run:
     """The layout, optimiser, jitted steps and initial state of ``config`` on 28x28x1 images
     of 10 classes, without data."""
-    model_config = models.config_from(config.model, (28, 28, 1), 10)
-    layout = parallel.create(parallelism, model_config, num_devices, config.model.implementation,
+    model_config = networks.config_from(config.model, (28, 28, 1), 10)
+    layout = layouts.create(parallelism, model_config, num_devices, config.model.implementation,
                              config.model.sync_batch_stats)
     tx = optim.create_optimizer(config, model_config, steps_per_epoch)
     return Run(layout, tx, train.make_steps(layout, tx), train.create_train_state(config.seed,
@@ -72,3 +93,39 @@ def lrn_numpy(a, k, n, alpha, beta):
 def lowered_calls(function, *args) -> set[str]:
     """The FFI targets that ``function``'s lowering for ``args`` calls."""
     return set(re.findall(r"custom_call @(\w+)", jax.jit(function).lower(*args).as_text()))
+
+
+def final_params(workdir):
+    config = tiny_config()
+    manager = checkpoints.CheckpointManager(workdir, config)
+    restored, plateau, history, _ = manager.restore_or_keep(build(config, 3).state,
+                                                            optim.PlateauPolicy())
+    manager.close()
+    return jax.device_get(restored.params), plateau, history
+
+
+def wrap_train_step(monkeypatch, wrapper):
+    """Makes every run's train step ``wrapper(step)`` (train.make_steps builds them)."""
+    make_steps = train.make_steps
+    monkeypatch.setattr(train, "make_steps", lambda *args, **kwargs: (
+        lambda steps: steps._replace(train=wrapper(steps.train)))(make_steps(*args, **kwargs)))
+
+
+class StopAt:
+    """Wraps the train step to deliver a signal to this process after ``step`` steps."""
+
+    def __init__(self, step, sig, original):
+        self.step, self.sig, self.calls = step, sig, 0
+        self.original = original
+
+    def __call__(self, state, batch):
+        result = self.original(state, batch)
+        self.calls += 1
+        if self.calls == self.step:
+            os.kill(os.getpid(), self.sig)
+        return result
+
+
+def files_under(directory):
+    return sorted(os.path.relpath(os.path.join(root, name), directory)
+                  for root, _, names in os.walk(directory) for name in names)

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from alexnet_jax import benchmark, models
+from alexnet_jax import benchmark
+from alexnet_jax.model import networks
 
 
 @pytest.mark.long
@@ -48,7 +49,7 @@ def test_benchmark_smoke_run_writes_the_reference_keys_and_imports_no_tensorflow
 
 
 def test_profile_sums_instructions_per_layer_in_the_networks_order():
-    from alexnet_jax import profile
+    from alexnet_jax.tools import profile
     rows = [{"instruction": "fusion.3", "layer": "pool1", "direction": "forward", "ms": 2.0},
             {"instruction": "convolution.1", "layer": "conv2", "direction": "backward", "ms": 1.5},
             {"instruction": "convolution.7", "layer": "conv1", "direction": "backward", "ms": 1.0},
@@ -66,7 +67,7 @@ def test_work_is_counted_by_hand():
     """The small network: 13,535,232 multiply-adds per 28x28 image (README); its backward
     computes every layer's weight gradient and every input gradient but conv1's (5x5x1 ->
     24 maps per tower, 28x28, two towers: 940,800 multiply-adds)."""
-    flops = benchmark.flops_per_image(models.model_config("small"))
+    flops = benchmark.flops_per_image(networks.model_config("small"))
     assert flops["forward"] == 2 * 13_535_232
     assert flops["forward_backward"] == 3 * 2 * 13_535_232 - 2 * 940_800
 
@@ -84,7 +85,7 @@ def test_compare_gives_every_runner_the_same_protocol(tmp_path):
 def test_profile_gives_an_instruction_without_metadata_its_nearest_users_layer():
     """XLA rewrites a convolution's kernel gradient into instructions without metadata;
     they count for the layer of the nearest instruction that uses their result."""
-    from alexnet_jax import profile
+    from alexnet_jax.tools import profile
     text = "\n".join([
         '%conv_general_dilated.1 = f32[4,5,5,8]{3,2,1,0} convolution(%p0, %p1), '
         'metadata={op_name="jit(f)/jvp(AlexNet)/vmap(towers)/conv2/conv_general_dilated"}',
@@ -105,7 +106,7 @@ def test_profile_times_an_asynchronous_instruction_to_its_end_and_splits_overlap
     """XLA:CPU traces a convolution handed to Eigen's threads as a short hand-off event and
     an ``end: NAME`` event when the work finished; instructions running side by side share
     each moment, so the times sum to the span of the calls (hand-computed case)."""
-    from alexnet_jax import profile
+    from alexnet_jax.tools import profile
     events = [  # microseconds; two calls of the same program
         {"name": "fusion.1", "ts": 0.0, "dur": 10.0},          # inline, 0-10
         {"name": "convolution.2", "ts": 4.0, "dur": 0.5},      # handed off at 4 ...
@@ -127,7 +128,7 @@ def test_profile_times_an_asynchronous_instruction_to_its_end_and_splits_overlap
 def test_profile_ends_a_run_where_a_user_of_its_result_starts():
     """The runtime may record an asynchronous instruction's end event late, after a user
     of its result has started; the run then ends where that user starts."""
-    from alexnet_jax import profile
+    from alexnet_jax.tools import profile
     text = "\n".join([
         '%conv.1 = f32[8]{0} convolution(%p0, %p1)',
         '%relu_fusion.2 = f32[8]{0} fusion(%conv.1), kind=kLoop',

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from alexnet_jax import layer_table
-from alexnet_jax.config_base import base_config
+from alexnet_jax.tools import layer_table
+from alexnet_jax.training.config_base import base_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(os.path.basename(p)[:-3]

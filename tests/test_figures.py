@@ -6,8 +6,10 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from alexnet_jax import experiment, figures, visualize  # noqa: E402
-from alexnet_jax.config_base import base_config  # noqa: E402
+from alexnet_jax import figures  # noqa: E402
+from alexnet_jax.model import visualize
+from alexnet_jax.training import experiment
+from alexnet_jax.training.config_base import base_config  # noqa: E402
 
 
 def test_nearest_neighbours_match_numpy_brute_force():

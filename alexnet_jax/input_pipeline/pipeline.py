@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax.errors import ConfigError
 from alexnet_jax.input_pipeline import store
 from alexnet_jax.input_pipeline.preprocess import Preprocessing
 from alexnet_jax.input_pipeline.sources import DatasetInfo, DatasetUnavailableError
 from alexnet_jax.input_pipeline.tf_runtime import plain_graph
 from alexnet_jax.input_pipeline.tf_runtime import tf as _tf
+from alexnet_jax.runtime.errors import ConfigError
 
 
 class Pipeline:

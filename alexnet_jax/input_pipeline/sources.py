@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax.errors import DatasetUnavailableError  # noqa: F401 (raised here)
 from alexnet_jax.input_pipeline.tf_runtime import tf
+from alexnet_jax.runtime.errors import DatasetUnavailableError  # noqa: F401 (raised here)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ import json
 import os
 from typing import Any
 
+from alexnet_jax.runtime.workdir_lock import WorkdirLock
 from alexnet_jax.sweep import checks, preview
 from alexnet_jax.sweep.launch import LAUNCHERS, ClusterOptions, TrainingJob, launch
 from alexnet_jax.sweep.plan import (
@@ -40,7 +41,6 @@ from alexnet_jax.sweep.plan import (
 )
 from alexnet_jax.sweep.precision import difference_interval, mean_std, next_round
 from alexnet_jax.sweep.results import aggregate, markdown_table, report, run_record, tuning_table
-from alexnet_jax.workdir_lock import WorkdirLock
 
 __all__ = ["LAUNCHERS", "ClusterOptions", "Run", "SweepError", "TrainingJob", "aggregate",
            "choose", "command", "difference_interval", "expand", "is_finished", "launch",

@@ -3,7 +3,7 @@ import sys
 
 from absl import app, flags, logging
 
-from alexnet_jax.errors import WorkdirInUseError
+from alexnet_jax.runtime.errors import WorkdirInUseError
 from alexnet_jax.sweep import LAUNCHERS, ClusterOptions, run_sweep
 
 flags.DEFINE_string("sweep", None, "A sweep file, e.g. experiments/sweeps/lrn_vs_bn.py.")
@@ -16,8 +16,8 @@ flags.DEFINE_bool("report", False, "Only aggregate the finished runs.")
 flags.DEFINE_bool("rerun_stale", False, "Move runs made with another config than the sweep "
                   "builds today to DIR/stale/, and run them again.")
 flags.DEFINE_bool("vmap_seeds", False, "Train the pending seeds of each variant and setting "
-                  "in one process, vmapped (alexnet_jax/seeds.py): faster on accelerators, "
-                  "slower on XLA:CPU.")
+                  "in one process, vmapped (alexnet_jax/training/seeds.py): faster on "
+                  "accelerators, slower on XLA:CPU.")
 flags.DEFINE_enum("launcher", "local", list(LAUNCHERS), "Where the runs go.")
 flags.DEFINE_string("partition", "", "SLURM: the partition.")
 flags.DEFINE_integer("time_min", 24 * 60, "SLURM: each run's time limit in minutes.")

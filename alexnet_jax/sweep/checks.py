@@ -19,8 +19,8 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from alexnet_jax import config_base
 from alexnet_jax.sweep.plan import Run, SweepError, diverged_at, resolved_config
+from alexnet_jax.training import config_base
 
 STALE_DIR = "stale"
 

@@ -2,7 +2,7 @@
 
 From the runs already finished where there are any (each variant's mean ``wall_s``, else
 the mean over every finished run in the directory), otherwise from a short probe: the
-trainer's own step timed on synthetic data (``benchmark.time_train_step``) times the
+trainer's own step timed on synthetic data (``tools.timing.time_train_step``) times the
 run's steps, plus its evaluations at a third of a training step's cost per image.  The
 figures are machine time: what the runs take one after another on this machine.
 """
@@ -43,14 +43,16 @@ def probe_seconds(config: Any) -> float:
     steps of its model (single device) on synthetic data."""
     import time
 
-    from alexnet_jax import benchmark, input_pipeline, models, parallel
+    from alexnet_jax import input_pipeline
+    from alexnet_jax.model import layouts, networks
+    from alexnet_jax.tools.timing import time_train_step
 
     info = input_pipeline.info(config.data.dataset)
-    model = models.config_from(config.model, info.image_shape, info.num_classes or 1000)
-    layout = parallel.create("single", model, implementation=config.model.implementation)
+    model = networks.config_from(config.model, info.image_shape, info.num_classes or 1000)
+    layout = layouts.create("single", model, implementation=config.model.implementation)
     started = time.perf_counter()
-    timing = benchmark.time_train_step(layout, config.batch_size, PROBE_STEPS, burn_in=1,
-                                       name="probe: train step")
+    timing = time_train_step(layout, config.batch_size, PROBE_STEPS, burn_in=1,
+                             name="probe: train step")
     compile_s = time.perf_counter() - started - PROBE_STEPS * timing["mean_s"]
     train, test = info.sizes
     if config.data.max_train_examples:

@@ -11,7 +11,7 @@ with its console output in ``DIR/<run>/console.log``; a finished run (its
 * ``submitit_local``: the same jobs through submitit's local executor, without SLURM.
 
 With ``vmap_seeds`` the pending seeds of each variant and setting train in one process,
-vmapped (``alexnet_jax/seeds.py``), each writing its own run.
+vmapped (``alexnet_jax/training/seeds.py``), each writing its own run.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from alexnet_jax.process import DIE_WITH_PARENT
+from alexnet_jax.runtime.process import DIE_WITH_PARENT
 from alexnet_jax.sweep.plan import REPO, SEED, Run, command, diverged, is_finished
 
 LAUNCHERS = ("local", "slurm", "submitit_local")
@@ -43,7 +43,7 @@ class ClusterOptions:
 @dataclasses.dataclass(frozen=True)
 class Job:
     """What one process trains: a run, or (``--vmap_seeds``) several seeds of one variant
-    and setting vmapped in one program (``seeds.py``), each writing its own run."""
+    and setting vmapped in one program (``training/seeds.py``), each writing its own run."""
 
     name: str
     runs: tuple[Run, ...]
@@ -121,7 +121,7 @@ def _stop_on_sigterm(signum, frame):
 
 def child_environment() -> dict[str, str]:
     """A trainer's environment: it gets SIGTERM when this sweep dies, even by SIGKILL, so
-    that no trainer is left behind to collide with the next sweep (``process.py``)."""
+    that no trainer is left behind to collide with the next sweep (``runtime/process.py``)."""
     return {**os.environ, DIE_WITH_PARENT: str(os.getpid())}
 
 

@@ -35,13 +35,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from alexnet_jax.seeds import SEED
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEYS = {"base", "variants", "grid", "seeds", "baseline", "overrides", "tune", "select", "quick",
         "precision", "max_seeds"}
 DEFAULT_SELECT = "validation_top1_error"
 DEFAULT_MAX_SEEDS = 10
+# What main's --workdir holds where several --seeds train together (training/seeds.py's
+# SEED, which tests/sweep/test_sweep.py holds this to): written here, so that planning a
+# sweep imports no training code.
+SEED = "{seed}"
 
 
 class SweepError(ValueError):
@@ -188,7 +190,8 @@ def _check_key(config: Any, key: str, run: Run) -> None:
                                               else [], n=1)
             hint = f"; did you mean {'.'.join([*path, close[0]])!r}" if close else ""
             raise SweepError(f"variant {run.variant!r} (run {run.name}): the config has no key "
-                             f"{key!r}{hint}? (alexnet_jax/config_base.py lists every key.)")
+                             f"{key!r}{hint}? (alexnet_jax/training/config_base.py lists every "
+                             "key.)")
         node, path = node[part], [*path, part]
 
 

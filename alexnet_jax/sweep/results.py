@@ -57,7 +57,7 @@ def run_record(workdir: str, run: Run, baseline_params: dict[str, int]) -> dict[
 def _param_count(config_json: dict[str, Any]) -> int:
     import ml_collections
 
-    from alexnet_jax import layer_table
+    from alexnet_jax.tools import layer_table
     return layer_table.summarize(ml_collections.ConfigDict(config_json))["params"]
 
 

@@ -1,0 +1,512 @@
+"""Sweeps: grid expansion and naming, skip and resume, aggregation against hand-computed numbers."""
+import csv
+import json
+import math
+import os
+import re
+
+import pytest
+
+import alexnet_jax.sweep as sweep_package
+from alexnet_jax import sweep
+from alexnet_jax.sweep import checks
+from alexnet_jax.tools import layer_table
+from alexnet_jax.training.config_base import base_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_grid_expands_to_every_combination_with_readable_names():
+    definition = {"base": "experiments/fashion_mnist.py", "seeds": [0, 1],
+                  "grid": {"model.norm": ["lrn", "none"], "model.pool": ["overlapping",
+                                                                         "non_overlapping"]},
+                  "overrides": {"num_epochs": 1}, "quick": {"data.max_train_examples": 64}}
+    runs = sweep.plan(definition)
+    assert [r.name for r in runs[:3]] == ["norm=lrn_pool=overlapping-seed0",
+                                          "norm=lrn_pool=overlapping-seed1",
+                                          "norm=lrn_pool=non_overlapping-seed0"]
+    assert len(runs) == 8 and len({r.name for r in runs}) == 8
+    overrides = dict(runs[3].overrides)
+    assert overrides == {"model.norm": "lrn", "model.pool": "non_overlapping", "num_epochs": 1,
+                         "seed": 1}
+    assert "data.max_train_examples" not in overrides
+    assert dict(sweep.plan(definition, quick=True)[0].overrides)["data.max_train_examples"] == 64
+    flags = sweep.command(definition, runs[3], "/w")
+    assert "--config.model.pool=non_overlapping" in flags and "--config.seed=1" in flags
+    assert flags[flags.index("--workdir") + 1] == "/w/norm=lrn_pool=non_overlapping-seed1"
+
+
+@pytest.mark.parametrize("name,variants", [("lrn_vs_bn", 5), ("paper_claims", 5)])
+def test_the_studies_tune_each_variant_then_run_three_seeds(name, variants):
+    definition = sweep.load_sweep(os.path.join(REPO, "experiments", "sweeps", f"{name}.py"))
+    grid = sweep.plan(definition)
+    assert len(grid) == 3 * variants and {r.seed for r in grid} == {0}
+    choices = {r.variant: r.setting for r in grid}
+    assert len(sweep.plan_seeds(definition, choices)) == 3 * variants
+    assert definition["baseline"] == grid[0].variant
+    assert dict(grid[0].overrides)["data.validation_examples"] == 5000
+
+
+@pytest.mark.parametrize("name", ["lrn_vs_bn", "paper_claims"])
+def test_the_studies_kept_in_docs_are_what_their_sweep_files_run_today(name):
+    """Every run kept under a name the sweep plans was made with the config the sweep file
+    builds for that name now (its config hash): a change to the default experiment that
+    the sweep does not pin would make the study unrepeatable, and the sweep refuse it."""
+    definition = sweep.load_sweep(os.path.join(REPO, "experiments", "sweeps", f"{name}.py"))
+    study = os.path.join(REPO, "docs", "studies", name)
+    hashes = checks.run_hashes(definition, sweep_package.candidate_runs(definition, False), 1)
+    kept = [d for d in os.listdir(study) if d in hashes]
+    assert len(kept) >= len(sweep.plan(definition))
+    assert checks.stale_runs(study, hashes) == []
+
+
+def test_bad_sweep_files_say_what_is_wrong(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("def get_sweep():\n    return {'base': 'x', 'grid': {}, 'variants': [], "
+                    "'seed': [0]}\n")
+    with pytest.raises(ValueError, match=r"Unknown sweep key\(s\) \['seed'\]"):
+        sweep.load_sweep(str(path))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        sweep.load_sweep(str(tmp_path / "missing.py"))
+
+
+def test_paired_difference_and_interval_by_hand():
+    # differences 0.01, 0.03, 0.02: mean 0.02, sd 0.01, t(0.975, 2) = 4.302653
+    mean, half = sweep.difference_interval([0.11, 0.13, 0.12], [0.10, 0.10, 0.10])
+    assert math.isclose(mean, 0.02, abs_tol=1e-12)
+    assert math.isclose(half, 4.302653 * 0.01 / math.sqrt(3), rel_tol=1e-6)
+    assert sweep.mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, math.sqrt(5 / 3))
+
+
+def fake_run(workdir, run, top1, curve, train_errors, validation=None):
+    path = os.path.join(workdir, run.name)
+    os.makedirs(path)
+    json.dump({"test_top1_error": top1, "test_top5_error": top1 / 10,
+               "validation_top1_error": validation,
+               "best_test_top1_error": top1, "best_test_top5_error": top1 / 10,
+               "wall_s": 100.0, "steps": 40}, open(os.path.join(path, "summary.json"), "w"))
+    config = base_config()
+    config.model.variant = "small"
+    open(os.path.join(path, "config.json"), "w").write(config.to_json())
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+        for step, error in train_errors:
+            f.write(json.dumps({"step": step, "train_top1_error": error}) + "\n")
+        for epoch, error in curve:
+            f.write(json.dumps({"step": 20 * epoch, "epoch": epoch,
+                                "test_top1_error": error}) + "\n")
+
+
+def test_report_aggregates_finished_runs_and_skips_them(tmp_path):
+    definition = {"base": "experiments/fashion_mnist.py", "seeds": [0, 1],
+                  "variants": [("base", {}), ("other", {"model.norm": "none"})]}
+    runs = sweep.plan(definition)
+    errors = {"base-seed0": 0.10, "base-seed1": 0.12, "other-seed0": 0.13, "other-seed1": 0.14}
+    workdir = str(tmp_path)
+    for run in runs:
+        fake_run(workdir, run, errors[run.name], [(1, 0.3), (2, errors[run.name])],
+                 [(10, 0.5), (20, 0.24 if run.variant == "base" else 0.3), (30, 0.2)])
+    assert all(sweep.is_finished(workdir, r) for r in runs)
+    assert sweep.launch(definition, runs, workdir) == []  # nothing left to run
+    diverged = sweep.Run("other", 2, ())
+    os.makedirs(os.path.join(workdir, diverged.name))
+    with open(os.path.join(workdir, diverged.name, "console.log"), "w") as f:
+        f.write("training...\nerror: Training loss became nan by step 50; stopping.\n")
+    runs = runs + [diverged]
+    assert sweep.is_finished(workdir, diverged)  # a result: launching again would not change it
+    assert sweep.launch(definition, runs, workdir) == []
+    rows = {r["variant"]: r for r in sweep.report(definition, runs, workdir, "test")}
+    small = base_config()
+    small.model.variant = "small"
+    assert rows["base"]["params"] == layer_table.summarize(small)["params"]
+    assert rows["base"]["test_top1_error"][0] == pytest.approx(0.11)
+    assert rows["base"]["test_top1_error"][1] == pytest.approx(math.sqrt(0.0002))
+    mean, half = rows["other"]["difference"]  # paired: 0.03 and 0.02
+    assert mean == pytest.approx(0.025)
+    assert half == pytest.approx(12.706205 * math.sqrt(0.00005) / math.sqrt(2), rel=1e-6)
+    assert rows["base"]["steps_to_25pct_train_error"][0] == 20
+    assert rows["other"]["steps_to_25pct_train_error"][0] == 30
+    table = open(tmp_path / "results.md").read()
+    assert "| other | 2 |" in table and "+2.50 ± " in table and "(baseline)" in table
+    assert "1 of 5 runs did not finish" in table
+    assert "`other-seed2`: error: Training loss became nan by step 50" in table
+    with open(tmp_path / "results.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [r["run"] for r in csv_rows] == [r.name for r in runs[:4]]
+    assert csv_rows[2]["overrides"] == "model.norm=none"
+    assert os.path.getsize(tmp_path / "curves.png") > 0
+    assert os.path.getsize(tmp_path / "bars.png") > 0
+
+
+TUNED = {"base": "experiments/fashion_mnist.py", "seeds": [0, 1, 2],
+         "variants": [("lrn", {}), ("none", {"model.norm": "none"})], "baseline": "lrn",
+         "overrides": {"data.validation_examples": 5000},
+         "tune": {"optim.learning_rate": [0.01, 0.03, 0.1]}}
+
+
+def test_a_tuned_sweep_runs_the_grid_with_the_first_seed_then_every_seed_at_the_choice(
+        tmp_path):
+    grid = sweep.plan(TUNED)
+    assert [r.name for r in grid] == [f"{v}-lr={lr}-seed0" for v in ("lrn", "none")
+                                      for lr in (0.01, 0.03, 0.1)]
+    assert dict(grid[1].overrides) == {"data.validation_examples": 5000, "seed": 0,
+                                       "optim.learning_rate": 0.03}
+    seeds = sweep.plan_seeds(TUNED, {"lrn": (("optim.learning_rate", 0.03),),
+                                     "none": (("optim.learning_rate", 0.01),)})
+    assert [r.name for r in seeds] == ["lrn-lr=0.03-seed0", "lrn-lr=0.03-seed1",
+                                       "lrn-lr=0.03-seed2", "none-lr=0.01-seed0",
+                                       "none-lr=0.01-seed1", "none-lr=0.01-seed2"]
+    assert seeds[0] == grid[1]  # the chosen tuning run is the first seed's run
+
+
+def test_the_choice_reads_validation_error_only_and_never_a_diverged_run(tmp_path):
+    """Planted: for lrn the test error favours lr 0.1 and the validation error lr 0.03;
+    for none, lr 0.1 diverged (its loss became NaN: no summary) and would have won."""
+    workdir = str(tmp_path)
+    planted = {"lrn-lr=0.01-seed0": (0.12, 0.13), "lrn-lr=0.03-seed0": (0.11, 0.10),
+               "lrn-lr=0.1-seed0": (0.09, 0.12), "none-lr=0.01-seed0": (0.20, 0.21),
+               "none-lr=0.03-seed0": (0.15, 0.16)}
+    grid = sweep.plan(TUNED)
+    for run in grid:
+        if run.name in planted:
+            test, validation = planted[run.name]
+            fake_run(workdir, run, test, [(1, test)], [(10, 0.3)], validation=validation)
+    os.makedirs(os.path.join(workdir, "none-lr=0.1-seed0"))
+    with open(os.path.join(workdir, "none-lr=0.1-seed0", "console.log"), "w") as f:
+        f.write("error: Training loss became nan at step 12; stopping.\n")
+    choices, outcomes = sweep.choose(TUNED, grid, workdir)
+    assert choices == {"lrn": (("optim.learning_rate", 0.03),),
+                       "none": (("optim.learning_rate", 0.03),)}
+    table = sweep.tuning_table(TUNED, choices, outcomes, workdir)
+    assert "| lrn | 10.00 | **9.09**" not in table  # test error is never what is shown
+    assert "| lrn | 13.00 | **10.00** | 12.00 | lr=0.03 |" in table
+    assert "| none | 21.00 | **16.00** | diverged | lr=0.03 |" in table
+
+
+def test_tuning_needs_a_validation_split(tmp_path):
+    path = tmp_path / "tuned.py"
+    path.write_text("def get_sweep():\n    return {'base': 'x', 'variants': [('a', {})], "
+                    "'tune': {'optim.learning_rate': [0.1]}}\n")
+    with pytest.raises(ValueError, match="set 'data.validation_examples' in 'overrides'"):
+        sweep.load_sweep(str(path))
+
+
+@pytest.mark.long
+@pytest.mark.skipif(not os.path.exists(os.path.join(REPO, "data", "fashion-mnist")),
+                    reason="Fashion-MNIST absent: run `make data`")
+def test_submitit_runs_a_sweep_as_the_local_launcher_does_and_a_rerun_runs_nothing(tmp_path):
+    """The same two tiny runs through local processes and through submitit's local executor
+    (the SLURM launcher's code path without SLURM): the same results table; started again,
+    neither runs anything."""
+    path = tmp_path / "tiny.py"
+    path.write_text(
+        "def get_sweep():\n    return {'base': 'experiments/fashion_mnist.py', 'seeds': [0],\n"
+        "            'variants': [('lrn', {}), ('none', {'model.norm': 'none'})],\n"
+        "            'overrides': {'num_epochs': 1, 'log_every_steps': 2},\n"
+        "            'quick': {'data.max_train_examples': 256, 'data.max_test_examples': 128,\n"
+        f"                      'data.data_dir': '{os.path.join(REPO, 'data')}',\n"
+        "                      'checkpoint.async_save': False}}\n")
+    tables = {}
+    for launcher in ("local", "submitit_local"):
+        workdir = str(tmp_path / launcher)
+        assert sweep.run_sweep(str(path), workdir, parallel=2, quick=True,
+                               launcher=launcher) == 0
+        with open(os.path.join(workdir, "results.csv")) as f:
+            tables[launcher] = [{k: v for k, v in row.items() if k != "wall_s"}
+                                for row in csv.DictReader(f)]
+        mtime = os.path.getmtime(os.path.join(workdir, "lrn-seed0", "summary.json"))
+        assert sweep.run_sweep(str(path), workdir, quick=True, launcher=launcher) == 0
+        assert os.path.getmtime(os.path.join(workdir, "lrn-seed0", "summary.json")) == mtime
+    assert [r["run"] for r in tables["local"]] == ["lrn-seed0", "none-seed0"]
+    assert tables["local"] == tables["submitit_local"]
+
+
+def test_a_run_that_diverged_ends_as_a_result_not_a_failure(tmp_path):
+    from alexnet_jax.sweep.launch import outcome
+    workdir = str(tmp_path)
+    endings = {"done": (0, "training...\nTest top-1 error 0.0913\n"),
+               "diverged": (1, "error: Training loss became nan at step 52; stopping.\n"),
+               "FAILED (1)": (1, "error: config.batch_size=0 must be at least 1.\n"),
+               "FAILED (137)": (137, "training...\n")}
+    for seed, (expected, (status, console)) in enumerate(endings.items()):
+        run = sweep.Run("variant", seed, ())
+        os.makedirs(os.path.join(workdir, run.name), exist_ok=True)
+        with open(os.path.join(workdir, run.name, "console.log"), "w") as f:
+            f.write(console)
+        assert outcome(workdir, run, status) == expected
+
+
+# --- checks before launching: bad variants, stale runs, identical runs ------------------
+
+SMALL_SWEEP = ("def get_sweep():\n"
+               "    return {'base': 'experiments/fashion_mnist.py', 'seeds': [0, 1],\n"
+               "            'variants': [('lrn', {}), ('other', {OTHER})],\n"
+               "            'overrides': {'num_epochs': 1}{EXTRA}}\n")
+
+
+def sweep_file(tmp_path, variant="'model.norm': 'none'", extra="", name="small.py"):
+    path = tmp_path / name
+    path.write_text(SMALL_SWEEP.replace("OTHER", variant).replace("{EXTRA}", extra))
+    return str(path)
+
+
+def plant(workdir, definition, run, top1=0.1, wall=100.0, overrides=()):
+    """A finished run as the trainer leaves it: config.json and summary.json with the hash
+    of the config it trained with (the sweep's for ``run``, changed by ``overrides``)."""
+    from alexnet_jax.sweep.plan import resolved_config
+    from alexnet_jax.training.config_base import config_hash
+    config = resolved_config(definition, run)
+    config.update_from_flattened_dict(dict(overrides))
+    path = os.path.join(workdir, run.name)
+    os.makedirs(path, exist_ok=True)
+    digest = config_hash(config)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({**json.loads(config.to_json()), "config_hash": digest}, f)
+    with open(os.path.join(path, "summary.json"), "w") as f:
+        json.dump({"test_top1_error": top1, "test_top5_error": top1 / 10,
+                   "best_test_top1_error": top1, "best_test_top5_error": top1 / 10,
+                   "wall_s": wall, "steps": 10, "config_hash": digest}, f)
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"step": 10, "epoch": 1, "test_top1_error": top1}) + "\n")
+
+
+class FakeLauncher:
+    """Stands in for the trainer's processes: plants each launched run with the error
+    ``errors(run)`` gives, and records what was launched."""
+
+    def __init__(self, errors):
+        self.errors, self.launched = errors, []
+
+    def __call__(self, definition, runs, workdir, *args):
+        for run in runs:
+            if not sweep.is_finished(workdir, run):
+                self.launched.append(run.name)
+                plant(workdir, definition, run, self.errors(run))
+        return []
+
+
+@pytest.fixture
+def fake_launcher(monkeypatch):
+    def install(errors=lambda run: 0.1):
+        launcher = FakeLauncher(errors)
+        monkeypatch.setattr(sweep_package, "launch", launcher)
+        return launcher
+    return install
+
+
+def run_main(*argv):
+    """``python -m alexnet_jax.sweep``'s main with these flags: (status, stderr)."""
+    import contextlib
+    import io
+
+    from absl import flags
+
+    from alexnet_jax.sweep import __main__ as cli
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["sweep", *argv])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = cli.main(["sweep"])
+    return status, err.getvalue()
+
+
+@pytest.mark.parametrize("variant,message", [
+    ("'model.norm': 'batchnrom'", r"variant 'other' \(run other-seed0\): "
+                                  r"config.model.norm='batchnrom' is not one of: lrn"),
+    ("'model.nrom': 'lrn'", r"variant 'other' \(run other-seed0\): the config has no key "
+                            r"'model.nrom'; did you mean 'model.norm'\?"),
+    ("'batch_size': 0", r"variant 'other' .*config.batch_size=0 must be at least 1")])
+@pytest.mark.parametrize("launcher", ["local", "slurm"])
+def test_a_bad_variant_is_one_line_and_nothing_starts(tmp_path, fake_launcher, variant,
+                                                      message, launcher):
+    fake = fake_launcher()
+    workdir = str(tmp_path / "w")
+    status, err = run_main("--sweep", sweep_file(tmp_path, variant), "--workdir", workdir,
+                           "--launcher", launcher)
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert re.match("error: " + message, err)
+    assert fake.launched == [] and not os.path.exists(workdir)
+
+
+def test_report_with_no_finished_run_is_one_line(tmp_path):
+    status, err = run_main("--sweep", sweep_file(tmp_path), "--workdir", str(tmp_path / "w"),
+                           "--report")
+    assert status == 2
+    assert err == (f"error: No run under {tmp_path / 'w'} has finished: nothing to report "
+                   "yet. Run the sweep first (the same command without --report).\n")
+
+
+def test_a_run_made_with_another_config_is_refused_then_moved_aside_and_rerun(
+        tmp_path, fake_launcher):
+    """A finished run under a planned name, but with another learning rate than the sweep
+    builds today (its overrides were edited, its name kept): never reused."""
+    path = sweep_file(tmp_path)
+    definition = sweep.load_sweep(path)
+    workdir = str(tmp_path / "w")
+    runs = {r.name: r for r in sweep.plan(definition)}
+    for run in runs.values():
+        plant(workdir, definition, run)
+    plant(workdir, definition, runs["other-seed1"], 0.5,
+          overrides={"optim.learning_rate": 0.2})
+    fake = fake_launcher()
+    with pytest.raises(sweep.SweepError, match=r"1 run\(s\) .* another config .*: "
+                                               r"other-seed1\. .*add --rerun_stale"):
+        sweep.run_sweep(path, workdir)
+    assert fake.launched == []
+    assert json.load(open(os.path.join(workdir, "other-seed1", "summary.json")))[
+        "test_top1_error"] == 0.5  # untouched
+    assert sweep.run_sweep(path, workdir, rerun_stale=True) == 0
+    assert fake.launched == ["other-seed1"]
+    aside = os.listdir(os.path.join(workdir, "stale"))
+    assert len(aside) == 1 and aside[0].startswith("other-seed1-")
+    assert json.load(open(os.path.join(workdir, "other-seed1", "summary.json")))[
+        "test_top1_error"] == 0.1
+
+
+def test_a_run_with_an_identical_config_is_reused_under_any_name(tmp_path, fake_launcher):
+    """Renaming a variant keeps its runs: the new names become links to the finished runs
+    with the same config; an unchanged run is simply skipped."""
+    workdir = str(tmp_path / "w")
+    before = sweep.load_sweep(sweep_file(tmp_path, name="before.py"))
+    for run in sweep.plan(before):
+        plant(workdir, before, run, 0.2 if run.variant == "other" else 0.1)
+    renamed = tmp_path / "renamed.py"
+    renamed.write_text(sweep_file(tmp_path, name="x.py") and
+                       open(tmp_path / "x.py").read().replace("('other',", "('no_norm',"))
+    fake = fake_launcher()
+    assert sweep.run_sweep(str(renamed), workdir) == 0
+    assert fake.launched == []
+    for seed in (0, 1):
+        assert os.readlink(os.path.join(workdir, f"no_norm-seed{seed}")) == f"other-seed{seed}"
+    table = open(os.path.join(workdir, "results.md")).read()
+    assert "| no_norm | 2 |" in table and "+10.00 ± 0.00" in table
+
+
+def test_plan_lists_every_run_with_its_overrides_and_the_time_finished_runs_took(
+        tmp_path, fake_launcher, capsys):
+    path = sweep_file(tmp_path, extra=", 'tune': {'optim.learning_rate': [0.01, 0.03]}, "
+                      "'overrides': {'num_epochs': 1, 'data.validation_examples': 100}, "
+                      "'precision': 0.5, 'max_seeds': 4")
+    path_text = open(path).read().replace("'overrides': {'num_epochs': 1}, ", "")
+    open(path, "w").write(path_text)
+    definition = sweep.load_sweep(path)
+    workdir = str(tmp_path / "w")
+    grid = sweep.plan(definition)
+    plant(workdir, definition, grid[0], wall=600.0)  # lrn, lr 0.01: 10 min
+    fake = fake_launcher()
+    assert sweep.run_sweep(path, workdir, plan_only=True) == 0
+    out = capsys.readouterr().out
+    assert fake.launched == []
+    assert out.splitlines()[0].endswith("with num_epochs=1 data.validation_examples=100")
+    lines = [line.split() for line in out.splitlines() if "-seed" in line]
+    assert [line[:2] for line in lines] == [["done", "lrn-lr=0.01-seed0"],
+                                            ["new", "lrn-lr=0.03-seed0"],
+                                            ["new", "other-lr=0.01-seed0"],
+                                            ["new", "other-lr=0.03-seed0"]]
+    assert lines[2][2:5] == ["model.norm=none", "optim.learning_rate=0.01", "seed=0"]
+    assert all(line[-2:] == ["~10", "min"] for line in lines[1:])
+    assert "up to 4 per variant" in out and "±0.5 points" in out
+    # 3 new runs of 10 min; later: 2 variants x 1 more seed, then x 2 more: 6 runs of 10 min
+    assert "~0.5 h for the runs above not yet done, and up to ~1.0 h for the 6 runs" in out
+
+
+@pytest.mark.long
+def test_plan_without_finished_runs_probes_the_training_step(tmp_path, capsys):
+    path = sweep_file(tmp_path)
+    assert sweep.run_sweep(path, str(tmp_path / "w"), plan_only=True, quick=True) == 0
+    out = capsys.readouterr().out
+    assert "probe of lrn's training step" in out
+    minutes = [float(line.split()[-2].lstrip("~")) for line in out.splitlines() if "-seed" in line]
+    assert len(minutes) == 4 and all(0 < m < 60 for m in minutes)
+
+
+# --- precision: seeds in rounds until each verdict settles --------------------------------
+
+def test_verdicts_by_hand():
+    from alexnet_jax.sweep.precision import Verdict, difference_interval
+    # differences 0.01, 0.03, 0.02: mean 0.02, sd 0.01, t(0.975, 2) = 4.302653: ± 0.0248
+    mean, half = difference_interval([0.11, 0.13, 0.12], [0.10, 0.10, 0.10])
+    assert Verdict(3, mean, half, None).text() == "inconclusive at 3 seeds (± 2.48)"
+    # ten differences 0.004 ± 0.001 (alternating 0.003, 0.005): sd 0.001054, t(9) = 2.262157
+    values = [0.003, 0.005] * 5
+    mean, half = difference_interval(values, [0.0] * 10)
+    assert Verdict(10, mean, half, 0.003).kind == "significant"
+    assert Verdict(10, mean, half, 0.003).text() == \
+        "a difference of +0.40 ± 0.08 points (significant)"
+    # differences spanning zero, narrow: bounded by the interval's farther end
+    mean, half = difference_interval([0.001, -0.001] * 5, [0.0] * 10)
+    verdict = Verdict(10, mean, half, 0.003)
+    assert verdict.kind == "bounded"
+    assert verdict.text() == "no difference larger than 0.08 points (+0.00 ± 0.08)"
+    assert Verdict(10, mean, half, 0.0005).text() == "inconclusive at 10 seeds (± 0.08)"
+
+
+def test_seeds_needed_projects_the_spread_to_the_precision():
+    from alexnet_jax.sweep.precision import next_round, seeds_needed, t_quantile
+    diffs = [0.004, -0.002, 0.001]  # sd 0.003: t(n-1) * 0.003 / sqrt(n) <= 0.003 from n = 7
+    assert t_quantile(6) * 0.003 / math.sqrt(6) > 0.003 >= t_quantile(7) * 0.003 / math.sqrt(7)
+    assert seeds_needed(diffs, 0.003, 10) == 7
+    assert seeds_needed(diffs, 0.003, 5) == 5  # capped
+    assert seeds_needed(diffs, 0.1, 10) == 4  # at least one more
+    assert next_round({"a": diffs, "significant": [0.01, 0.011, 0.012],
+                       "capped": [0.004, -0.002, 0.001, 0.0, 0.001]}, 0.003, 5) == {"a": 5}
+
+
+def test_a_precision_sweep_adds_seeds_only_where_the_verdict_is_not_settled(
+        tmp_path, fake_launcher):
+    """Planted errors: `clear` is 2 points worse in every seed (significant after the first
+    round), `same` equals the baseline to within ±0.05 points (bounded after the first
+    round at precision 0.3), `noisy` swings by ±1 point (more seeds, to the cap of 6)."""
+    path = tmp_path / "precise.py"
+    path.write_text(
+        "def get_sweep():\n"
+        "    return {'base': 'experiments/fashion_mnist.py', 'seeds': [0, 1, 2],\n"
+        "            'variants': [('lrn', {}), ('clear', {'model.norm': 'none'}),\n"
+        "                         ('same', {'model.norm': 'batchnorm'}),\n"
+        "                         ('noisy', {'model.norm': 'groupnorm'})],\n"
+        "            'precision': 0.3, 'max_seeds': 6}\n")
+    swings = [0.01, -0.01, 0.012, -0.009, 0.011, -0.01]
+
+    def errors(run):
+        extra = {"lrn": 0.0, "clear": 0.02 + 0.0001 * run.seed,
+                 "same": 0.0005 * (-1) ** run.seed, "noisy": swings[run.seed]}[run.variant]
+        return 0.1 + extra
+
+    fake = fake_launcher(errors)
+    workdir = str(tmp_path / "w")
+    assert sweep.run_sweep(str(path), workdir) == 0
+    launched = {v: sorted(int(n.split("seed")[1]) for n in fake.launched
+                          if n.startswith(v + "-")) for v in ("lrn", "clear", "same", "noisy")}
+    assert launched == {"lrn": list(range(6)), "clear": [0, 1, 2], "same": [0, 1, 2],
+                        "noisy": list(range(6))}
+    table = open(os.path.join(workdir, "results.md")).read()
+    assert "| clear | 3 |" in table and "(significant)" in table
+    assert "| same | 3 |" in table and "no difference larger than" in table
+    assert "| noisy | 6 |" in table and "inconclusive at 6 seeds (±" in table
+    # Started again, it runs nothing: every round's runs are on disk.
+    fake.launched.clear()
+    assert sweep.run_sweep(str(path), workdir) == 0 and fake.launched == []
+
+
+def test_vmapped_seeds_run_as_one_process_per_variant_and_setting(tmp_path):
+    """--vmap_seeds: the pending seeds of a variant and setting are one job whose command
+    trains them together (--seeds, the seed in the workdir as {seed}); a variant with one
+    pending seed stays a run of its own."""
+    from alexnet_jax.sweep.launch import jobs_for
+    definition = sweep.load_sweep(sweep_file(tmp_path))
+    runs = [r for r in sweep.plan(definition) if r.name != "other-seed1"]
+    jobs = jobs_for(definition, runs, str(tmp_path), vmap_seeds=True)
+    assert [(job.name, [r.name for r in job.runs]) for job in jobs] == [
+        ("lrn-seeds0-1", ["lrn-seed0", "lrn-seed1"]), ("other-seed0", ["other-seed0"])]
+    argv = list(jobs[0].argv)
+    assert argv[argv.index("--workdir") + 1] == str(tmp_path / "lrn-seed{seed}")
+    assert "--seeds=0,1" in argv and not any(a.startswith("--config.seed=") for a in argv)
+    assert "--config.seed=0" in jobs[1].argv and "--seeds" not in " ".join(jobs[1].argv)
+    assert [job.name for job in jobs_for(definition, runs, str(tmp_path), False)] == [
+        "lrn-seed0", "lrn-seed1", "other-seed0"]
+    # The planner writes the trainer's placeholder and shared workdir without importing it.
+    from alexnet_jax.sweep.plan import SEED
+    from alexnet_jax.training import seeds
+    assert SEED == seeds.SEED
+    runs_dirs, shared = seeds.workdirs(argv[argv.index("--workdir") + 1], [0, 1])
+    assert shared == str(tmp_path / jobs[0].name)
+    assert runs_dirs == [str(tmp_path / "lrn-seed0"), str(tmp_path / "lrn-seed1")]

@@ -1,0 +1,100 @@
+"""The trainer end to end on tiny configs, its step functions, metrics and bad input."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from alexnet_jax.model import layouts, networks
+from alexnet_jax.training import metrics, optim, train
+from support import build, trainer_config  # noqa: E402
+
+
+def one_batch(batch=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": jnp.asarray(rng.normal(size=(batch, 28, 28, 1)), jnp.float32),
+            "label": jnp.asarray(rng.integers(0, 10, batch))}
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    config = trainer_config()
+    config.model.dropout_rate = 0.0
+    config.optim.learning_rate = 0.01
+    run = build(config)
+    state, batch = run.state, one_batch()
+    losses = []
+    for _ in range(60):
+        state, m = run.steps.train(state, batch)
+        losses.append(float(m["loss"]))
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def params_after_steps(seed, steps=3):
+    config = trainer_config()
+    config.seed = seed
+    run = build(config)
+    state = run.state
+    for i in range(steps):
+        state, _ = run.steps.train(state, one_batch(seed=i))
+    return jax.device_get(state.params)
+
+
+def test_same_seed_same_parameters_other_seed_different():
+    a, b, c = params_after_steps(0), params_after_steps(0), params_after_steps(1)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert not np.allclose(a["towers"]["conv1"]["kernel"], c["towers"]["conv1"]["kernel"])
+
+
+def test_dropout_masks_change_from_step_to_step():
+    run = build(trainer_config())
+    batch = one_batch()
+    keys = [jax.random.fold_in(run.state.rng, s) for s in (0, 1)]
+    logits = [run.layout.apply({"params": run.state.params}, batch["image"], train=True,
+                               rngs={"dropout": k}) for k in keys]
+    assert not np.allclose(logits[0], logits[1])
+
+
+
+
+def test_eval_step_counts_only_unmasked_examples():
+    run = build(trainer_config())
+    batch = {**one_batch(8), "mask": jnp.asarray([1, 1, 1, 0, 0, 0, 0, 0], jnp.float32)}
+    sums = run.steps.eval(run.state, batch)
+    assert float(sums["count"]) == 3
+    logits = run.layout.apply({"params": run.state.params}, batch["image"][:3])
+    expected = float(jnp.sum(metrics.topk_correct(logits, batch["label"][:3], 1)))
+    assert float(sums["top1_correct"]) == expected
+
+
+def test_ten_view_evaluation_scores_the_centre_view_and_the_averaged_softmax():
+    """Images (batch, 10, H, W, C): top-1 of view 4 (the centre patch) and, as the paper
+    did, of the softmax averaged over the 10 views; checked against NumPy."""
+    model_config = networks.config_from(trainer_config().model, (28, 28, 1), 10)
+    layout = layouts.create("single", model_config)
+    tx = optim.create_optimizer(trainer_config(), model_config, 10)
+    step = jax.jit(functools.partial(train.eval_step, apply_fn=layout.apply, center_view=4))
+    state = train.create_train_state(0, layout, tx)
+    rng = np.random.default_rng(3)
+    images = jnp.asarray(rng.normal(size=(6, 10, 28, 28, 1)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, 6))
+    mask = jnp.asarray([1, 1, 1, 1, 1, 0], jnp.float32)
+    sums = step(state, {"image": images, "label": labels, "mask": mask})
+    logits = np.asarray(layout.apply({"params": state.params}, images.reshape(60, 28, 28, 1)))
+    logits = logits.reshape(6, 10, 10).astype(np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    real = np.asarray(mask, bool)
+    centre_hits = (logits[:, 4].argmax(-1) == np.asarray(labels))[real].sum()
+    averaged = probs.mean(1)
+    averaged_hits = (averaged.argmax(-1) == np.asarray(labels))[real].sum()
+    assert float(sums["top1_correct"]) == centre_hits
+    assert float(sums["10crop_top1_correct"]) == averaged_hits
+    expected_loss = -np.log(averaged[np.arange(6), np.asarray(labels)])[real].sum()
+    np.testing.assert_allclose(float(sums["10crop_loss"]), expected_loss, rtol=1e-4)
+
+
+
+
