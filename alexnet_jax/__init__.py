@@ -14,11 +14,13 @@ each importing only those after it:
 
 
 def prepare_process() -> None:
-    """What a command does first, before JAX starts: end with the process that started it
-    where that asked (``runtime/process.py``), then the CPU extra's process settings
+    """What a command does first, before JAX starts: hold back the backends' notices unless
+    ``--verbose`` (``runtime/console.py``), end with the process that started it where
+    that asked (``runtime/process.py``), then the CPU extra's process settings
     (``model/cpu/``: forced host devices' flags, malloc that keeps what it frees), where
     the extra is installed and the backend will be the CPU."""
-    from alexnet_jax.runtime import process
+    from alexnet_jax.runtime import console, process
+    console.hold_back_notices()
     process.die_with_parent()
     try:
         from alexnet_jax.model.cpu import prepare_process as prepare_cpu

@@ -17,6 +17,11 @@ per-example work (decoding, cropping) to the workers and receive finished exampl
 it gives up: the examples of an epoch arrive in the workers' order, so a resumed run no
 longer sees exactly the batches it would have seen (README, "Training on ImageNet").
 """
+
+if __name__ == "__main__":  # before JAX is imported: XLA reads its log level then
+    from alexnet_jax.runtime import console
+    console.hold_back_notices()
+
 import sys
 
 from absl import app, flags

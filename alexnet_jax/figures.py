@@ -16,6 +16,10 @@ Writes under ``DIR/figures/``:
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # before JAX is imported: XLA reads its log level then
+    from alexnet_jax.runtime import console
+    console.hold_back_notices()
+
 import json
 import os
 import time

@@ -34,7 +34,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax.runtime import checkpoints, distributed, errors, signals, supervisor
+from alexnet_jax.runtime import checkpoints, console, distributed, errors, signals, supervisor
 from alexnet_jax.training import command_line, experiment, seeds
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -64,14 +64,10 @@ REJECTED, FAILED = 2, 1  # exit statuses; an interrupted run exits with 128 + th
 REJECTIONS, FAILURES = errors.REJECTIONS, errors.FAILURES
 
 
-def verbose() -> bool:
-    return os.environ.get("ALEXNET_JAX_VERBOSE") == "1" or "--verbose" in sys.argv
-
-
 def fail(message: object, status: int) -> None:
     """Ends the process with ``message`` as one line on stderr; verbose, an exception's
     traceback instead."""
-    if verbose() and isinstance(message, BaseException):
+    if console.verbose() and isinstance(message, BaseException):
         raise message
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
     sys.exit(status)
@@ -83,7 +79,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except Exception as error:  # noqa: BLE001 - a config file may raise anything
-        fail(error if verbose() else command_line.flag_message(error, argv), REJECTED)
+        fail(error if console.verbose() else command_line.flag_message(error, argv), REJECTED)
 
 
 def _seed_list() -> list[int]:

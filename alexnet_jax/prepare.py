@@ -8,6 +8,11 @@ preparation that is stopped resumes at its first missing shard, and on a prepare
 it prepares again each shard that is missing or truncated.  The first training run
 of a config prepares its store itself when it is missing; this does it beforehand.
 """
+
+if __name__ == "__main__":  # before JAX is imported: XLA reads its log level then
+    from alexnet_jax.runtime import console
+    console.hold_back_notices()
+
 import sys
 
 from absl import app

@@ -7,6 +7,10 @@ between the towers' devices per training step.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # before JAX is imported: XLA reads its log level then
+    from alexnet_jax.runtime import console
+    console.hold_back_notices()
+
 import json
 
 from absl import app, flags

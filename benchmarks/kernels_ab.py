@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax.benchmark import synthetic_training
 from alexnet_jax.model import layouts
 from alexnet_jax.model.cpu import chooser
 from alexnet_jax.model.networks import model_config
+from alexnet_jax.tools.timing import synthetic_training
 
 
 def load_forms(path: str):

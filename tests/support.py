@@ -11,6 +11,7 @@ from alexnet_jax.model import layouts, networks
 from alexnet_jax.runtime import checkpoints
 from alexnet_jax.training import optim, train
 from alexnet_jax.training.config_base import base_config
+from alexnet_jax.training.objective import Objective
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(REPO, "data")  # make data puts Fashion-MNIST here
@@ -67,8 +68,10 @@ def build(config: Any, steps_per_epoch: int = 10, parallelism: str = "single",
     layout = layouts.create(parallelism, model_config, num_devices, config.model.implementation,
                              config.model.sync_batch_stats)
     tx = optim.create_optimizer(config, model_config, steps_per_epoch)
-    return Run(layout, tx, train.make_steps(layout, tx), train.create_train_state(config.seed,
-                                                                                    layout, tx))
+    steps = train.make_steps(layout, tx, objective=Objective.from_config(config),
+                             ema_decay=config.optim.ema_decay)
+    state = train.create_train_state(config.seed, layout, tx, ema=config.optim.ema_decay > 0)
+    return Run(layout, tx, steps, state)
 
 
 def jitted_apply(model: Any, **static: Any):
@@ -124,6 +127,32 @@ class StopAt:
         if self.calls == self.step:
             os.kill(os.getpid(), self.sig)
         return result
+
+
+def accumulation_pair(parallelism: str = "single", num_devices: int = 0,
+                      accumulate: int = 4, batch: int = 32) -> tuple[Any, Any]:
+    """The parameters after one update of the small network (no dropout, LRN: nothing but
+    the batch differs between its examples) from a batch of ``batch``, and after
+    ``accumulate`` steps over its slices of ``batch // accumulate`` with
+    ``optim.accumulate_steps``; with the initial parameters."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(batch, 28, 28, 1)).astype(np.float32)
+    labels = rng.integers(0, 10, batch).astype(np.int32)
+    results = []
+    for steps in (1, accumulate):
+        config = tiny_config()
+        config.model.dropout_rate = 0.0
+        config.optim.schedule = "constant"
+        config.optim.accumulate_steps = steps
+        run = build(config, parallelism=parallelism, num_devices=num_devices)
+        initial = jax.device_get(run.state.params)
+        state, size = run.state, batch // steps
+        for i in range(steps):
+            rows = slice(i * size, (i + 1) * size)
+            part = {"image": images[rows], "label": labels[rows]}
+            state, _ = run.steps.train(state, run.layout.shard_batch(part))
+        results.append(jax.device_get(state.params))
+    return results[0], results[1], initial
 
 
 def files_under(directory):

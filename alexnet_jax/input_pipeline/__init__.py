@@ -27,9 +27,11 @@ def create_pipeline(config: Any, process_index: int = 0, process_count: int = 1)
     """The pipeline of ``config.data.dataset`` for this process: for ImageNet-style data, by
     default from the prepared 256x256 store (``store.py``; prepared first if missing)."""
     data = config.data
+    import tensorflow_datasets as tfds  # its preparation bars follow the run's progress bar
+    (tfds.enable_progress_bar if config.progress_bar else tfds.disable_progress_bar)()
     if sources.info(data.dataset).family == "imagenet" and data.store == "prepared":
         from alexnet_jax.input_pipeline.preprocess.imagenet import StorePreprocessing
-        builder = store.open_store(data)
+        builder = store.open_store(data, progress=config.progress_bar)
         with store.damage_explained(store.store_dir(data)):  # the mean image, the sizes
             return Pipeline(config, StorePreprocessing(config, builder, store.store_dir(data)),
                             builder, sources.info(data.dataset), process_index, process_count)

@@ -178,16 +178,18 @@ def damage_explained(directory: str):
         raise damage_error(directory, error) from None
 
 
-def open_store(data: Any, source: Any | None = None, announce: bool = True):
-    """The store's TFDS builder, preparing it first where it is missing or half-written,
-    and preparing again each shard that is missing or of another size."""
+def open_store(data: Any, source: Any | None = None, announce: bool = True,
+               progress: bool = True):
+    """The store's TFDS builder, preparing it first where it is missing or half-written
+    (with a progress bar where ``progress``), and preparing again each shard that is
+    missing or of another size."""
     import tensorflow_datasets as tfds
     if not is_prepared(data):
         if announce:
             print(f"Preparing the {SIDE}x{SIDE} store of {source_name(data)} in "
                   f"{store_dir(data)} (once, on every core; a stopped preparation resumes): "
                   f"python -m alexnet_jax.prepare does the same beforehand.", flush=True)
-        prepare(data, source)
+        prepare(data, source, progress)
     repair_shards(data, source)
     builder = tfds.builder_from_directory(store_dir(data))
     shape = tuple(builder.info.features["image"].shape)

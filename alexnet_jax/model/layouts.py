@@ -195,9 +195,12 @@ class Layout:
         opt_specs = optax.tree_map_params(
             tx, lambda _, spec: spec, state.opt_state, specs["params"],
             transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, P))
+        batch_stats = specs["batch_stats"] if state.batch_stats else {}
+        ema = getattr(state, "ema", None)  # the weights' moving average, placed as they are
         return state.replace(step=replicated, params=specs["params"], opt_state=opt_specs,
-                             rng=replicated,
-                             batch_stats=specs["batch_stats"] if state.batch_stats else {})
+                             rng=replicated, batch_stats=batch_stats,
+                             **({} if ema is None else
+                                {"ema": {"params": specs["params"], "batch_stats": batch_stats}}))
 
     def place_state(self, state: Any, tx: Any) -> Any:
         """Places a training state on the layout's devices by ``state_specs``."""

@@ -79,10 +79,10 @@ class ModelConfig:
     """
 
     input_shape: tuple[int, int, int]
-    conv_channels: tuple[int, ...]
-    conv_kernels: tuple[int, ...]
-    conv1_stride: int
-    conv1_padding: Any  # "SAME", "VALID" or ((top, bottom), (left, right))
+    conv_channels: tuple[int, ...]  # per tower, conv1 to conv5
+    conv_kernels: tuple[int, ...]  # square kernels' sizes
+    conv_strides: tuple[int, ...]
+    conv_paddings: tuple[Any, ...]  # each "SAME", "VALID" or ((top, bottom), (left, right))
     hidden_units: tuple[int, ...]
     towers: int
     num_classes: int
@@ -103,6 +103,11 @@ class ModelConfig:
         components.ACTIVATIONS.check(self.activation)
         check_choice("init", self.init, INITS)
         check_choice("dtype", self.dtype, tuple(DTYPES))
+        layers = {len(self.conv_channels), len(self.conv_kernels), len(self.conv_strides),
+                  len(self.conv_paddings)}
+        if len(layers) != 1:
+            raise ValueError("conv_channels, conv_kernels, conv_strides and conv_paddings must "
+                             "give one value per convolution layer each.")
         if self.towers < 1:
             raise ValueError(f"towers={self.towers!r} must be at least 1.")
         if not 0.0 <= self.dropout_rate < 1.0:
@@ -126,10 +131,10 @@ class ModelConfig:
         """The height (or width) of pool5's maps for an input ``size`` pixels high (or wide):
         0 where the input is too small for the network."""
         pooling = components.POOLS[self.pool]
-        for i, kernel in enumerate(self.conv_kernels, start=1):
-            if i == 1:
-                low, high = _padding_pair(self.conv1_padding, size, kernel, self.conv1_stride)
-                size = max(0, (size + low + high - kernel) // self.conv1_stride + 1)
+        for i, (kernel, stride, padding) in enumerate(
+                zip(self.conv_kernels, self.conv_strides, self.conv_paddings), start=1):
+            low, high = _padding_pair(padding, size, kernel, stride)
+            size = max(0, (size + low + high - kernel) // stride + 1)
             if f"conv{i}" in POOLED_LAYERS:
                 size = max(0, (size - pooling.window) // pooling.stride + 1)
         return size
@@ -155,26 +160,29 @@ def _padding_pair(padding: Any, size: int, kernel: int, stride: int) -> tuple[in
 VARIANTS: dict[str, dict[str, Any]] = {
     # The paper's network: 2 x (48, 128, 192, 192, 128) conv maps, 2 x (2048, 2048) fc units.
     "paper": dict(input_shape=(224, 224, 3), conv_channels=(48, 128, 192, 192, 128),
-                  conv_kernels=(11, 5, 3, 3, 3), conv1_stride=4,
-                  conv1_padding=CUDA_CONVNET_CONV1_PADDING, hidden_units=(2048, 2048),
+                  conv_kernels=(11, 5, 3, 3, 3), conv_strides=(4, 1, 1, 1, 1),
+                  conv_paddings=(CUDA_CONVNET_CONV1_PADDING, *["SAME"] * 4),
+                  hidden_units=(2048, 2048),
                   towers=2, num_classes=1000, lrn=(2.0, 5, 1e-4, 0.75), dropout_rate=0.5,
                   init="paper"),
     # One tower with the widths of torchvision / "One weird trick" (Krizhevsky 2014).
     "one_tower": dict(input_shape=(224, 224, 3), conv_channels=(64, 192, 384, 256, 256),
-                      conv_kernels=(11, 5, 3, 3, 3), conv1_stride=4,
-                      conv1_padding=CUDA_CONVNET_CONV1_PADDING, hidden_units=(4096, 4096),
+                      conv_kernels=(11, 5, 3, 3, 3), conv_strides=(4, 1, 1, 1, 1),
+                      conv_paddings=(CUDA_CONVNET_CONV1_PADDING, *["SAME"] * 4),
+                      hidden_units=(4096, 4096),
                       towers=1, num_classes=1000, lrn=(2.0, 5, 1e-4, 0.75), dropout_rate=0.5,
                       init="paper"),
     # The seed's TensorFlow benchmark network, layer for layer: SAME padding (conv1
     # gives 56x56), tf.nn.lrn(depth_radius=4, bias=1, alpha=1e-3/9, beta=0.75), a ReLU
     # after its 1000-unit layer, then a 1000 -> 10 softmax layer; no dropout.
     "tf_benchmark": dict(input_shape=(224, 224, 3), conv_channels=(64, 192, 384, 256, 256),
-                         conv_kernels=(11, 5, 3, 3, 3), conv1_stride=4, conv1_padding="SAME",
+                         conv_kernels=(11, 5, 3, 3, 3), conv_strides=(4, 1, 1, 1, 1),
+                         conv_paddings=("SAME",) * 5,
                          hidden_units=(4096, 4096, 1000), towers=1, num_classes=10,
                          lrn=(1.0, 9, 1e-3 / 9, 0.75), dropout_rate=0.0, init="scaled"),
     # The paper's structure scaled for 28-32 px images and 10 classes (28 -> pools 13, 6, 2).
     "small": dict(input_shape=(28, 28, 1), conv_channels=(24, 48, 64, 64, 48),
-                  conv_kernels=(5, 3, 3, 3, 3), conv1_stride=1, conv1_padding="SAME",
+                  conv_kernels=(5, 3, 3, 3, 3), conv_strides=(1,) * 5, conv_paddings=("SAME",) * 5,
                   hidden_units=(256, 256), towers=2, num_classes=10,
                   lrn=(2.0, 5, 1e-4, 0.75), dropout_rate=0.5, init="scaled"),
 }
@@ -301,15 +309,14 @@ class Tower(nn.Module):
         pooling = components.POOLS[config.pool]
         kernel_init = _kernel_init(config.init, activation.gain)
         x = x.astype(dtype)
-        for i, (channels, size) in enumerate(zip(config.conv_channels, config.conv_kernels),
-                                             start=1):
+        for i, (channels, size, step, padding) in enumerate(
+                zip(config.conv_channels, config.conv_kernels, config.conv_strides,
+                    config.conv_paddings), start=1):
             layer = f"conv{i}"
             if i == 3:
                 x = self._exchange(x)
-            first = i == 1
-            step = config.conv1_stride if first else 1
-            x = layers.conv(channels, (size, size), strides=(step, step),
-                            padding=config.conv1_padding if first else "SAME", dtype=dtype,
+            x = layers.conv(channels, (size, size), strides=(step, step), padding=padding,
+                            dtype=dtype,
                             kernel_init=kernel_init, bias_init=_bias_init(config.init, layer),
                             name=layer)(x)
             normalised = layer in NORMALISED_LAYERS

@@ -49,8 +49,13 @@ class Resumed(NamedTuple):
 
 
 def _arrays(state: Any) -> dict[str, Any]:
-    return {"params": state.params, "batch_stats": state.batch_stats,
-            "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+    """What a checkpoint holds of a state: its arrays (the weights' moving average only
+    where the run keeps one, so that checkpoints without it still read)."""
+    arrays = {"params": state.params, "batch_stats": state.batch_stats,
+              "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+    if getattr(state, "ema", None) is not None:
+        arrays["ema"] = state.ema
+    return arrays
 
 
 def _own_copy(tree: Any) -> Any:
@@ -286,6 +291,9 @@ class CheckpointManager:
             print(f"Resuming from the checkpoint of step {step} in {self.directory}.")
         elif restore_from:
             state = state.replace(**load_weights(restore_from, state))
+            if getattr(state, "ema", None) is not None:  # the average starts at those weights
+                state = state.replace(ema=jax.tree.map(  # a copy: the step donates buffers
+                    jnp.copy, {"params": state.params, "batch_stats": state.batch_stats}))
             print(f"Starting from the weights in {restore_from}.")
         return Resumed(state, plateau, history, wall_s)
 
@@ -465,6 +473,8 @@ def load_weights(path: str, state: Any) -> dict[str, Any]:
             raise CheckpointError(f"No checkpoint found at {path} (looked for step folders in "
                                   f"{', '.join(candidates)}).")
         manager, step = _orbax_manager(parent), int(name)
+    if getattr(state, "ema", None) is not None:
+        state = state.replace(ema=None)  # the weights are what is taken, not their average
     arrays, _ = read_checkpoint(manager, step, state)
     manager.close()
     return {"params": arrays["params"], "batch_stats": arrays["batch_stats"]}

@@ -3,6 +3,7 @@ import sys
 
 from absl import app, flags, logging
 
+from alexnet_jax.runtime import console
 from alexnet_jax.runtime.errors import WorkdirInUseError
 from alexnet_jax.sweep import LAUNCHERS, ClusterOptions, run_sweep
 
@@ -30,6 +31,7 @@ REJECTED = 2  # a bad sweep file or variant, stale runs, nothing to report: noth
 
 
 def main(argv: list[str]) -> int:
+    console.hold_back_notices()
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)

@@ -17,6 +17,7 @@ from ml_collections import config_dict
 
 from alexnet_jax.model import components
 from alexnet_jax.runtime.errors import ConfigError
+from alexnet_jax.training import objective, optim
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -79,8 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.service_address = ""  # tf.data service dispatcher (grpc://HOST:PORT): workers
 
     config.optim = ml_collections.ConfigDict()
+    config.optim.optimizer = "sgd"  # a name in optim.OPTIMIZERS: sgd (the paper's), adamw, lars
     config.optim.learning_rate = 0.01
-    config.optim.momentum = 0.9
+    # Each optimiser's own settings (optim.OPTIMIZERS' options), with their defaults.
+    for key, default in optim.all_optimizer_options().items():
+        config.optim[key] = default
     config.optim.weight_decay = 0.0005
     config.optim.decay_biases_and_norms = True  # the paper decays every parameter
     config.optim.schedule = "plateau"  # plateau | step | cosine | linear | constant
@@ -90,6 +94,19 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.plateau_max_reductions = 3
     config.optim.step_epochs = (30, 60, 80)  # schedule=step: divide by 10 at these epochs
     config.optim.warmup_epochs = 0.0  # schedule=cosine or linear: linear warmup first
+    # >1: the gradients of this many steps (batches of batch_size) averaged into one update,
+    # as one batch of accumulate_steps x batch_size; the schedule counts updates.
+    config.optim.accumulate_steps = 1
+    # >0: also keep an exponential moving average of the weights (and BatchNorm's
+    # statistics), ema <- ema_decay ema + (1 - ema_decay) weights after every update; each
+    # evaluation scores it beside the weights (ema_* metrics).
+    config.optim.ema_decay = 0.0
+
+    # The training objective: cross-entropy and its terms (objective.LOSS_TERMS), each off
+    # at 0.  Evaluations report the plain cross-entropy.
+    config.loss = ml_collections.ConfigDict()
+    for key, default in objective.all_term_options().items():
+        config.loss[key] = default
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 1000  # also saved at the end of every epoch; 0: epochs only
@@ -97,6 +114,9 @@ def base_config() -> ml_collections.ConfigDict:
     # split is held out) is kept apart.
     config.checkpoint.keep = 3
     config.checkpoint.async_save = True
+    # What "best" (and the plateau policy) reads: the weights' selection error, or (with
+    # optim.ema_decay) their moving average's: raw | ema.
+    config.checkpoint.best_by = "raw"
 
     return config
 
@@ -108,16 +128,38 @@ UNHASHED_KEYS = ("progress_bar", "checkpoint.async_save", "checkpoint.keep",
                  "config_hash")
 
 
+def added_keys() -> tuple[str, ...]:
+    """Keys added after runs were recorded, whose default computes what those runs did:
+    the optimiser's choice and the options of the ones added beside the paper's SGD,
+    accumulation, the moving average and what chooses "best" by it, and every objective
+    term.  At its default such a key is left out of a run's identity (``config_hash``), so
+    that adding it does not make every finished run stale; a new key with such a default
+    belongs here (an entry's own options join by themselves)."""
+    return ("optim.optimizer", "optim.accumulate_steps", "optim.ema_decay",
+            "checkpoint.best_by",
+            *(f"optim.{key}" for key in optim.all_optimizer_options() if key != "momentum"),
+            *(f"loss.{key}" for key in objective.all_term_options()))
+
+
 def config_hash(config: Any) -> str:
     """The identity of a run's results: 16 hex digits of the SHA-256 of its resolved config
-    (a ConfigDict, or a run's ``config.json`` as a dict) without ``UNHASHED_KEYS``.
+    (a ConfigDict, or a run's ``config.json`` as a dict) without ``UNHASHED_KEYS``, and
+    without the ``added_keys`` that hold their default.
 
     A key the config does not have takes today's default, so that a key added since a run
     was written (with a default that keeps what runs computed before) leaves its hash as
     it was.  Tuples and lists hash alike (JSON has only lists)."""
     if isinstance(config, ml_collections.ConfigDict):
         config = json.loads(config.to_json_best_effort())
-    resolved = with_defaults(json.loads(base_config().to_json_best_effort()), config)
+    defaults = json.loads(base_config().to_json_best_effort())
+    resolved = with_defaults(defaults, config)
+    for key in added_keys():
+        section, leaf = key.split(".")
+        node = resolved.get(section, {})
+        if leaf in node and node[leaf] == defaults[section][leaf]:
+            del node[leaf]
+            if not node:  # a section of added keys only (loss) goes with them
+                del resolved[section]
     for key in UNHASHED_KEYS:
         *parents, leaf = key.split(".")
         node = resolved
@@ -150,7 +192,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     the first problem and its fix."""
     from alexnet_jax import input_pipeline
     from alexnet_jax.model import layers, layouts, networks
-    from alexnet_jax.training import optim
 
     def choice(key: str, valid: tuple) -> None:
         if _get(config, key) not in valid:
@@ -174,9 +215,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
         raise ConfigError(f"config.data.store_quality={config.data.store_quality!r} must be a "
                           "JPEG quality in [1, 100].")
     choice("optim.schedule", optim.SCHEDULES)
+    choice("optim.optimizer", tuple(optim.OPTIMIZERS))
+    choice("checkpoint.best_by", ("raw", "ema"))
+    if not 0.0 <= config.optim.ema_decay < 1.0:
+        raise ConfigError(f"config.optim.ema_decay={config.optim.ema_decay!r} must be in [0, 1) "
+                          "(0: no moving average).")
+    if config.checkpoint.best_by == "ema" and not config.optim.ema_decay:
+        raise ConfigError("config.checkpoint.best_by=ema needs a moving average: set "
+                          "config.optim.ema_decay, e.g. 0.999.")
     for key in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
                 "eval_every_epochs", "checkpoint.keep", "data.shuffle_buffer",
-                "data.mean_images", "optim.plateau_patience"):
+                "data.mean_images", "optim.plateau_patience", "optim.accumulate_steps"):
         at_least(key, 1)
     for key in ("num_devices", "checkpoint.every_steps", "data.max_train_examples",
                 "data.max_test_examples", "data.validation_examples", "data.random_crop_padding",
@@ -186,8 +235,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     if config.optim.learning_rate <= 0:
         raise ConfigError(f"config.optim.learning_rate={config.optim.learning_rate!r} must be "
                           "positive.")
-    if not 0.0 <= config.optim.momentum < 1.0:
-        raise ConfigError(f"config.optim.momentum={config.optim.momentum!r} must be in [0, 1).")
+    try:
+        optim.check_options(config.optim)
+        objective.check_terms(config.loss)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if not 0.0 < config.optim.plateau_factor < 1.0:
         raise ConfigError(f"config.optim.plateau_factor={config.optim.plateau_factor!r} must "
                           "be in (0, 1): the learning rate is multiplied by it.")

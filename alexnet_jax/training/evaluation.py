@@ -17,6 +17,7 @@ import numpy as np
 from alexnet_jax.model import layouts, visualize
 from alexnet_jax.runtime import run_files
 from alexnet_jax.runtime.metric_writer import MetricWriter
+from alexnet_jax.training import train
 from alexnet_jax.training.metrics import TEN_CROP
 
 
@@ -63,28 +64,47 @@ def evaluate_splits(eval_step: Callable, state: Any, pipeline: Any, batch_size: 
 
 
 def record(step: int, epoch: int, results: dict[str, dict], history: list[dict],
-           writer: MetricWriter, params: Any) -> dict[str, Any]:
-    """One run's evaluation (``results``: each split's scores) appended to its ``history``
-    and written, with a picture of conv1's kernels; returns the history's entry, whose
-    ``selection_top1_error`` (validation where held out, else test) the plateau policy
-    and the "best" checkpoint read."""
+           writer: MetricWriter, params: Any, averaged: dict[str, dict] | None = None,
+           best_by: str = "raw") -> dict[str, Any]:
+    """One run's evaluation (``results``: each split's scores; ``averaged``: those of the
+    weights' moving average, where there is one, as ``ema_*``) appended to its
+    ``history`` and written, with a picture of conv1's kernels; returns the history's
+    entry, whose ``selection_top1_error`` (validation where held out, else test; the
+    average's with ``best_by="ema"``) the plateau policy and the "best" checkpoint
+    read."""
     test = results["test"]
     entry = {"step": step, "epoch": epoch, **test,
              **{f"validation_{k}": v for k, v in results.get("validation", {}).items()},
              "selection_top1_error": results.get("validation", test)["top1_error"]}
+    scalars = {f"{split}_{k}": v for split in results for k, v in results[split].items()}
+    if averaged is not None:
+        entry.update({f"ema_{k}": v for k, v in averaged["test"].items()})
+        entry.update({f"ema_validation_{k}": v
+                      for k, v in averaged.get("validation", {}).items()})
+        entry["ema_selection_top1_error"] = averaged.get("validation",
+                                                         averaged["test"])["top1_error"]
+        if best_by == "ema":
+            entry["selection_top1_error"] = entry["ema_selection_top1_error"]
+        scalars.update({f"ema_{split}_{k}": v for split in averaged
+                        for k, v in averaged[split].items()})
     history.append(entry)
-    writer.write(step, {"epoch": epoch, **{
-        f"{split}_{k}": v for split in results for k, v in results[split].items()}})
+    writer.write(step, {"epoch": epoch, **scalars})
     writer.image(step, "conv1_kernels", visualize.conv1_pixels(params, step))
     return entry
 
 
 def evaluate_only(eval_step: Callable, state: Any, pipeline: Any, config: Any, workdir: str,
                   layout: layouts.Layout) -> dict[str, Any]:
-    """Every evaluation split's scores of ``state`` (a checkpoint) in ``DIR/eval.json``."""
+    """Every evaluation split's scores of ``state`` (a checkpoint) in ``DIR/eval.json``, and
+    its moving average's (``ema_*``) where it keeps one."""
     scores, = evaluate_splits(eval_step, state, pipeline, config.eval_batch_size, layout)
     result = {"step": int(state.step),
               **{f"{split}_{k}": v for split in scores for k, v in scores[split].items()}}
+    if state.ema is not None:
+        averaged, = evaluate_splits(eval_step, train.averaged(state), pipeline,
+                                    config.eval_batch_size, layout)
+        result.update({f"ema_{split}_{k}": v for split in averaged
+                       for k, v in averaged[split].items()})
     run_files.write_json(workdir, "eval.json", result)
     print(f"Step {result['step']}: test top-1 error {result['test_top1_error']:.4f}, top-5 "
           f"{result['test_top5_error']:.4f}; {workdir}/eval.json")

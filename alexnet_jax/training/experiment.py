@@ -26,6 +26,7 @@ from alexnet_jax.model import layouts, networks
 from alexnet_jax.runtime import checkpoints, run_files, signals
 from alexnet_jax.runtime.workdir_lock import WorkdirLock
 from alexnet_jax.training import config_base, evaluation, loop, optim, run_record, train
+from alexnet_jax.training.objective import Objective
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +78,10 @@ def evaluate_checkpoint(config: Any, workdir: str, stop: signals.StopSignals
     parts = build(config, pipeline)
     steps = train.make_steps(parts.layout, parts.tx, pipeline.center_view, pipeline.device)
     manager = checkpoints.CheckpointManager(workdir, config)
-    resumed = manager.resume(train.create_train_state(config.seed, parts.layout, parts.tx),
-                             optim.PlateauPolicy.from_config(config.optim), config.restore_from)
+    fresh = train.create_train_state(config.seed, parts.layout, parts.tx,
+                                     ema=config.optim.ema_decay > 0)
+    resumed = manager.resume(fresh, optim.PlateauPolicy.from_config(config.optim),
+                             config.restore_from)
     manager.close()
     if not int(resumed.state.step) and not config.restore_from:
         raise checkpoints.CheckpointError(
@@ -103,9 +106,11 @@ def train_runs(configs: Sequence[Any], workdirs: Sequence[str], checkpoints_work
     parts = build(config, pipeline)
     layout = parts.layout
     steps = train.make_steps(layout, parts.tx, pipeline.center_view, pipeline.device,
-                             over_seeds=over_seeds)
+                             over_seeds=over_seeds, objective=Objective.from_config(config),
+                             ema_decay=config.optim.ema_decay)
     manager = checkpoints.CheckpointManager(checkpoints_workdir, config)
-    fresh = [train.create_train_state(one.seed, layout, parts.tx) for one in configs]
+    fresh = [train.create_train_state(one.seed, layout, parts.tx, ema=one.optim.ema_decay > 0)
+             for one in configs]
     policies = [optim.PlateauPolicy.from_config(one.optim) for one in configs]
     if over_seeds:
         resumed = manager.resume(stack(fresh), loop.Plateaus(policies))
@@ -145,12 +150,15 @@ def _starting(configs: Sequence[Any], pipeline: input_pipeline.Pipeline,
               layout: layouts.Layout, over_seeds: bool) -> str:
     """The line that says what is about to train."""
     config = configs[0]
+    batch = f"batch {config.batch_size}"
+    if config.optim.accumulate_steps > 1:
+        batch += (f" x {config.optim.accumulate_steps} accumulated ("
+                  f"{run_record.effective_batch_size(config)} an update)")
     if not over_seeds:
         return (f"{config.model.variant} AlexNet on {config.data.dataset}: {pipeline.num_train} "
                 f"training examples, {pipeline.steps_per_epoch} steps/epoch x "
-                f"{config.num_epochs} epochs, batch {config.batch_size}; "
-                f"{layout.describe(config.batch_size)}.")
+                f"{config.num_epochs} epochs, {batch}; {layout.describe(config.batch_size)}.")
     return (f"{len(configs)} seeds ({', '.join(str(one.seed) for one in configs)}) of "
             f"{config.model.variant} AlexNet on {config.data.dataset}, vmapped in one program: "
-            f"{pipeline.steps_per_epoch} steps/epoch x {config.num_epochs} epochs, batch "
-            f"{config.batch_size} each; {layout.describe(config.batch_size)}.")
+            f"{pipeline.steps_per_epoch} steps/epoch x {config.num_epochs} epochs, {batch} "
+            f"each; {layout.describe(config.batch_size)}.")

@@ -21,7 +21,7 @@ import numpy as np
 from alexnet_jax import input_pipeline
 from alexnet_jax.model import layouts
 from alexnet_jax.runtime import checkpoints, console, metric_writer, signals, supervisor
-from alexnet_jax.training import evaluation, metrics, optim
+from alexnet_jax.training import evaluation, metrics, optim, train
 from alexnet_jax.training.train import Steps
 
 
@@ -190,9 +190,13 @@ class Trainer:
         """Every evaluation split (validation where held out, then test) of every run; each
         run's plateau policy and "best" read its validation error where there is one."""
         factors = []
-        for i, (run, results) in enumerate(zip(self.runs, self.evaluate_splits(step))):
-            entry = evaluation.record(step, step // self.steps_per_epoch, results, run.history,
-                                      run.writer, self.of_run(self.state.params, i))
+        results = self.evaluate_splits(step, self.state)
+        averaged = ([None] * len(self.runs) if self.state.ema is None else
+                    self.evaluate_splits(step, train.averaged(self.state)))
+        for i, (run, scores, average) in enumerate(zip(self.runs, results, averaged)):
+            entry = evaluation.record(step, step // self.steps_per_epoch, scores, run.history,
+                                      run.writer, self.of_run(self.state.params, i), average,
+                                      self.config.checkpoint.best_by)
             reduce = (self.config.optim.schedule == "plateau"
                       and run.plateau.update(entry["selection_top1_error"]))
             factors.append(run.plateau.factor if reduce else 1.0)
@@ -202,12 +206,13 @@ class Trainer:
                 self.state.opt_state, factor))
         self.window_start = time.time()
 
-    def evaluate_splits(self, step: int) -> list[dict[str, dict]]:
-        """Per run, each evaluation split's scores (every seed on the first run's batches);
+    def evaluate_splits(self, step: int, state: Any) -> list[dict[str, dict]]:
+        """Per run, each evaluation split's scores of ``state`` (the trained weights, or
+        their moving average: ``train.averaged``), every seed on the first run's batches;
         a stop during them saves and stops (the resumed run evaluates first)."""
         try:
             return evaluation.evaluate_splits(
-                self.session.steps.eval, self.state, self.runs[0].pipeline,
+                self.session.steps.eval, state, self.runs[0].pipeline,
                 self.config.eval_batch_size, self.session.layout,
                 self.session.stop.interrupts_evaluation)
         except evaluation.EvaluationInterrupted:

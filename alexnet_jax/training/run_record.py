@@ -116,6 +116,11 @@ def open_run(workdir: str, config: Any, model_config: networks.ModelConfig, step
     return writer
 
 
+def effective_batch_size(config: Any) -> int:
+    """The examples one update averages over: the batch times the steps accumulated."""
+    return config.batch_size * config.optim.accumulate_steps
+
+
 def run_summary(history: list[dict], step: int, wall_s: float, pipeline: Any,
                 config: Any, model_config: networks.ModelConfig,
                 resumes: list[dict[str, Any]] = ()) -> dict[str, Any]:
@@ -126,13 +131,17 @@ def run_summary(history: list[dict], step: int, wall_s: float, pipeline: Any,
     best = min(history, key=lambda h: h["selection_top1_error"])
     ten_crop = {f"test_{k}": v for k, v in final.items() if k.startswith(TEN_CROP)}
     validation = {k: v for k, v in final.items() if k.startswith("validation_")}
+    averaged = {f"ema_test_{k[4:]}" if not k.startswith("ema_validation_") else k: v
+                for k, v in final.items()
+                if k.startswith("ema_") and k != "ema_selection_top1_error"}
     return {"test_top1_error": final["top1_error"], "test_top5_error": final["top5_error"],
-            **ten_crop, **validation,
+            **ten_crop, **validation, **averaged,
             "test_loss": final["loss"], "test_examples": final["examples"],
             "best_test_top1_error": best["top1_error"], "best_test_top5_error": best["top5_error"],
             "best_epoch": best["epoch"], "best_selection_top1_error":
             best["selection_top1_error"], "steps": step, "epochs": config.num_epochs,
             "wall_s": wall_s, "train_examples": pipeline.num_train,
+            "effective_batch_size": effective_batch_size(config),
             "platform": jax.default_backend(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "config_hash": run_hash(config, list(resumes)),
             **({"norm_layers": facts} if (facts := networks.norm_facts(model_config)) else {})}

@@ -19,12 +19,15 @@ import optax
 from alexnet_jax.model import layouts
 from alexnet_jax.model.layers import compiler_options
 from alexnet_jax.training import metrics, optim
+from alexnet_jax.training.objective import Objective
 
 
 @flax.struct.dataclass
 class TrainState:
     """What a training step changes, as arrays: the step, parameters, BatchNorm
-    statistics, optimiser state (with the learning-rate scale) and the run's key.
+    statistics, optimiser state (with the learning-rate scale), the run's key, and with
+    ``optim.ema_decay`` the weights' moving average (``ema``: {"params", "batch_stats"};
+    None without).
 
     Dropout keys are ``fold_in(rng, step)``: reproducible from the seed, and no two
     steps share a mask.
@@ -35,6 +38,26 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     rng: jax.Array
+    ema: Any = None
+
+
+def averaged(state: TrainState) -> TrainState:
+    """The state with the moving average's weights in place of the trained ones: what an
+    evaluation of the averaged weights runs on."""
+    return state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"])
+
+
+def starting_average(params: Any, batch_stats: Any) -> Any:
+    """A moving average that starts at these weights: a copy (the training step donates
+    the state's buffers, and one buffer cannot be donated twice)."""
+    return jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
+
+
+def moving_average(ema: Any, params: Any, batch_stats: Any, decay: float) -> Any:
+    """ema <- decay ema + (1 - decay) weights, for the parameters and BatchNorm's
+    statistics."""
+    return jax.tree.map(lambda average, now: decay * average + (1.0 - decay) * now, ema,
+                        {"params": params, "batch_stats": batch_stats})
 
 
 def variables_of(state: TrainState, params: Any) -> dict[str, Any]:
@@ -45,17 +68,20 @@ def variables_of(state: TrainState, params: Any) -> dict[str, Any]:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Callable,
-               tx: optax.GradientTransformation, augmentation: Any = None
+               tx: optax.GradientTransformation, augmentation: Any = None,
+               objective: Objective = Objective(), ema_decay: float = 0.0
                ) -> tuple[TrainState, dict]:
-    """One SGD step on a batch; returns the new state and the batch's metrics.
-    ``augmentation``: the input pipeline's part that runs here (None: none)."""
+    """One optimiser step on a batch, minimising ``objective``'s mean over it; returns the
+    new state and the batch's metrics (``loss``: the objective's).  ``augmentation``: the
+    input pipeline's part that runs here (None: none); ``ema_decay``: the moving
+    average's, where the state keeps one."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
     images = batch["image"] if augmentation is None else augmentation.train(batch)
 
     def loss_fn(params):
         logits, updates = apply_fn(variables_of(state, params), images, train=True,
                                    rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-        return metrics.cross_entropy(logits, batch["label"]).mean(), (logits, updates)
+        return objective(logits, batch["label"]).mean(), (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -63,6 +89,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Call
                               params=optax.apply_updates(state.params, param_updates),
                               opt_state=opt_state,
                               batch_stats=updates.get("batch_stats", state.batch_stats))
+    if state.ema is not None:
+        new_state = new_state.replace(ema=moving_average(
+            state.ema, new_state.params, new_state.batch_stats, ema_decay))
     return new_state, {"loss": loss, **metrics.error_rates(logits, batch["label"]),
                        "learning_rate": optim.current_learning_rate(state.opt_state)}
 
@@ -97,15 +126,21 @@ class Steps(NamedTuple):
 
 
 def make_steps(layout: layouts.Layout, tx: optax.GradientTransformation,
-               center_view: int = 0, augmentation: Any = None, over_seeds: bool = False
-               ) -> Steps:
+               center_view: int = 0, augmentation: Any = None, over_seeds: bool = False,
+               objective: Objective = Objective(), ema_decay: float = 0.0) -> Steps:
     """``train_step`` and ``eval_step`` for one run: closed over the layout's ``apply``, the
-    optimiser and the input's on-device augmentation, jit-compiled with the backend's
-    compiler options (``layers.compiler_options``).  ``over_seeds``: vmapped over a leading
-    seed axis of the states and the training batches, every seed evaluating the same
-    batch (``seeds.py``)."""
+    optimiser, the objective (``objective.Objective.from_config``), the moving average's
+    decay (``optim.ema_decay``) and the input's on-device augmentation, jit-compiled
+    with the backend's compiler options (``layers.compiler_options``).  ``over_seeds``:
+    vmapped over a leading seed axis of the states and the training batches, every seed
+    evaluating the same batch (``seeds.py``).
+
+    The training step donates its input state: its buffers are reused for the new state,
+    so the state passed in is deleted.  Keep only what it returns (``jax.device_get`` or
+    ``jax.tree.map(jnp.copy, state)`` first, to keep the old one)."""
     step = functools.partial(train_step, apply_fn=layout.apply, tx=tx,
-                             augmentation=augmentation)
+                             augmentation=augmentation, objective=objective,
+                             ema_decay=ema_decay)
     evaluate = functools.partial(eval_step, apply_fn=layout.apply, center_view=center_view,
                                  augmentation=augmentation)
     if over_seeds:
@@ -115,9 +150,10 @@ def make_steps(layout: layouts.Layout, tx: optax.GradientTransformation,
                  eval=jax.jit(evaluate, compiler_options=options))
 
 
-def create_train_state(seed: int, layout: layouts.Layout,
-                       tx: optax.GradientTransformation) -> TrainState:
-    """The state at step 0, placed on ``layout``'s devices.
+def create_train_state(seed: int, layout: layouts.Layout, tx: optax.GradientTransformation,
+                       ema: bool = False) -> TrainState:
+    """The state at step 0, placed on ``layout``'s devices; with ``ema``, a moving average
+    of the weights that starts at them.
 
     Initialised on one device whatever the layout (``layouts.initial_variables``), so
     that every layout (and every process of a multi-host run) starts from the very
@@ -126,7 +162,8 @@ def create_train_state(seed: int, layout: layouts.Layout,
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
     variables = layouts.initial_variables(layout.model.config, init_key)
     params = variables["params"]
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                       rng=run_key)
+    batch_stats = variables.get("batch_stats", {})
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                       opt_state=tx.init(params), rng=run_key,
+                       ema=starting_average(params, batch_stats) if ema else None)
     return layout.place_state(state, tx)

@@ -28,9 +28,9 @@ def run_main(*args, mock=False, env=None):
     """``python -m alexnet_jax.main`` (under TFDS's mock data with ``mock``)."""
     entry = [os.path.join(REPO, "tests", "mock_data_main.py")] if mock else ["-m",
                                                                            "alexnet_jax.main"]
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as a user runs
     return subprocess.run([sys.executable, *entry, *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": REPO,
-                                                       **(env or {})})
+                          text=True, timeout=300, env={**environment, **(env or {})})
 
 
 def snapshot(directory):
@@ -181,3 +181,13 @@ def test_the_readmes_forced_device_command_works_as_written(tmp_path):
     assert summary["xla_flags"].split() == [
         "--xla_force_host_platform_device_count=2", "--xla_cpu_multi_thread_eigen=false",
         "--xla_cpu_collective_call_terminate_timeout_seconds=600"]
+
+
+def test_a_command_holds_back_the_backends_notices():
+    """No "Unable to initialize backend" or absl INFO line unless --verbose."""
+    done = subprocess.run([sys.executable, "-m", "alexnet_jax.summary", "--config",
+                           "experiments/fashion_mnist.py"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("small AlexNet"), done.stderr
+    assert "Unable to initialize backend" not in done.stderr
+    assert not [line for line in done.stderr.splitlines() if re.match(r"I\d{4} ", line)]

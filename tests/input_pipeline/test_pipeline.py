@@ -284,3 +284,13 @@ def test_every_split_is_checked_before_training(tmp_path, damage):
                        match=r"(test split .* is damaged|damaged or missing \(.*test\.tfrecord).*"
                              r"Delete .* and run again"):
         input_pipeline.create_pipeline(small_config(data_dir=str(tmp_path / "data")))
+
+
+@needs_fashion_mnist
+def test_tfds_shows_its_bars_only_where_the_run_shows_its_own():
+    from tensorflow_datasets.core.utils import tqdm_utils
+    for shown in (False, True):
+        config = small_config()
+        config.progress_bar = shown
+        input_pipeline.create_pipeline(config)
+        assert isinstance(tqdm_utils.tqdm(total=1), tqdm_utils.EmptyTqdm) is not shown

@@ -149,6 +149,30 @@ def test_every_layout_trains_to_the_same_parameters_and_metrics(norm, order_keep
                 np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=kind)
 
 
+def test_the_moving_average_accumulation_and_label_smoothing_agree_in_every_layout(
+        order_keeping_kernels):
+    """With BatchNorm (statistics over the global batch), 2 steps accumulated into each
+    update, label smoothing and a moving average of the weights: after 8 steps (4
+    updates), every layout's parameters, statistics and their averages are one device's,
+    within the rounding bound above."""
+    batches = random_batches(8)
+    config = step_config("batchnorm")
+    config.optim.ema_decay = 0.9
+    config.optim.accumulate_steps = 2
+    config.loss.label_smoothing = 0.1
+    results = {}
+    for kind, devices in LAYOUTS:
+        layout, _, steps, state = build(config, len(batches), kind, devices)
+        start = jax.device_get((state.params, state.batch_stats))
+        for batch in batches:
+            state, _ = steps.train(state, layout.shard_batch(batch))
+        results[kind] = jax.device_get(
+            ((state.params, state.batch_stats), (state.ema["params"], state.ema["batch_stats"])))
+    for kind, _ in LAYOUTS[1:]:
+        for got, want in zip(results[kind], results["single"]):
+            assert_updates_close(got, want, start, len(batches))
+
+
 @pytest.mark.parametrize("towers", [2, 1])
 def test_data_layout_sums_the_custom_vjp_convolutions_gradients_over_replicas(
         order_keeping_kernels, towers):

@@ -10,7 +10,6 @@ reduce-scatters, in training) and the partial logits' all-reduce where the tower
 on devices of their own.  Needs 8 devices, as ``test_parallel.py``.
 """
 import re
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from alexnet_jax.input_pipeline.preprocess.on_device import PaperAugmentation
 from alexnet_jax.model import layers, layouts, networks
+from alexnet_jax.tools.timing import paper_sgd  # noqa: E402
 from alexnet_jax.training import optim, train
 
 pytestmark = pytest.mark.skipif(
@@ -30,8 +30,6 @@ pytestmark = pytest.mark.skipif(
 PLATFORMS = ["cuda", "tpu"]
 DEVICES = {"single": 1, "data": 8, "model": 2, "data_model": 8}
 BATCH = 16  # global: 2 per device under `data`, 4 per replica under `data_model`
-PAPER_SGD = SimpleNamespace(learning_rate=0.01, schedule="constant", momentum=0.9,
-                            weight_decay=0.0005, decay_biases_and_norms=True)
 COLLECTIVES = ("all_gather", "all_reduce", "reduce_scatter", "all_to_all", "collective_permute")
 
 
@@ -76,7 +74,7 @@ def test_the_accelerator_programs_lower_with_their_layouts_collectives(variant, 
     assert layout.model.layers is layers.PLAIN  # no CPU-only form is chosen for a GPU
     dummy = jax.ShapeDtypeStruct((1, *config.input_shape), jnp.float32)
     params = jax.eval_shape(networks.AlexNet(config).init, jax.random.key(0), dummy)["params"]
-    tx = optim.optimizer_from_config(PAPER_SGD, params, 1, 1)
+    tx = optim.optimizer_from_config(paper_sgd(), params, 1, 1)
     augmentation = PaperAugmentation(mean=np.zeros((256, 256, 3), np.float32), seed=0)
     steps = train.make_steps(layout, tx, center_view=4, augmentation=augmentation)
     state = abstract_state(layout, config, tx)

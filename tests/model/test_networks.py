@@ -147,11 +147,13 @@ def grouped_reference(params, x, model):
     def pool(x):
         return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
 
-    h = pool(lrn_per_group(conv_layer(x, "conv1", config.conv1_stride, config.conv1_padding, 1)))
-    h = pool(lrn_per_group(conv_layer(h, "conv2", 1, "SAME", towers)))
-    h = conv_layer(h, "conv3", 1, "SAME", 1)  # the first crossing: reads both towers
-    h = conv_layer(h, "conv4", 1, "SAME", towers)
-    h = pool(conv_layer(h, "conv5", 1, "SAME", towers))
+    shape = dict(zip([f"conv{i}" for i in range(1, 6)],
+                     zip(config.conv_strides, config.conv_paddings)))
+    h = pool(lrn_per_group(conv_layer(x, "conv1", *shape["conv1"], 1)))
+    h = pool(lrn_per_group(conv_layer(h, "conv2", *shape["conv2"], towers)))
+    h = conv_layer(h, "conv3", *shape["conv3"], 1)  # the first crossing: reads both towers
+    h = conv_layer(h, "conv4", *shape["conv4"], towers)
+    h = pool(conv_layer(h, "conv5", *shape["conv5"], towers))
     h = h.reshape(h.shape[0], -1)
     for name in ("fc6", "fc7"):
         h = jax.nn.relu(jnp.dot(h, cat(p[name]["kernel"]), precision=lax.Precision.HIGHEST)
@@ -342,3 +344,22 @@ def test_every_variable_a_tower_holds_is_marked_where_its_tower_axis_is_created(
         network = {k: v for k, v in specs["params"]["towers"].items() if k not in norm_layers}
         assert len(leaves(network)) == 15  # conv1-5, fc6, fc7: kernel, bias; output: kernel
         assert specs["params"]["output_bias"] == jax.sharding.PartitionSpec()
+
+
+def test_a_zfnet_like_network_is_one_row():
+    """Every stride, kernel and width is a field of the row: ZFNet's first layers (Zeiler
+    and Fergus 2014: 7x7 stride 2, then 5x5 stride 2) are one dict, and the maps come out
+    of the sizes that arithmetic gives."""
+    row = dict(networks.VARIANTS["one_tower"], conv_kernels=(7, 5, 3, 3, 3),
+               conv_strides=(2, 2, 1, 1, 1), conv_paddings=(((1, 1), (1, 1)), *["SAME"] * 4),
+               conv_channels=(96, 256, 384, 384, 256), num_classes=10)
+    config = networks.ModelConfig(**row)
+    # 224 -> conv1 (224 + 2 - 7) // 2 + 1 = 110 -> pool 54 -> conv2 27 -> pool 13 -> pool5 6
+    assert config.pooled_size(224) == 6
+    variables = jax.eval_shape(networks.AlexNet(config).init, jax.random.key(0),
+                               jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+    fc6 = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
+           if "fc6" in jax.tree_util.keystr(path) and "kernel" in jax.tree_util.keystr(path)]
+    assert [kernel.shape[-2] for kernel in fc6] == [6 * 6 * 256]
+    with pytest.raises(ValueError, match="one value per convolution layer"):
+        networks.ModelConfig(**dict(row, conv_strides=(2, 2)))

@@ -9,8 +9,6 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from alexnet_jax.runtime import run_files
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def test_processes_sharing_a_workdir_do_not_trip_over_its_write_check(tmp_path):
     """Every process of a multi-host run checks the shared workdir at once; with one probe

@@ -14,8 +14,6 @@ from alexnet_jax.runtime.workdir_lock import WorkdirLock  # noqa: E402
 from alexnet_jax.training import experiment
 from support import files_under, tiny_config  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def test_a_second_run_on_a_held_workdir_is_refused_before_it_writes(tmp_path):
     workdir = str(tmp_path / "run")

@@ -1,14 +1,12 @@
 """The command line's messages: out of memory, an unknown key."""
-import os
 
 import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from alexnet_jax.training import command_line
+from alexnet_jax.training.config_base import base_config  # noqa: E402
 from support import tiny_config  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_out_of_memory_is_one_line_with_the_batch_and_the_fix():
@@ -20,7 +18,8 @@ def test_out_of_memory_is_one_line_with_the_batch_and_the_fix():
 
 
 def test_an_unknown_key_without_a_near_match_names_its_path_and_its_siblings():
-    line = command_line.flag_message(AttributeError("\"'beta1'\""),
-                              ["main", "--config", "x.py", "--config.optim.beta1=0.9"])
-    assert line.startswith("--config.optim.beta1: the config has no key 'optim.beta1'; "
-                           "config.optim has: decay_biases_and_norms, learning_rate, momentum")
+    line = command_line.flag_message(AttributeError("\"'gamma9'\""),
+                                     ["main", "--config", "x.py", "--config.optim.gamma9=0.9"])
+    siblings = ", ".join(sorted(base_config().optim))
+    assert line.startswith("--config.optim.gamma9: the config has no key 'optim.gamma9'; "
+                           f"config.optim has: {siblings}")

@@ -1,8 +1,14 @@
 """The config schema and its validation: every bad value named, with its fix, before any work."""
+import json
+import os
+
 import pytest
 
 from alexnet_jax.model import components
+from alexnet_jax.training import config_base
 from alexnet_jax.training.config_base import ConfigError, base_config, validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def fashion_mnist(**changes):
@@ -89,3 +95,22 @@ def test_a_variant_too_big_for_the_images_names_its_smallest_input_and_one_that_
 def test_the_layout_is_checked_against_the_devices(changes, devices, processes, message):
     with pytest.raises(ConfigError, match=message):
         validate(fashion_mnist(**changes), num_devices=devices, process_count=processes)
+
+
+def test_a_key_added_at_its_default_leaves_a_recorded_runs_identity_as_it_was():
+    """A study's run recorded before the optimiser registry, accumulation, the moving
+    average and the objective existed keeps the hash the code of its day gave it (at
+    907b194), so that the sweep does not take it for stale; such a key set otherwise
+    changes the hash."""
+    path = os.path.join(REPO, "docs", "studies", "paper_claims", "paper-lr=0.03-seed0",
+                        "config.json")
+    with open(path) as f:
+        record = json.load(f)
+    assert "loss" not in record and "optimizer" not in record["optim"]
+    assert config_base.config_hash(record) == "d2265bc1d12fcf62"
+    for key, value in (("optim.optimizer", "adamw"), ("optim.adam_b1", 0.8),
+                       ("optim.accumulate_steps", 2), ("optim.ema_decay", 0.9),
+                       ("loss.label_smoothing", 0.1)):
+        section, leaf = key.split(".")
+        changed = {**record, section: {**record.get(section, {}), leaf: value}}
+        assert config_base.config_hash(changed) != "d2265bc1d12fcf62", key

@@ -10,8 +10,6 @@ from alexnet_jax.runtime import metric_writer
 from alexnet_jax.training import experiment
 from support import DATA_DIR, HAVE_FASHION_MNIST, trainer_config  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def test_train_and_evaluate_end_to_end_under_mock_data(tmp_path):
     config = trainer_config()
@@ -44,3 +42,21 @@ def test_train_and_evaluate_on_a_few_hundred_real_fashion_mnist_examples(tmp_pat
     assert summary["steps"] == 60 and summary["test_examples"] == 500
     # 10 classes: chance is 90% error. A few hundred examples already do far better.
     assert summary["test_top1_error"] < 0.6
+
+
+def test_a_moving_average_is_scored_beside_the_weights_and_can_choose_the_best(tmp_path):
+    """Each evaluation writes the average's scores (ema_*), summary.json gives them, and
+    with best_by=ema the best checkpoint is the epoch whose average scored best."""
+    config = trainer_config(epochs=3)
+    config.optim.ema_decay = 0.5
+    config.checkpoint.best_by = "ema"
+    with tfds.testing.mock_data(num_examples=128):
+        summary = experiment.train_and_evaluate(config, str(tmp_path))
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    evaluations = [r for r in records if "test_top1_error" in r]
+    assert len(evaluations) == 3 and all("ema_test_top1_error" in r for r in evaluations)
+    best = min(evaluations, key=lambda r: r["ema_test_top1_error"])
+    assert summary["best_epoch"] == best["epoch"]
+    assert summary["ema_test_top1_error"] == evaluations[-1]["ema_test_top1_error"]
+    assert summary["ema_test_loss"] == evaluations[-1]["ema_test_loss"]
+    assert os.listdir(tmp_path / "checkpoints" / "best") == [str(best["step"])]

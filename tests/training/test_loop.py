@@ -1,4 +1,6 @@
-"""The training loop: a diverged run stops and sets its unsound checkpoints aside."""
+"""The training loop: a run stopped and resumed ends where one that ran straight through
+does, its moving average included; a diverged run stops and sets its unsound checkpoints
+aside."""
 import os
 
 import pytest
@@ -8,8 +10,6 @@ tfds = pytest.importorskip("tensorflow_datasets")
 from alexnet_jax.runtime import checkpoints
 from alexnet_jax.training import experiment, metrics
 from support import tiny_config  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_a_diverged_run_sets_its_blown_up_checkpoints_aside_and_its_advice_trains(tmp_path):
@@ -35,3 +35,21 @@ def test_a_diverged_run_sets_its_blown_up_checkpoints_aside_and_its_advice_train
             retry.restore_from = workdir
         summary = experiment.train_and_evaluate(retry, str(tmp_path / "retry"))
         assert summary["steps"] == 3 and summary["test_loss"] < 100
+
+
+def test_a_resumed_run_with_a_moving_average_ends_where_a_straight_run_does(tmp_path):
+    """Stopped after its first epoch (its checkpoint) and resumed, bit for bit: the
+    weights' and their average's test losses."""
+    def config(epochs):
+        one = tiny_config(epochs=epochs, every_steps=0)
+        one.optim.schedule = "constant"
+        one.optim.ema_decay = 0.5
+        return one
+
+    with tfds.testing.mock_data(num_examples=96):
+        straight = experiment.train_and_evaluate(config(2), str(tmp_path / "straight"))
+        experiment.train_and_evaluate(config(1), str(tmp_path / "cut"))
+        resumed = experiment.train_and_evaluate(config(2), str(tmp_path / "cut"))
+    assert straight["steps"] == resumed["steps"] == 6
+    assert straight["test_loss"] == resumed["test_loss"]
+    assert straight["ema_test_loss"] == resumed["ema_test_loss"] != straight["test_loss"]

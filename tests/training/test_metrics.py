@@ -1,5 +1,4 @@
 """Classification metrics against NumPy, and the divergence bound."""
-import os
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +8,6 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from alexnet_jax.training import metrics
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_topk_error_against_numpy():

@@ -1,11 +1,14 @@
-"""The paper's SGD against a hand-written loop, the schedules and the plateau policy."""
+"""The optimisers against hand-written updates, the schedules, the plateau policy, the
+learning-rate helpers through wrappers, and gradient accumulation."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from alexnet_jax.training import optim
+import support
+from alexnet_jax.runtime.errors import ConfigError
+from alexnet_jax.training import config_base, optim
 from alexnet_jax.training.config_base import base_config
 
 
@@ -107,3 +110,104 @@ def test_plateau_min_delta_ignores_tiny_improvements_and_state_round_trips():
     assert restored == policy
     # Checkpoints written when the policy kept a copy of the scale still read.
     assert optim.PlateauPolicy.from_state_dict({**policy.state_dict(), "scale": 0.1}) == policy
+
+
+def quadratic_problem(name, **options):
+    config = base_config().optim
+    config.optimizer, config.schedule, config.learning_rate = name, "constant", 0.05
+    for key, value in options.items():
+        config[key] = value
+    params = {"a": jnp.asarray([0.3, -2.0, 5.0, 1.5]), "b": jnp.asarray([[0.5, -1.0], [2.0, 0.1]])}
+    return config, params
+
+
+def quadratic_grads(params):
+    return {k: 2.0 * (v - 1.0) * (1.0 + jnp.arange(v.size).reshape(v.shape)) for k, v in
+            params.items()}
+
+
+def run_optimizer(config, params, steps=6):
+    tx = optim.optimizer_from_config(config, params, 10, 1)
+    state, trace = tx.init(params), []
+    for _ in range(steps):
+        updates, state = tx.update(quadratic_grads(params), state, params)
+        params = optax.apply_updates(params, updates)
+        trace.append(jax.device_get(params))
+    return trace
+
+
+def test_adamw_equals_adam_with_decoupled_decay_by_hand():
+    config, params = quadratic_problem("adamw", adam_b1=0.8, adam_b2=0.99, adam_eps=1e-6)
+    trace = run_optimizer(config, params)
+    w = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in w.items()}
+    v2 = {k: np.zeros_like(v) for k, v in w.items()}
+    for t, got in enumerate(trace, 1):  # Loshchilov and Hutter (2019), Algorithm 2
+        g = {k: np.asarray(x, np.float64) for k, x in quadratic_grads(w).items()}
+        for k in w:
+            m[k] = 0.8 * m[k] + 0.2 * g[k]
+            v2[k] = 0.99 * v2[k] + 0.01 * g[k] ** 2
+            step = (m[k] / (1 - 0.8 ** t)) / (np.sqrt(v2[k] / (1 - 0.99 ** t)) + 1e-6)
+            w[k] = w[k] - 0.05 * (step + 0.0005 * w[k])
+            np.testing.assert_allclose(got[k], w[k], rtol=1e-5, atol=1e-6)
+
+
+def test_lars_scales_each_layers_step_by_its_trust_ratio_by_hand():
+    config, params = quadratic_problem("lars", momentum=0.9, lars_trust_coefficient=0.01)
+    trace = run_optimizer(config, params)
+    w = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    velocity = {k: np.zeros_like(v) for k, v in w.items()}
+    for got in trace:  # You, Gitman and Ginsburg (2017), Algorithm 1, layer by layer
+        g = {k: np.asarray(x, np.float64) for k, x in quadratic_grads(w).items()}
+        for k in w:
+            decayed = g[k] + 0.0005 * w[k]
+            trust = 0.01 * np.linalg.norm(w[k]) / np.linalg.norm(decayed)
+            velocity[k] = 0.9 * velocity[k] + 0.05 * trust * decayed
+            w[k] = w[k] - velocity[k]
+            np.testing.assert_allclose(got[k], w[k], rtol=1e-5, atol=1e-7)
+
+
+def test_every_optimizer_is_one_entry_whose_options_are_config_keys_and_checked():
+    config = base_config()
+    config.model.variant = "small"
+    for name, entry in optim.OPTIMIZERS.items():
+        for key, default in entry.options:
+            assert config.optim[key] == default
+        config.optim.optimizer = name
+        config_base.validate(config, 1, 1)
+    config.optim.optimizer = "adamw"
+    config.optim.adam_b2 = 1.0
+    with pytest.raises(ConfigError, match=r"config.optim.adam_b2=1.0 must be in \[0, 1\)"):
+        config_base.validate(config, 1, 1)
+    config.optim.optimizer = "adam"
+    with pytest.raises(ConfigError, match="sgd, adamw, lars"):
+        config_base.validate(config, 1, 1)
+
+
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_the_learning_rate_helpers_see_through_accumulation(name):
+    """The plateau policy's scale and the logged rate, with the optimiser wrapped in
+    MultiSteps; the schedule counts updates: 4 steps of 8 an epoch are 2 updates."""
+    config, params = quadratic_problem(name, accumulate_steps=4)
+    config.schedule = "linear"
+    tx = optim.optimizer_from_config(config, params, steps_per_epoch=8, num_epochs=1)
+    state = tx.init(params)
+    assert float(optim.current_learning_rate(state)) == pytest.approx(0.05)
+    for _ in range(8):  # the second update's rate is the schedule's at update 1 of 2
+        _, state = tx.update(quadratic_grads(params), state, params)
+    assert float(optim.current_learning_rate(state)) == pytest.approx(0.025)  # not 1 of 8
+    state = optim.scale_learning_rate(state, 0.1)
+    assert float(optim.lr_scale(state)) == pytest.approx(0.1)
+    assert float(optim.current_learning_rate(state)) == pytest.approx(0.0025)
+
+
+def test_accumulated_steps_give_the_update_of_one_batch_of_their_size():
+    """4 steps of 8 examples, accumulated, against 1 step of 32: the same update but for
+    float32 summation order (a logic error, a sum for a mean or a step applied early, moves
+    it by a factor of 4 or more)."""
+    one, accumulated, initial = support.accumulation_pair()
+    for a, b, p in zip(jax.tree.leaves(one), jax.tree.leaves(accumulated),
+                       jax.tree.leaves(initial)):
+        update = np.abs(a - p).max()
+        bound = 1e-3 * update + 4 * np.spacing(np.abs(p).max())
+        np.testing.assert_allclose(b - p, a - p, atol=bound)

@@ -1,6 +1,5 @@
 """A run's record: its identity across resumes, and TensorBoard's hyperparameters."""
 import json
-import os
 
 import pytest
 
@@ -9,8 +8,6 @@ tfds = pytest.importorskip("tensorflow_datasets")
 from alexnet_jax.model import components, networks  # noqa: E402
 from alexnet_jax.training import config_base, experiment, run_record  # noqa: E402
 from support import tiny_config  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_a_resume_with_other_settings_is_recorded_in_the_runs_identity(tmp_path, capsys):

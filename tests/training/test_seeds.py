@@ -56,18 +56,22 @@ def test_each_vmapped_seed_is_its_own_run(tmp_path):
 
 def test_seeds_resume_from_their_shared_checkpoint_exactly(tmp_path):
     """Stopped after its first epoch and resumed, the group ends where a group that ran
-    straight through does, bit for bit, each seed."""
+    straight through does, bit for bit, each seed, its moving average of the weights
+    included."""
     config = support.tiny_config(epochs=2, every_steps=0)
     config.optim.schedule = "constant"
+    config.optim.ema_decay = 0.5
     with tfds.testing.mock_data(num_examples=96):
         straight = seeds.train_seeds(config, [3, 5], str(tmp_path / "straight-seed{seed}"))
         first = support.tiny_config(epochs=1, every_steps=0)
         first.optim.schedule = "constant"
+        first.optim.ema_decay = 0.5
         seeds.train_seeds(first, [3, 5], str(tmp_path / "cut-seed{seed}"))
         resumed = seeds.train_seeds(config, [3, 5], str(tmp_path / "cut-seed{seed}"))
     assert os.path.isdir(tmp_path / "cut-seeds3-5" / "checkpoints" / "latest")
     for a, b in zip(straight, resumed):
         assert a["test_loss"] == b["test_loss"] and a["steps"] == b["steps"] == 6
+        assert a["ema_test_loss"] == b["ema_test_loss"] != a["test_loss"]
 
 
 def test_seeds_need_a_workdir_per_seed_and_one_device():

@@ -96,5 +96,26 @@ def test_ten_view_evaluation_scores_the_centre_view_and_the_averaged_softmax():
     np.testing.assert_allclose(float(sums["10crop_loss"]), expected_loss, rtol=1e-4)
 
 
-
-
+def test_the_moving_average_follows_the_weights_by_its_formula():
+    """ema <- 0.9 ema + 0.1 weights after each step, from the initial weights, for the
+    parameters and BatchNorm's statistics, against float64 arithmetic on the trajectory
+    (each float32 update rounds by half an ulp: 3 steps, a few ulps)."""
+    config = trainer_config()
+    config.model.norm = "batchnorm"
+    config.optim.ema_decay = 0.9
+    run = build(config)
+    state = run.state
+    expected = jax.tree.map(lambda x: np.asarray(x, np.float64),
+                            jax.device_get({"params": state.params,
+                                            "batch_stats": state.batch_stats}))
+    for seed in range(3):
+        state, _ = run.steps.train(state, one_batch(seed=seed))
+        now = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+        expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * np.asarray(p, np.float64),
+                                expected, now)
+    got = jax.device_get(state.ema)
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(g, e, rtol=0, atol=8 * np.spacing(np.float32(np.abs(e).max())))
+    evaluated = train.averaged(state)
+    assert evaluated.params is state.ema["params"]
