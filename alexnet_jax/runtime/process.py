@@ -22,3 +22,18 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != int(parent):
         sys.exit(f"error: the process that started this one ({parent}) is gone.")
+
+
+def started_at() -> float | None:
+    """When this process started (``time.time()``'s clock), before the interpreter's imports
+    and any ``exec`` that restarted it (the CPU extra's malloc settings keep its pid);
+    None where the system does not say (Linux's /proc does)."""
+    try:
+        with open(f"/proc/{os.getpid()}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    import time
+    return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")

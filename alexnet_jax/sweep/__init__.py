@@ -124,7 +124,7 @@ def run_sweep(sweep_file: str, workdir: str, parallel: int = 1, quick: bool = Fa
         if "tune" in sweep and len(chosen) == len(expand(sweep)):  # the grid is done
             stages.append(("Stage 2: the seeds at each variant's chosen setting",
                            plan_seeds(sweep, chosen, quick)))
-        later, most = preview.later_stages(sweep, len(expand(sweep)), len(stages) > 1)
+        later, most = preview.later_stages(sweep, len(expand(sweep)), len(stages) > 1, quick)
         print(preview.describe(sweep, sweep_file, workdir, stages, later, most, shared,
                                [name for name, _ in stale]))
         if stale:

@@ -47,26 +47,37 @@ def describe(sweep: dict[str, Any], sweep_file: str, workdir: str, stages: Seque
             to_run = state in ("new", "resumes", "stale")
             pending_s += seconds if to_run else 0.0
             lines.append(f"  {state:<8} {run.name:<32} {_specific(run, shared)}"
-                         + (f"   ~{seconds / 60:.0f} min" if to_run else ""))
+                         + (f"   ~{duration(seconds)}" if to_run else ""))
     mean = sum(per_run.values()) / len(per_run)
     if later:
         lines.append(later)
-    lines.append(f"Machine time: ~{pending_s / 3600:.1f} h for the runs above not yet done"
-                 + (f", and up to ~{later_runs * mean / 3600:.1f} h for the {later_runs} runs "
+    lines.append(f"Machine time: ~{duration(pending_s)} for the runs above not yet done"
+                 + (f", and up to ~{duration(later_runs * mean)} for the {later_runs} runs "
                     "of later stages" if later_runs else "")
                  + f" (the runs one after another; from {source}).")
     return "\n".join(lines)
 
 
-def later_stages(sweep: dict[str, Any], variants: int, choices_known: bool) -> tuple[str, int]:
-    """What is planned beyond the runs listed, in words, and its most runs."""
+def duration(seconds: float) -> str:
+    """Seconds as a reader takes them: "45 s", "12 min", "3.4 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def later_stages(sweep: dict[str, Any], variants: int, choices_known: bool,
+                 quick: bool = False) -> tuple[str, int]:
+    """What is planned beyond the runs listed, in words, and its most runs (``quick``, a
+    smoke test, adds no seeds for precision)."""
     seeds = sweep.get("seeds", [0])
     parts, most = [], 0
     if "tune" in sweep and not choices_known:
         parts.append(f"then seeds {', '.join(map(str, seeds[1:]))} of each variant at the "
                      "setting chosen on validation error")
         most += variants * (len(seeds) - 1)
-    if "precision" in sweep:
+    if "precision" in sweep and not quick:
         parts.append(f"then rounds of more seeds, up to {max_seeds(sweep)} per variant, for "
                      "each variant whose paired 95% interval against the baseline still spans "
                      f"zero and is wider than ±{sweep['precision']} points")

@@ -23,7 +23,7 @@ import optax
 
 from alexnet_jax import input_pipeline
 from alexnet_jax.model import layouts, networks
-from alexnet_jax.runtime import checkpoints, run_files, signals
+from alexnet_jax.runtime import checkpoints, process, run_files, signals
 from alexnet_jax.runtime.workdir_lock import WorkdirLock
 from alexnet_jax.training import config_base, evaluation, loop, optim, run_record, train
 from alexnet_jax.training.objective import Objective
@@ -135,7 +135,10 @@ def train_runs(configs: Sequence[Any], workdirs: Sequence[str], checkpoints_work
         summary = run_record.run_summary(run.history, step, trainer.wall_s(), run.pipeline,
                                          run.config, parts.model_config, changes)
         summary.update(checkpoint_s=manager.seconds_blocked,  # this session's, for the overhead
-                       layout=layout.kind, devices=layout.num_devices)
+                       layout=layout.kind, devices=layout.num_devices,
+                       # this session's process before the run began (imports, checks)
+                       **({"start_s": started - begun} if (begun := process.started_at())
+                          else {}))
         if over_seeds:
             summary.update(vmapped_seeds=len(configs), checkpoints=manager.directory)
         run_files.write_json(workdir, "summary.json", summary)

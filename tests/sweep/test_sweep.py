@@ -406,7 +406,7 @@ def test_plan_lists_every_run_with_its_overrides_and_the_time_finished_runs_took
     assert all(line[-2:] == ["~10", "min"] for line in lines[1:])
     assert "up to 4 per variant" in out and "±0.5 points" in out
     # 3 new runs of 10 min; later: 2 variants x 1 more seed, then x 2 more: 6 runs of 10 min
-    assert "~0.5 h for the runs above not yet done, and up to ~1.0 h for the 6 runs" in out
+    assert "~30 min for the runs above not yet done, and up to ~60 min for the 6 runs" in out
 
 
 @pytest.mark.long
@@ -414,9 +414,10 @@ def test_plan_without_finished_runs_probes_the_training_step(tmp_path, capsys):
     path = sweep_file(tmp_path)
     assert sweep.run_sweep(path, str(tmp_path / "w"), plan_only=True, quick=True) == 0
     out = capsys.readouterr().out
-    assert "probe of lrn's training step" in out
-    minutes = [float(line.split()[-2].lstrip("~")) for line in out.splitlines() if "-seed" in line]
-    assert len(minutes) == 4 and all(0 < m < 60 for m in minutes)
+    assert "probe of lrn's run: a process's start-up, its data's" in out
+    estimates = [line.split()[-2:] for line in out.splitlines() if "-seed" in line]
+    assert len(estimates) == 4 and all(unit in ("s", "min") for _, unit in estimates)
+    assert all(0 < float(number.lstrip("~")) < 60 for number, _ in estimates)
 
 
 # --- precision: seeds in rounds until each verdict settles --------------------------------
@@ -485,6 +486,10 @@ def test_a_precision_sweep_adds_seeds_only_where_the_verdict_is_not_settled(
     # Started again, it runs nothing: every round's runs are on disk.
     fake.launched.clear()
     assert sweep.run_sweep(str(path), workdir) == 0 and fake.launched == []
+    # --quick is a smoke test: the first seeds only, whatever the verdicts.
+    assert sweep.run_sweep(str(path), str(tmp_path / "quick"), quick=True) == 0
+    assert sorted(fake.launched) == sorted(f"{variant}-seed{seed}" for seed in (0, 1, 2)
+                                           for variant in ("lrn", "clear", "same", "noisy"))
 
 
 def test_vmapped_seeds_run_as_one_process_per_variant_and_setting(tmp_path):
@@ -510,3 +515,26 @@ def test_vmapped_seeds_run_as_one_process_per_variant_and_setting(tmp_path):
     runs_dirs, shared = seeds.workdirs(argv[argv.index("--workdir") + 1], [0, 1])
     assert shared == str(tmp_path / jobs[0].name)
     assert runs_dirs == [str(tmp_path / "lrn-seed0"), str(tmp_path / "lrn-seed1")]
+
+
+def test_the_estimate_counts_start_up_and_each_program_compiled_once(tmp_path, monkeypatch):
+    """Without finished runs: the probe's run time, its compilation once per variant and
+    setting (the other runs load the programs from the cache).  With finished runs: their
+    wall time and their process's start before it."""
+    from alexnet_jax.sweep import cost
+    from alexnet_jax.sweep.plan import Run
+    monkeypatch.setattr(cost, "probe_seconds", lambda config: (100.0, 40.0))
+    runs = [Run("a", seed, ()) for seed in range(4)] + \
+        [Run("b", seed, (), (("optim.learning_rate", lr),)) for seed in (0, 1)
+         for lr in (0.01, 0.1)]
+    definition = sweep.load_sweep(sweep_file(tmp_path))
+    per_run, source = cost.estimate(definition, runs, str(tmp_path / "none"))
+    assert per_run == {"a": 60.0 + 40.0 / 4, "b": 60.0 + 40.0 * 2 / 4}
+    assert "start-up" in source
+    run_dir = tmp_path / "w" / "a-seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text('{"wall_s": 10.0, "start_s": 2.5}')
+    per_run, _ = cost.estimate(definition, runs, str(tmp_path / "w"))
+    assert per_run == {"a": 12.5, "b": 12.5}
+    from alexnet_jax.sweep.preview import duration
+    assert [duration(s) for s in (45, 720, 3 * 3600)] == ["45 s", "12 min", "3.0 h"]
