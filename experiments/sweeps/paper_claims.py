@@ -18,8 +18,9 @@ variant's learning rate is chosen from the grid on it with seed 0, seeds 1 and 2
 then more seeds in rounds for each variant whose paired 95% interval against the paper's
 network still spans zero and is wider than +-0.3 points, up to 10 seeds.  5 variants x 3
 rates + 5 x 2 seeds = 25 runs of the default experiment, then up to 5 x 7 more;
-``--plan`` gives their machine time, docs/results.md the time they took.  Interrupted, the same command
-resumes; scripts/keep_study.sh keeps the finished runs' results in docs/studies/.
+``--plan`` gives their machine time, docs/results.md the time they took.  Interrupted,
+the same command resumes; scripts/keep_study.sh keeps the finished runs' results in
+docs/studies/.
 """
 
 
