@@ -1,5 +1,7 @@
 """Helpers the tests share: tiny configs, a run's pieces built as the trainer builds them,
-LRN by the paper's formula, and the FFI handlers a lowering calls."""
+LRN by the paper's formula, the FFI handlers a lowering calls, checkpoint helpers, sweep
+files and finished runs planted for a sweep to find."""
+import json
 import os
 import re
 from typing import Any, NamedTuple
@@ -158,3 +160,35 @@ def accumulation_pair(parallelism: str = "single", num_devices: int = 0,
 def files_under(directory):
     return sorted(os.path.relpath(os.path.join(root, name), directory)
                   for root, _, names in os.walk(directory) for name in names)
+
+
+# A sweep of the small model: the baseline and one other variant, two seeds.
+SMALL_SWEEP = ("def get_sweep():\n"
+               "    return {'base': 'experiments/fashion_mnist.py', 'seeds': [0, 1],\n"
+               "            'variants': [('lrn', {}), ('other', {OTHER})],\n"
+               "            'overrides': {'num_epochs': 1}{EXTRA}}\n")
+
+
+def sweep_file(tmp_path, variant="'model.norm': 'none'", extra="", name="small.py"):
+    """A sweep file of ``SMALL_SWEEP`` in ``tmp_path``, its other variant ``variant``."""
+    path = tmp_path / name
+    path.write_text(SMALL_SWEEP.replace("OTHER", variant).replace("{EXTRA}", extra))
+    return str(path)
+
+
+def fake_run(workdir, run, top1, curve, train_errors, validation=None):
+    path = os.path.join(workdir, run.name)
+    os.makedirs(path)
+    json.dump({"test_top1_error": top1, "test_top5_error": top1 / 10,
+               "validation_top1_error": validation,
+               "best_test_top1_error": top1, "best_test_top5_error": top1 / 10,
+               "wall_s": 100.0, "steps": 40}, open(os.path.join(path, "summary.json"), "w"))
+    config = base_config()
+    config.model.variant = "small"
+    open(os.path.join(path, "config.json"), "w").write(config.to_json())
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+        for step, error in train_errors:
+            f.write(json.dumps({"step": step, "train_top1_error": error}) + "\n")
+        for epoch, error in curve:
+            f.write(json.dumps({"step": 20 * epoch, "epoch": epoch,
+                                "test_top1_error": error}) + "\n")

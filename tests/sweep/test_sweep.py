@@ -1,7 +1,6 @@
 """Sweeps: grid expansion and naming, skip and resume, aggregation against hand-computed numbers."""
 import csv
 import json
-import math
 import os
 import re
 
@@ -10,8 +9,7 @@ import pytest
 import alexnet_jax.sweep as sweep_package
 from alexnet_jax import sweep
 from alexnet_jax.sweep import checks
-from alexnet_jax.tools import layer_table
-from alexnet_jax.training.config_base import base_config
+from support import fake_run, sweep_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -70,71 +68,10 @@ def test_bad_sweep_files_say_what_is_wrong(tmp_path):
         sweep.load_sweep(str(tmp_path / "missing.py"))
 
 
-def test_paired_difference_and_interval_by_hand():
-    # differences 0.01, 0.03, 0.02: mean 0.02, sd 0.01, t(0.975, 2) = 4.302653
-    mean, half = sweep.difference_interval([0.11, 0.13, 0.12], [0.10, 0.10, 0.10])
-    assert math.isclose(mean, 0.02, abs_tol=1e-12)
-    assert math.isclose(half, 4.302653 * 0.01 / math.sqrt(3), rel_tol=1e-6)
-    assert sweep.mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, math.sqrt(5 / 3))
 
 
-def fake_run(workdir, run, top1, curve, train_errors, validation=None):
-    path = os.path.join(workdir, run.name)
-    os.makedirs(path)
-    json.dump({"test_top1_error": top1, "test_top5_error": top1 / 10,
-               "validation_top1_error": validation,
-               "best_test_top1_error": top1, "best_test_top5_error": top1 / 10,
-               "wall_s": 100.0, "steps": 40}, open(os.path.join(path, "summary.json"), "w"))
-    config = base_config()
-    config.model.variant = "small"
-    open(os.path.join(path, "config.json"), "w").write(config.to_json())
-    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
-        for step, error in train_errors:
-            f.write(json.dumps({"step": step, "train_top1_error": error}) + "\n")
-        for epoch, error in curve:
-            f.write(json.dumps({"step": 20 * epoch, "epoch": epoch,
-                                "test_top1_error": error}) + "\n")
 
 
-def test_report_aggregates_finished_runs_and_skips_them(tmp_path):
-    definition = {"base": "experiments/fashion_mnist.py", "seeds": [0, 1],
-                  "variants": [("base", {}), ("other", {"model.norm": "none"})]}
-    runs = sweep.plan(definition)
-    errors = {"base-seed0": 0.10, "base-seed1": 0.12, "other-seed0": 0.13, "other-seed1": 0.14}
-    workdir = str(tmp_path)
-    for run in runs:
-        fake_run(workdir, run, errors[run.name], [(1, 0.3), (2, errors[run.name])],
-                 [(10, 0.5), (20, 0.24 if run.variant == "base" else 0.3), (30, 0.2)])
-    assert all(sweep.is_finished(workdir, r) for r in runs)
-    assert sweep.launch(definition, runs, workdir) == []  # nothing left to run
-    diverged = sweep.Run("other", 2, ())
-    os.makedirs(os.path.join(workdir, diverged.name))
-    with open(os.path.join(workdir, diverged.name, "console.log"), "w") as f:
-        f.write("training...\nerror: Training loss became nan by step 50; stopping.\n")
-    runs = runs + [diverged]
-    assert sweep.is_finished(workdir, diverged)  # a result: launching again would not change it
-    assert sweep.launch(definition, runs, workdir) == []
-    rows = {r["variant"]: r for r in sweep.report(definition, runs, workdir, "test")}
-    small = base_config()
-    small.model.variant = "small"
-    assert rows["base"]["params"] == layer_table.summarize(small)["params"]
-    assert rows["base"]["test_top1_error"][0] == pytest.approx(0.11)
-    assert rows["base"]["test_top1_error"][1] == pytest.approx(math.sqrt(0.0002))
-    mean, half = rows["other"]["difference"]  # paired: 0.03 and 0.02
-    assert mean == pytest.approx(0.025)
-    assert half == pytest.approx(12.706205 * math.sqrt(0.00005) / math.sqrt(2), rel=1e-6)
-    assert rows["base"]["steps_to_25pct_train_error"][0] == 20
-    assert rows["other"]["steps_to_25pct_train_error"][0] == 30
-    table = open(tmp_path / "results.md").read()
-    assert "| other | 2 |" in table and "+2.50 ± " in table and "(baseline)" in table
-    assert "1 of 5 runs did not finish" in table
-    assert "`other-seed2`: error: Training loss became nan by step 50" in table
-    with open(tmp_path / "results.csv") as f:
-        csv_rows = list(csv.DictReader(f))
-    assert [r["run"] for r in csv_rows] == [r.name for r in runs[:4]]
-    assert csv_rows[2]["overrides"] == "model.norm=none"
-    assert os.path.getsize(tmp_path / "curves.png") > 0
-    assert os.path.getsize(tmp_path / "bars.png") > 0
 
 
 TUNED = {"base": "experiments/fashion_mnist.py", "seeds": [0, 1, 2],
@@ -236,18 +173,6 @@ def test_a_run_that_diverged_ends_as_a_result_not_a_failure(tmp_path):
 
 
 # --- checks before launching: bad variants, stale runs, identical runs ------------------
-
-SMALL_SWEEP = ("def get_sweep():\n"
-               "    return {'base': 'experiments/fashion_mnist.py', 'seeds': [0, 1],\n"
-               "            'variants': [('lrn', {}), ('other', {OTHER})],\n"
-               "            'overrides': {'num_epochs': 1}{EXTRA}}\n")
-
-
-def sweep_file(tmp_path, variant="'model.norm': 'none'", extra="", name="small.py"):
-    path = tmp_path / name
-    path.write_text(SMALL_SWEEP.replace("OTHER", variant).replace("{EXTRA}", extra))
-    return str(path)
-
 
 def plant(workdir, definition, run, top1=0.1, wall=100.0, overrides=()):
     """A finished run as the trainer leaves it: config.json and summary.json with the hash
@@ -409,47 +334,12 @@ def test_plan_lists_every_run_with_its_overrides_and_the_time_finished_runs_took
     assert "~30 min for the runs above not yet done, and up to ~60 min for the 6 runs" in out
 
 
-@pytest.mark.long
-def test_plan_without_finished_runs_probes_the_training_step(tmp_path, capsys):
-    path = sweep_file(tmp_path)
-    assert sweep.run_sweep(path, str(tmp_path / "w"), plan_only=True, quick=True) == 0
-    out = capsys.readouterr().out
-    assert "probe of lrn's run: a process's start-up, its data's" in out
-    estimates = [line.split()[-2:] for line in out.splitlines() if "-seed" in line]
-    assert len(estimates) == 4 and all(unit in ("s", "min") for _, unit in estimates)
-    assert all(0 < float(number.lstrip("~")) < 60 for number, _ in estimates)
 
 
 # --- precision: seeds in rounds until each verdict settles --------------------------------
 
-def test_verdicts_by_hand():
-    from alexnet_jax.sweep.precision import Verdict, difference_interval
-    # differences 0.01, 0.03, 0.02: mean 0.02, sd 0.01, t(0.975, 2) = 4.302653: ± 0.0248
-    mean, half = difference_interval([0.11, 0.13, 0.12], [0.10, 0.10, 0.10])
-    assert Verdict(3, mean, half, None).text() == "inconclusive at 3 seeds (± 2.48)"
-    # ten differences 0.004 ± 0.001 (alternating 0.003, 0.005): sd 0.001054, t(9) = 2.262157
-    values = [0.003, 0.005] * 5
-    mean, half = difference_interval(values, [0.0] * 10)
-    assert Verdict(10, mean, half, 0.003).kind == "significant"
-    assert Verdict(10, mean, half, 0.003).text() == \
-        "a difference of +0.40 ± 0.08 points (significant)"
-    # differences spanning zero, narrow: bounded by the interval's farther end
-    mean, half = difference_interval([0.001, -0.001] * 5, [0.0] * 10)
-    verdict = Verdict(10, mean, half, 0.003)
-    assert verdict.kind == "bounded"
-    assert verdict.text() == "no difference larger than 0.08 points (+0.00 ± 0.08)"
-    assert Verdict(10, mean, half, 0.0005).text() == "inconclusive at 10 seeds (± 0.08)"
 
 
-def test_seeds_needed_projects_the_spread_to_the_precision():
-    from alexnet_jax.sweep.precision import next_round, seeds_needed, t_quantile
-    diffs = [0.004, -0.002, 0.001]  # sd 0.003: t(n-1) * 0.003 / sqrt(n) <= 0.003 from n = 7
-    assert t_quantile(6) * 0.003 / math.sqrt(6) > 0.003 >= t_quantile(7) * 0.003 / math.sqrt(7)
-    assert seeds_needed(diffs, 0.003, 10) == 7
-    assert seeds_needed(diffs, 0.003, 5) == 5  # capped
-    assert seeds_needed(diffs, 0.1, 10) == 4  # at least one more
-    assert next_round({"a": diffs, "significant": [0.01, 0.011, 0.012],
-                       "capped": [0.004, -0.002, 0.001, 0.0, 0.001]}, 0.003, 5) == {"a": 5}
 
 
 def test_a_precision_sweep_adds_seeds_only_where_the_verdict_is_not_settled(
@@ -492,49 +382,5 @@ def test_a_precision_sweep_adds_seeds_only_where_the_verdict_is_not_settled(
                                            for variant in ("lrn", "clear", "same", "noisy"))
 
 
-def test_vmapped_seeds_run_as_one_process_per_variant_and_setting(tmp_path):
-    """--vmap_seeds: the pending seeds of a variant and setting are one job whose command
-    trains them together (--seeds, the seed in the workdir as {seed}); a variant with one
-    pending seed stays a run of its own."""
-    from alexnet_jax.sweep.launch import jobs_for
-    definition = sweep.load_sweep(sweep_file(tmp_path))
-    runs = [r for r in sweep.plan(definition) if r.name != "other-seed1"]
-    jobs = jobs_for(definition, runs, str(tmp_path), vmap_seeds=True)
-    assert [(job.name, [r.name for r in job.runs]) for job in jobs] == [
-        ("lrn-seeds0-1", ["lrn-seed0", "lrn-seed1"]), ("other-seed0", ["other-seed0"])]
-    argv = list(jobs[0].argv)
-    assert argv[argv.index("--workdir") + 1] == str(tmp_path / "lrn-seed{seed}")
-    assert "--seeds=0,1" in argv and not any(a.startswith("--config.seed=") for a in argv)
-    assert "--config.seed=0" in jobs[1].argv and "--seeds" not in " ".join(jobs[1].argv)
-    assert [job.name for job in jobs_for(definition, runs, str(tmp_path), False)] == [
-        "lrn-seed0", "lrn-seed1", "other-seed0"]
-    # The planner writes the trainer's placeholder and shared workdir without importing it.
-    from alexnet_jax.sweep.plan import SEED
-    from alexnet_jax.training import seeds
-    assert SEED == seeds.SEED
-    runs_dirs, shared = seeds.workdirs(argv[argv.index("--workdir") + 1], [0, 1])
-    assert shared == str(tmp_path / jobs[0].name)
-    assert runs_dirs == [str(tmp_path / "lrn-seed0"), str(tmp_path / "lrn-seed1")]
 
 
-def test_the_estimate_counts_start_up_and_each_program_compiled_once(tmp_path, monkeypatch):
-    """Without finished runs: the probe's run time, its compilation once per variant and
-    setting (the other runs load the programs from the cache).  With finished runs: their
-    wall time and their process's start before it."""
-    from alexnet_jax.sweep import cost
-    from alexnet_jax.sweep.plan import Run
-    monkeypatch.setattr(cost, "probe_seconds", lambda config: (100.0, 40.0))
-    runs = [Run("a", seed, ()) for seed in range(4)] + \
-        [Run("b", seed, (), (("optim.learning_rate", lr),)) for seed in (0, 1)
-         for lr in (0.01, 0.1)]
-    definition = sweep.load_sweep(sweep_file(tmp_path))
-    per_run, source = cost.estimate(definition, runs, str(tmp_path / "none"))
-    assert per_run == {"a": 60.0 + 40.0 / 4, "b": 60.0 + 40.0 * 2 / 4}
-    assert "start-up" in source
-    run_dir = tmp_path / "w" / "a-seed0"
-    run_dir.mkdir(parents=True)
-    (run_dir / "summary.json").write_text('{"wall_s": 10.0, "start_s": 2.5}')
-    per_run, _ = cost.estimate(definition, runs, str(tmp_path / "w"))
-    assert per_run == {"a": 12.5, "b": 12.5}
-    from alexnet_jax.sweep.preview import duration
-    assert [duration(s) for s in (45, 720, 3 * 3600)] == ["45 s", "12 min", "3.0 h"]
