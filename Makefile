@@ -63,8 +63,9 @@ train: venv data kernels
 # `make test` leaves out the end-to-end tests marked `long` (multi-process faults, SIGKILL
 # and SIGTERM resumes, a full disk, submitit, layouts through checkpoints, the README's
 # forced-device command, the ImageNet experiments, vmapped seeds against separate runs,
-# the benchmark's and the sweep planner's probe runs: real processes, timeouts and whole
-# runs); `make test-long` runs them, and CI runs both.
+# the benchmark's and the sweep planner's probe runs, the command line on an existing run
+# and a damaged checkpoint, the package without its CPU extra: real processes, timeouts
+# and whole runs); `make test-long` runs them, and CI runs both.
 MULTI_DEVICE_FLAGS := --xla_force_host_platform_device_count=8
 CHECKS = $(VENV)/bin/ruff check alexnet_jax tests experiments benchmarks && \
 	$(PY) -c "from alexnet_jax import input_pipeline as p; from alexnet_jax.training import config_base; p.load_builder(config_base.base_config().data)"

@@ -21,6 +21,18 @@ from support import DATA_DIR, HAVE_FASHION_MNIST, StopAt, final_params, tiny_con
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 13 MB tmpfs (room for about two checkpoints of the small model); root only."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=13m", "tmpfs", str(path)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
 @pytest.mark.long
 def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, monkeypatch):
     sig = signal.SIGTERM

@@ -83,6 +83,7 @@ def test_a_bad_value_changes_nothing_of_an_existing_run(existing_run, flag, name
     assert snapshot(existing_run) == before
 
 
+@pytest.mark.long
 def test_another_width_is_rejected_and_the_run_keeps_its_config(existing_run):
     before = snapshot(existing_run)
     result = run_main(*SMALL, "--workdir", existing_run, "--config.model.towers=1", mock=True)
@@ -92,6 +93,7 @@ def test_another_width_is_rejected_and_the_run_keeps_its_config(existing_run):
     assert snapshot(existing_run) == before
 
 
+@pytest.mark.long
 def test_a_damaged_checkpoint_is_one_error_line_and_no_traceback(existing_run, tmp_path):
     """Orbax's failed read leaves tensorstore callbacks aimed at its closed event loop; their
     "Event loop is closed" must not follow the error as tracebacks."""

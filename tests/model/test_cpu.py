@@ -114,6 +114,7 @@ def test_forced_host_devices_get_their_own_threads_and_a_long_collective_timeout
     assert xla_flags == expected
 
 
+@pytest.mark.long
 def test_the_model_and_the_trainer_run_without_the_cpu_extra(tmp_path):
     """A copy of the package without alexnet_jax/model/cpu/: an entry point prepares nothing, the
     layers are the plain ones on the CPU too, and a training step runs."""

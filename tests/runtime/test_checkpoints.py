@@ -2,7 +2,6 @@
 import json
 import os
 import shutil
-import subprocess
 
 import jax
 import numpy as np
@@ -156,20 +155,6 @@ def test_full_disk_is_a_clear_error(tmp_path, monkeypatch):
             experiment.train_and_evaluate(tiny_config(), str(tmp_path))
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 13 MB tmpfs (room for about two checkpoints of the small model); root only."""
-    path = tmp_path / "disk"
-    path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=13m", "tmpfs", str(path)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield path
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-
-
 def test_restore_from_and_eval_only(tmp_path):
     with tfds.testing.mock_data(num_examples=96):
         first = experiment.train_and_evaluate(tiny_config(epochs=1), str(tmp_path / "a"))
@@ -180,8 +165,6 @@ def test_restore_from_and_eval_only(tmp_path):
     assert result["test_top1_error"] == first["test_top1_error"]
     written = json.load(open(tmp_path / "b" / "eval.json"))
     assert written["test_top1_error"] == first["test_top1_error"]
-
-
 
 
 def test_orbax_leftovers_of_a_damaged_read_are_dropped_and_other_records_kept(caplog):
