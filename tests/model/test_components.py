@@ -131,6 +131,8 @@ def test_group_norm_equals_float64_numpy(groups):
     got = layer.apply({"params": {"scale": scale, "bias": bias}}, x)
     assert set(variables["params"]) == {"scale", "bias"}
     want = group_norm_numpy(x, components.fitted_groups(site), scale, bias)
+    # float32 against float64: a group's mean and variance sum 3 x 5 x 5 x 48 / groups
+    # values (~1,200 at most: sqrt(K) u ~ 2e-6 of their scale), then one division.
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -143,6 +145,9 @@ def test_group_norm_output_of_an_example_does_not_depend_on_its_batch():
     variables = jax.jit(model.init)(jax.random.key(2), x)
     apply = jax.jit(lambda images: model.apply(variables, images, train=True))
     together, alone, elsewhere = apply(x)[0], apply(x[:1])[0], apply(other)[0]
+    # The same arithmetic on example 0, but XLA may block a batch of 1 and of 6 into other
+    # summation orders (as test_networks' grouped comparison: ~1e-6 of the logits); a
+    # statistic shared across the batch moves them by whole percents.
     np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(elsewhere, together, rtol=1e-5, atol=1e-6)
 

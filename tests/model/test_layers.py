@@ -16,6 +16,18 @@ from support import lowered_calls, lrn_numpy
 
 PLAIN_DOT = (((1,), (0,)), ((), ()))
 
+# The tolerances below follow from float32's unit roundoff u = 6e-8, by how many terms an
+# output sums in another order than its reference (a sum of K terms rounds by ~sqrt(K) u
+# of its scale):
+# * 1e-6: forms that compute the same few operations per output (pooling picks one value;
+#   a dense product of at most 64 terms; LRN's sum of 9 squares and its power);
+# * 1e-5, of the output's largest where atol scales with it: a convolution's output sums
+#   up to 3x3x384 products (sqrt(K) u ~ 4e-6), or a float64 reference's exact sum;
+# * 1e-4: gradients and im2col's regrouped sums, which also run over the batch and every
+#   position, ten times the terms or more.
+# A wrong form (a kernel transposed, a pad on the wrong side, a tower crossed) is off by
+# the output's own size, far above each.
+
 
 # --- the chooser ------------------------------------------------------------------------
 

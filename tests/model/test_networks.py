@@ -85,6 +85,8 @@ def test_towers_knob_keeps_per_tower_widths():
 def test_lrn_matches_float64_numpy_loop(k, n, alpha, beta):
     a = 10 * jax.random.normal(jax.random.key(1), (2, 5, 5, 13))
     got = LocalResponseNorm(k=k, n=n, alpha=alpha, beta=beta).apply({}, a)
+    # float32 against float64: a sum of at most 9 squares, a power and a product, each
+    # rounding by 6e-8 of its value, ~1e-6 of the output in all; atol for outputs near 0.
     np.testing.assert_allclose(got, lrn_numpy(a, k, n, alpha, beta), rtol=1e-5, atol=1e-6)
 
 
@@ -95,7 +97,7 @@ def test_lrn_matches_tensorflow_with_converted_settings(k, n, alpha, beta):
     a = 10 * np.asarray(jax.random.normal(jax.random.key(2), (2, 6, 6, 16)))
     expected = tf.nn.lrn(a, depth_radius=(n - 1) // 2, bias=k, alpha=alpha, beta=beta).numpy()
     got = LocalResponseNorm(k=k, n=n, alpha=alpha, beta=beta).apply({}, a)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)  # both float32: as above
 
 
 # --- the two towers against a grouped-convolution formulation ---------------------------
@@ -171,6 +173,10 @@ def test_two_towers_equal_grouped_convolution_network(variant, batch, layers):
     variables = perturbed(variables)
     got = jax.jit(model.apply)(variables, x)
     expected = jax.jit(grouped_reference, static_argnums=2)(variables["params"], x, model)
+    # Two float32 programs summing the same products in other orders: each of the 8 layers
+    # adds up to ~3,500 products (conv4: 3x3x384), whose rounding grows as sqrt(terms) x
+    # 6e-8 ~ 4e-6 of the layer's scale, compounded through the network to ~1e-5-1e-4 of
+    # the logits' largest; a wrong tower crossing moves them by their own size.
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4 * float(jnp.abs(expected).max()))
 
 
@@ -186,6 +192,9 @@ def test_two_tower_gradients_equal_grouped_convolution_network():
 def assert_gradients_equal_reference(model, params, x):
     got = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, x)))))(params)
     expected = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(grouped_reference(p, x, model)))))(params)
+    # A weight's gradient also sums over the batch and every position (4 x 28 x 28 for
+    # conv1: ~3,000 more terms in other orders than the forward's), so 10x the forward's
+    # bound; a gradient routed to the wrong tower is off by its whole size.
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.abs(b).max()),
                                    err_msg=jax.tree_util.keystr(path))
@@ -268,6 +277,8 @@ def test_bfloat16_computation_close_to_float32():
     a, b = f32.apply(variables, x), bf16.apply(variables, x)
     assert b.dtype == jnp.float32  # logits are returned in float32
     assert jax.tree.leaves(bf16.init(jax.random.key(0), x))[0].dtype == jnp.float32
+    # bfloat16 keeps 8 bits of mantissa: each layer's inputs and weights round by up to
+    # 2^-9 (0.2%), and 8 layers compound that to a few percent of the logits' scale.
     np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05 * float(jnp.abs(a).max()))
 
 
