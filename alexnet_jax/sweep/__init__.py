@@ -61,9 +61,8 @@ def candidate_runs(sweep: dict[str, Any], quick: bool) -> list[Run]:
     it may reach (``max_seeds`` of a precision sweep)."""
     count = max_seeds(sweep) if "precision" in sweep else len(sweep.get("seeds", [0]))
     seeds = seed_list(sweep, count)
-    variants = [variant for variant, _ in expand(sweep)]
-    return [run for setting in tuning_settings(sweep) for run in plan_seeds(
-        sweep, dict.fromkeys(variants, setting), quick, dict.fromkeys(variants, seeds))]
+    return [run for variant, _ in expand(sweep) for setting in tuning_settings(sweep, variant)
+            for run in plan_seeds(sweep, {variant: setting}, quick, {variant: seeds})]
 
 
 def _devices(launcher: str, cluster: ClusterOptions) -> int:

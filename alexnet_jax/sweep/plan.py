@@ -11,7 +11,9 @@ A sweep file defines ``get_sweep()`` returning a dict:
 * ``tune``: optional, ``{config key: [values]}``: each variant's small grid, run with the
   first seed; each variant's setting is chosen on ``select`` (a key of the runs'
   ``summary.json``, lowest wins; default ``validation_top1_error``: the validation
-  split's error at the end, never test), then the other seeds run at that setting;
+  split's error at the end, never test), then the other seeds run at that setting; or
+  ``{variant: {config key: [values]}}``, a grid per variant, every variant named (where
+  the variants' best settings lie on different scales: SGD's and LARS's learning rates);
 * ``quick``: further overrides under ``--quick`` (smoke tests);
 * ``precision``: optional, in points of top-1 error: the half-width of the paired 95%
   interval against the baseline that settles a variant; seeds are then added in rounds
@@ -87,6 +89,8 @@ def load_sweep(path: str) -> dict[str, Any]:
     if "tune" in sweep and not sweep.get("overrides", {}).get("data.validation_examples"):
         raise ValueError(f"{path}: tuning chooses on a validation split; set "
                          "'data.validation_examples' in 'overrides'.")
+    if "tune" in sweep:
+        _check_tune(sweep, path)
     if "precision" in sweep:
         if not sweep["precision"] > 0:
             raise ValueError(f"{path}: 'precision' is the interval's half-width in points of "
@@ -121,9 +125,32 @@ def expand(sweep: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return variants
 
 
-def tuning_settings(sweep: dict[str, Any]) -> list[tuple[tuple[str, Any], ...]]:
-    """Every point of the ``tune`` grid (one empty setting without one)."""
+def _per_variant(tune: dict[str, Any]) -> bool:
+    return any(isinstance(value, dict) for value in tune.values())
+
+
+def _check_tune(sweep: dict[str, Any], path: str) -> None:
+    tune = sweep["tune"]
+    if not _per_variant(tune):
+        return
+    if not all(isinstance(value, dict) for value in tune.values()):
+        raise ValueError(f"{path}: 'tune' is either one grid {{config key: [values]}} for "
+                         "every variant or {variant: grid} for each; it mixes the two.")
+    names = [name for name, _ in expand(sweep)]
+    missing, unknown = set(names) - set(tune), set(tune) - set(names)
+    if missing or unknown:
+        raise ValueError(f"{path}: 'tune' gives a grid per variant, so it names each variant "
+                         f"once: {'no grid for ' + str(sorted(missing)) if missing else ''}"
+                         f"{'; ' if missing and unknown else ''}"
+                         f"{'no variant ' + str(sorted(unknown)) if unknown else ''} "
+                         f"(the variants: {names}).")
+
+
+def tuning_settings(sweep: dict[str, Any], variant: str) -> list[tuple[tuple[str, Any], ...]]:
+    """Every point of the variant's ``tune`` grid (one empty setting without one)."""
     grid = sweep.get("tune", {})
+    if _per_variant(grid):
+        grid = grid[variant]
     return [tuple(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
@@ -142,7 +169,8 @@ def plan(sweep: dict[str, Any], quick: bool = False) -> list[Run]:
     seeds = sweep.get("seeds", [0])
     if "tune" in sweep:
         return [_run(sweep, variant, overrides, seeds[0], setting, quick)
-                for variant, overrides in expand(sweep) for setting in tuning_settings(sweep)]
+                for variant, overrides in expand(sweep)
+                for setting in tuning_settings(sweep, variant)]
     return plan_seeds(sweep, {variant: () for variant, _ in expand(sweep)}, quick)
 
 

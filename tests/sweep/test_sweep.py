@@ -68,12 +68,6 @@ def test_bad_sweep_files_say_what_is_wrong(tmp_path):
         sweep.load_sweep(str(tmp_path / "missing.py"))
 
 
-
-
-
-
-
-
 TUNED = {"base": "experiments/fashion_mnist.py", "seeds": [0, 1, 2],
          "variants": [("lrn", {}), ("none", {"model.norm": "none"})], "baseline": "lrn",
          "overrides": {"data.validation_examples": 5000},
@@ -117,6 +111,38 @@ def test_the_choice_reads_validation_error_only_and_never_a_diverged_run(tmp_pat
     assert "| lrn | 10.00 | **9.09**" not in table  # test error is never what is shown
     assert "| lrn | 13.00 | **10.00** | 12.00 | lr=0.03 |" in table
     assert "| none | 21.00 | **16.00** | diverged | lr=0.03 |" in table
+
+
+def test_each_variant_may_have_its_own_grid_and_a_grid_must_name_every_variant(tmp_path):
+    """SGD's and LARS's rates lie on different scales: each variant tunes on its own grid,
+    then runs its seeds at its own choice."""
+    own = {**TUNED, "variants": [("sgd", {}), ("lars", {"optim.optimizer": "lars"})],
+           "baseline": "sgd", "tune": {"sgd": {"optim.learning_rate": [0.01, 0.1]},
+                                       "lars": {"optim.learning_rate": [1.0, 3.0, 10.0]}}}
+    assert [r.name for r in sweep.plan(own)] == [
+        "sgd-lr=0.01-seed0", "sgd-lr=0.1-seed0",
+        "lars-lr=1.0-seed0", "lars-lr=3.0-seed0", "lars-lr=10.0-seed0"]
+    assert {r.name for r in sweep.candidate_runs(own, quick=False)} == {
+        f"{v}-lr={lr}-seed{s}" for v, rates in (("sgd", (0.01, 0.1)), ("lars", (1.0, 3.0, 10.0)))
+        for lr in rates for s in (0, 1, 2)}
+    workdir = str(tmp_path)
+    for run, validation in zip(sweep.plan(own), (0.12, 0.10, 0.15, 0.09, 0.11)):
+        fake_run(workdir, run, 0.1, [(1, 0.1)], [(10, 0.3)], validation=validation)
+    choices, outcomes = sweep.choose(own, sweep.plan(own), workdir)
+    assert choices == {"sgd": (("optim.learning_rate", 0.1),),
+                       "lars": (("optim.learning_rate", 3.0),)}
+    table = sweep.tuning_table(own, choices, outcomes, workdir)
+    assert "| sgd | 12.00 | **10.00** |  |  |  | lr=0.1 |" in table
+    assert "| lars |  |  | 15.00 | **9.00** | 11.00 | lr=3.0 |" in table
+    for tune, message in (({"sgd": {"optim.learning_rate": [0.1]}}, r"no grid for \['lars'\]"),
+                          ({"sgd": {"optim.learning_rate": [0.1]}, "lars": {}, "adam": {}},
+                           r"no variant \['adam'\]"),
+                          ({"sgd": {"optim.learning_rate": [0.1]}, "optim.momentum": [0.9]},
+                           "mixes the two")):
+        path = tmp_path / "own.py"
+        path.write_text(f"def get_sweep():\n    return {({**own, 'tune': tune})!r}\n")
+        with pytest.raises(ValueError, match=message):
+            sweep.load_sweep(str(path))
 
 
 def test_tuning_needs_a_validation_split(tmp_path):
