@@ -291,9 +291,8 @@ class CheckpointManager:
             print(f"Resuming from the checkpoint of step {step} in {self.directory}.")
         elif restore_from:
             state = state.replace(**load_weights(restore_from, state))
-            if getattr(state, "ema", None) is not None:  # the average starts at those weights
-                state = state.replace(ema=jax.tree.map(  # a copy: the step donates buffers
-                    jnp.copy, {"params": state.params, "batch_stats": state.batch_stats}))
+            if getattr(state, "ema", None) is not None:  # the trainer starts it at these weights
+                state = state.replace(ema=None)
             print(f"Starting from the weights in {restore_from}.")
         return Resumed(state, plateau, history, wall_s)
 
@@ -380,7 +379,6 @@ class CheckpointManager:
 def read_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> tuple[dict, dict]:
     """Reads step ``step`` into the structure of ``state`` and verifies its checksums, or
     says precisely why not."""
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(state))
     where = os.path.join(str(manager.directory), str(step))
     try:
         saved = manager.item_metadata(step)["state"]
@@ -388,6 +386,14 @@ def read_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> tu
         quiet_orbax_failures()
         raise DamagedError(f"The checkpoint of step {step} at {where} is unreadable "
                            f"({type(error).__name__}: {str(error)[:300]}).") from error
+    # A moving average is read as the checkpoint has it: where the run no longer keeps one
+    # it is read (its checksum too) and dropped; where the checkpoint has none, the state's
+    # comes back as None, for the trainer to start at the restored weights.
+    arrays = _arrays(state)
+    arrays.pop("ema", None)
+    if "ema" in saved:
+        arrays["ema"] = {"params": state.params, "batch_stats": state.batch_stats}
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, arrays)
     # The model-dependent parts; opt_state mirrors params.
     problems = _shape_mismatches({k: saved[k] for k in ("params", "batch_stats") if k in saved},
                                  {k: target[k] for k in ("params", "batch_stats")})
@@ -412,6 +418,10 @@ def read_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> tu
             raise DamagedError(f"The checkpoint of step {step} at {where} is damaged: "
                                f"{', '.join(wrong[:3])} do(es) not match the checksum written "
                                "with it.")
+    if getattr(state, "ema", None) is None:
+        restored["state"].pop("ema", None)
+    elif "ema" not in saved:
+        restored["state"]["ema"] = None
     return restored["state"], restored["meta"]
 
 

@@ -73,21 +73,64 @@ def evaluate_checkpoint(config: Any, workdir: str, stop: signals.StopSignals
                         ) -> dict[str, Any]:
     """``eval_only``: the scores of ``workdir``'s checkpoint (or ``restore_from``'s) in
     ``eval.json``."""
-    pipeline = input_pipeline.create_pipeline(config, jax.process_index(), jax.process_count())
-    stop.check("while reading the data; nothing was changed")
-    parts = build(config, pipeline)
-    steps = train.make_steps(parts.layout, parts.tx, pipeline.center_view, pipeline.device)
-    manager = checkpoints.CheckpointManager(workdir, config)
-    fresh = train.create_train_state(config.seed, parts.layout, parts.tx,
-                                     ema=config.optim.ema_decay > 0)
-    resumed = manager.resume(fresh, optim.PlateauPolicy.from_config(config.optim),
-                             config.restore_from)
-    manager.close()
-    if not int(resumed.state.step) and not config.restore_from:
+    assembled = _assemble([config], workdir, stop)
+    assembled.manager.close()
+    if not int(assembled.resumed.state.step) and not config.restore_from:
         raise checkpoints.CheckpointError(
-            f"eval_only: no checkpoint in {manager.directory} and no restore_from given.")
-    return evaluation.evaluate_only(steps.eval, resumed.state, pipeline, config, workdir,
-                                    parts.layout)
+            f"eval_only: no checkpoint in {assembled.manager.directory} and no restore_from "
+            "given.")
+    return evaluation.evaluate_only(assembled.steps.eval, assembled.resumed.state,
+                                    assembled.pipelines[0], config, workdir,
+                                    assembled.parts.layout)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Assembled:
+    """What trains or evaluates, up to the state it starts from."""
+
+    pipelines: list[input_pipeline.Pipeline]
+    parts: Parts
+    steps: train.Steps
+    manager: checkpoints.CheckpointManager
+    resumed: checkpoints.Resumed
+
+
+def _assemble(configs: Sequence[Any], checkpoints_workdir: str, stop: signals.StopSignals,
+              over_seeds: bool = False) -> _Assembled:
+    """The data read, the network, layout, optimiser and jitted steps built, and the
+    state found (``_resume``): nothing in a workdir changed yet."""
+    config = configs[0]
+    pipelines = [input_pipeline.create_pipeline(one, jax.process_index(), jax.process_count())
+                 for one in configs]
+    stop.check("while reading the data; nothing was changed")
+    parts = build(config, pipelines[0])
+    steps = train.make_steps(parts.layout, parts.tx, pipelines[0].center_view,
+                             pipelines[0].device, over_seeds=over_seeds,
+                             objective=Objective.from_config(config),
+                             ema_decay=config.optim.ema_decay)
+    manager = checkpoints.CheckpointManager(checkpoints_workdir, config)
+    fresh = [train.create_train_state(one.seed, parts.layout, parts.tx,
+                                      ema=one.optim.ema_decay > 0) for one in configs]
+    policies = [optim.PlateauPolicy.from_config(one.optim) for one in configs]
+    return _Assembled(pipelines, parts, steps, manager,
+                      _resume(manager, fresh, policies, config, over_seeds))
+
+
+def _resume(manager: checkpoints.CheckpointManager, fresh: Sequence[Any],
+            policies: Sequence[optim.PlateauPolicy], config: Any, over_seeds: bool
+            ) -> checkpoints.Resumed:
+    """Where the runs start: their newest checkpoint; else (one run) ``restore_from``'s
+    weights; else the fresh states.  Where the config keeps a moving average and the
+    weights came without one (``restore_from``'s, or a checkpoint written without it),
+    the average starts at those weights."""
+    if over_seeds:  # seeds refuse restore_from (seeds.py)
+        resumed = manager.resume(stack(fresh), loop.Plateaus(policies))
+    else:
+        resumed = manager.resume(fresh[0], policies[0], config.restore_from)
+    state = resumed.state
+    if fresh[0].ema is not None and state.ema is None:
+        state = state.replace(ema=train.starting_average(state.params, state.batch_stats))
+    return resumed._replace(state=state)
 
 
 def train_runs(configs: Sequence[Any], workdirs: Sequence[str], checkpoints_workdir: str,
@@ -99,25 +142,14 @@ def train_runs(configs: Sequence[Any], workdirs: Sequence[str], checkpoints_work
     resumes = [run_record.resume_changes(workdir, one, checkpoints_workdir)
                for one, workdir in zip(configs, workdirs)]
     checkpoints.check_latest_beside_best(checkpoints_workdir)
-    pipelines = [input_pipeline.create_pipeline(one, jax.process_index(), jax.process_count())
-                 for one in configs]
-    stop.check("while reading the data; nothing was changed")
-    pipeline = pipelines[0]
-    parts = build(config, pipeline)
-    layout = parts.layout
-    steps = train.make_steps(layout, parts.tx, pipeline.center_view, pipeline.device,
-                             over_seeds=over_seeds, objective=Objective.from_config(config),
-                             ema_decay=config.optim.ema_decay)
-    manager = checkpoints.CheckpointManager(checkpoints_workdir, config)
-    fresh = [train.create_train_state(one.seed, layout, parts.tx, ema=one.optim.ema_decay > 0)
-             for one in configs]
-    policies = [optim.PlateauPolicy.from_config(one.optim) for one in configs]
+    assembled = _assemble(configs, checkpoints_workdir, stop, over_seeds)
+    pipelines, parts, manager, resumed = (assembled.pipelines, assembled.parts,
+                                          assembled.manager, assembled.resumed)
+    pipeline, layout = pipelines[0], parts.layout
     if over_seeds:
-        resumed = manager.resume(stack(fresh), loop.Plateaus(policies))
         histories = resumed.history or [[] for _ in configs]
         policies = resumed.plateau.policies
     else:
-        resumed = manager.resume(fresh[0], policies[0], config.restore_from)
         histories, policies = [resumed.history], [resumed.plateau]
     step = int(resumed.state.step[0] if over_seeds else resumed.state.step)
     resumes = [run_record.say_changes(workdir, changes if step else [])
@@ -127,7 +159,8 @@ def train_runs(configs: Sequence[Any], workdirs: Sequence[str], checkpoints_work
                for one, workdir, changes in zip(configs, workdirs, resumes)]
     print(_starting(configs, pipeline, layout, over_seeds))
     runs = [loop.Run(*run) for run in zip(configs, pipelines, writers, histories, policies)]
-    session = loop.Session(config, layout, steps, manager, stop, started, over_seeds)
+    session = loop.Session(config, layout, assembled.steps, manager, stop, started,
+                           over_seeds)
     trainer = loop.Trainer(session, runs, resumed.state, resumed.wall_s)
     step = trainer.train_to_end()
     summaries = []

@@ -162,9 +162,36 @@ def test_restore_from_and_eval_only(tmp_path):
         config.eval_only = True
         config.restore_from = str(tmp_path / "a")
         result = experiment.train_and_evaluate(config, str(tmp_path / "b"))
+        # Resumed with a moving average its checkpoints do not have: the average starts at
+        # the resumed weights (nothing is taken for damaged).
+        config = tiny_config(epochs=2)
+        config.optim.ema_decay = 0.5
+        resumed = experiment.train_and_evaluate(config, str(tmp_path / "a"))
     assert result["test_top1_error"] == first["test_top1_error"]
     written = json.load(open(tmp_path / "b" / "eval.json"))
     assert written["test_top1_error"] == first["test_top1_error"]
+    assert resumed["epochs"] == 2 and "ema_test_loss" in resumed
+    assert not (tmp_path / "a" / "checkpoints" / "damaged").exists()
+
+
+def test_a_moving_average_starts_at_the_weights_restore_from_takes(tmp_path):
+    """Run a keeps an average that differs from its weights; a run that starts from a's
+    weights starts its own average at those weights, not at a's average."""
+    with tfds.testing.mock_data(num_examples=96):
+        config = tiny_config(epochs=1)
+        config.optim.ema_decay = 0.5
+        first = experiment.train_and_evaluate(config, str(tmp_path / "a"))
+        assert first["ema_test_loss"] != first["test_loss"]
+        config.eval_only = True
+        config.restore_from = str(tmp_path / "a")
+        result = experiment.train_and_evaluate(config, str(tmp_path / "b"))
+        # Resumed without the average its checkpoints have: it is read and dropped.
+        config = tiny_config(epochs=2)
+        resumed = experiment.train_and_evaluate(config, str(tmp_path / "a"))
+    assert result["test_loss"] == first["test_loss"]
+    assert result["ema_test_loss"] == result["test_loss"]
+    assert resumed["epochs"] == 2 and "ema_test_loss" not in resumed
+    assert not (tmp_path / "a" / "checkpoints" / "damaged").exists()
 
 
 def test_orbax_leftovers_of_a_damaged_read_are_dropped_and_other_records_kept(caplog):
