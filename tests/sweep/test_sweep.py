@@ -34,11 +34,13 @@ def test_grid_expands_to_every_combination_with_readable_names():
     assert flags[flags.index("--workdir") + 1] == "/w/norm=lrn_pool=non_overlapping-seed1"
 
 
-@pytest.mark.parametrize("name,variants", [("lrn_vs_bn", 5), ("paper_claims", 5)])
-def test_the_studies_tune_each_variant_then_run_three_seeds(name, variants):
+@pytest.mark.parametrize("name,variants,grid_runs", [("lrn_vs_bn", 5, 15),
+                                                     ("paper_claims", 5, 15),
+                                                     ("large_batch", 3, 10)])
+def test_the_studies_tune_each_variant_then_run_three_seeds(name, variants, grid_runs):
     definition = sweep.load_sweep(os.path.join(REPO, "experiments", "sweeps", f"{name}.py"))
     grid = sweep.plan(definition)
-    assert len(grid) == 3 * variants and {r.seed for r in grid} == {0}
+    assert len(grid) == grid_runs and {r.seed for r in grid} == {0}
     choices = {r.variant: r.setting for r in grid}
     assert len(sweep.plan_seeds(definition, choices)) == 3 * variants
     assert definition["baseline"] == grid[0].variant
