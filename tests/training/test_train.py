@@ -93,7 +93,9 @@ def test_ten_view_evaluation_scores_the_centre_view_and_the_averaged_softmax():
     assert float(sums["top1_correct"]) == centre_hits
     assert float(sums["10crop_top1_correct"]) == averaged_hits
     expected_loss = -np.log(averaged[np.arange(6), np.asarray(labels)])[real].sum()
-    np.testing.assert_allclose(float(sums["10crop_loss"]), expected_loss, rtol=1e-4)
+    # float32 softmaxes over 10 classes averaged over 10 views, each probability within
+    # a few units of 1e-7: measured 2.6e-8 relative of the summed loss (23.3).
+    np.testing.assert_allclose(float(sums["10crop_loss"]), expected_loss, rtol=1e-5)
 
 
 def test_the_moving_average_follows_the_weights_by_its_formula():
