@@ -216,14 +216,16 @@ def numpy_lrn_and_gradient(a, g, k, n, alpha, beta, step=1e-6):
     ((2, 3, 3, 64), 1.0, 9, 1e-3 / 9, 0.75),    # the seed's
     ((1, 2, 3, 16), 0.5, 41, 0.3, 0.6),         # a window wider than the channels
 ])
-def test_onednn_lrn_and_its_gradient_equal_float64_numpy(shape, k, n, alpha, beta):
+@pytest.mark.parametrize("forward", ["onednn", "xla"])  # XLA's where oneDNN has only a loop
+def test_onednn_lrn_and_its_gradient_equal_float64_numpy(shape, k, n, alpha, beta, forward):
     if not onednn.register():
         pytest.skip("oneDNN's kernels are not built")
     rng = np.random.default_rng(5)
     a, g = 3 * rng.standard_normal(shape), rng.standard_normal(shape)
     assert onednn.supports_lrn(jnp.zeros(shape, jnp.float32), n)
     reference, gradient = numpy_lrn_and_gradient(a, g, k, n, alpha, beta)
-    lrn = jax.jit(onednn.local_response_norm(k, n, alpha, beta))
+    lrn = jax.jit(onednn.local_response_norm(
+        k, n, alpha, beta, None if forward == "onednn" else layers.local_response_norm))
     b, vjp = jax.vjp(lrn, jnp.asarray(a, jnp.float32))
     np.testing.assert_allclose(b, reference, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(vjp(jnp.asarray(g, jnp.float32))[0], gradient, rtol=1e-4,
@@ -252,6 +254,28 @@ def test_onednn_lrn_takes_odd_windows_in_float32(channels, n, taken):
     theirs, reference_vjp = jax.vjp(lambda a: layers.local_response_norm(a, k, n, alpha, beta), a)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(vjp(g)[0], reference_vjp(g)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_lrn_forward_is_xlas_where_onednn_has_only_its_reference_loop(monkeypatch):
+    """oneDNN's LRN forward for channels-last maps is a kernel of its own with AVX-512 and
+    its reference loop below (~3x XLA's time): there the layer's forward is XLA's, and the
+    gradient stays our handler's."""
+    if not onednn.register():
+        pytest.skip("oneDNN's kernels are not built")
+    held_back = not onednn.allows_avx512(os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL"))
+    with open("/proc/cpuinfo") as f:
+        avx512 = " avx512f" in f.read() and not held_back
+    assert onednn.lrn_forward_is_jit((32, 56, 56, 64), 9) == avx512  # the seed's lrn1
+    a = jnp.ones((2, 5, 5, 64))
+
+    def calls():
+        return lowered_calls(jax.value_and_grad(lambda a: jnp.sum(
+            xla_cpu.onednn_local_response_norm(a, 1.0, 9, 1e-3 / 9, 0.75))), a)
+
+    monkeypatch.setattr(onednn, "lrn_forward_is_jit", lambda shape, n: True)
+    assert calls() == {"alexnet_lrn_forward", "alexnet_lrn_backward"}
+    monkeypatch.setattr(onednn, "lrn_forward_is_jit", lambda shape, n: False)
+    assert calls() == {"alexnet_lrn_backward"}
 
 
 @pytest.mark.parametrize("batch,inputs,outputs", [(4, 37, 19), (32, 300, 70), (1, 16, 1)])
@@ -312,8 +336,12 @@ def test_max_pool_forms_and_gradients_agree_on_random_input(form, shape, window,
 def test_max_pool_handler_is_used_for_float32_maps():
     if not onednn.register():
         pytest.skip("oneDNN's kernels are not built")
-    with open("/proc/cpuinfo") as f:
-        assert onednn.max_pool_vectorized() == (" avx512f" in f.read())
+    held_back = not onednn.allows_avx512(os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL"))
+    with open("/proc/cpuinfo") as f:  # `make test-isas` runs this as an AVX2 CPU would
+        assert onednn.max_pool_vectorized() == (" avx512f" in f.read() and not held_back)
+    assert [onednn.allows_avx512(isa) for isa in ("ALL", "avx512_core", "AVX10_1_512", "AVX2",
+                                                  "AVX2_VNNI", "AVX", "SSE41")] == \
+        [True, True, True, False, False, False, False]
     if not onednn.max_pool_vectorized():
         pytest.skip("the handler's loop is scalar on this CPU: XLA's form is used")
     x = jnp.ones((2, 13, 13, 4))

@@ -162,11 +162,13 @@ def conv2d_bias(stride: int, pads: tuple[tuple[int, int], ...]) -> Callable:
 
 
 @functools.cache
-def local_response_norm(k: float, n: int, alpha: float, beta: float) -> Callable:
-    """``a -> b``, ``lrn.local_response_norm`` by oneDNN's forward and our handler's
-    gradient, for the ``a`` and ``n`` that ``supports_lrn`` takes.  Axes before the last
-    three count as the batch, so that a vmapped call is one call.  The gradient reads only
-    ``a`` and the cotangent."""
+def local_response_norm(k: float, n: int, alpha: float, beta: float,
+                        forward: Callable | None = None) -> Callable:
+    """``a -> b``, ``lrn.local_response_norm`` by oneDNN's forward (or by ``forward(a, k, n,
+    alpha, beta)``, XLA's form, where oneDNN has no kernel of its own for the maps:
+    ``lrn_forward_is_jit``) and our handler's gradient, for the ``a`` and ``n`` that
+    ``supports_lrn`` takes.  Axes before the last three count as the batch, so that a
+    vmapped call is one call.  The gradient reads only ``a`` and the cotangent."""
     attributes = dict(size=np.int64(n), alpha=np.float32(alpha), beta=np.float32(beta),
                       k=np.float32(k))
 
@@ -174,13 +176,24 @@ def local_response_norm(k: float, n: int, alpha: float, beta: float) -> Callable
         like = jax.ShapeDtypeStruct(operands[0].shape, operands[0].dtype)
         return _call(target, like, *operands, vmap_method="broadcast_all", **attributes)
 
-    @jax.custom_vjp
-    def lrn(a):
-        return call("alexnet_lrn_forward", a)
+    def normalised(a):
+        return forward(a, k, n, alpha, beta) if forward else call("alexnet_lrn_forward", a)
 
-    lrn.defvjp(lambda a: (call("alexnet_lrn_forward", a), a),
+    lrn = jax.custom_vjp(normalised)
+    lrn.defvjp(lambda a: (normalised(a), a),
                lambda a, g: (call("alexnet_lrn_backward", a, g),))
     return lrn
+
+
+@functools.cache
+def lrn_forward_is_jit(shape: tuple[int, ...], n: int) -> bool:
+    """Whether oneDNN runs the LRN forward of NHWC maps of ``shape`` (axes before the last
+    three as the batch) with a kernel of its own here, not its reference loop: for
+    channels-last maps its kernels need AVX-512 (``ONEDNN_MAX_CPU_ISA`` counts); on an
+    AVX2 CPU its loop takes ~3x XLA's form's time (docs/performance.md)."""
+    images = int(np.prod(shape[:-3]))
+    return register() and bool(ctypes.CDLL(str(LIBRARY)).AlexnetLrnForwardIsJit(
+        ctypes.c_int64(images), *(ctypes.c_int64(d) for d in shape[-3:]), ctypes.c_int64(n)))
 
 
 def _matmul(a: jax.Array, b: jax.Array, transpose_a: bool = False,
@@ -248,8 +261,17 @@ def supports_lrn(a: jax.Array, n: int) -> bool:
 @functools.cache
 def max_pool_vectorized() -> bool:
     """Whether ``max_pool``'s handler runs vectorized on this CPU (AVX-512): its scalar loop
-    is slower than XLA's form."""
-    return register() and bool(ctypes.CDLL(str(LIBRARY)).AlexnetMaxPoolVectorized())
+    is slower than XLA's form.  ``ONEDNN_MAX_CPU_ISA`` below AVX-512 (``AVX2``, say) holds
+    it back as it holds oneDNN's kernels, so that one machine runs as a smaller CPU would
+    (``scripts/test_isas.sh``, ``benchmarks/layers_vs_tf.py``)."""
+    return (register() and allows_avx512(os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL"))
+            and bool(ctypes.CDLL(str(LIBRARY)).AlexnetMaxPoolVectorized()))
+
+
+def allows_avx512(max_isa: str) -> bool:
+    """Whether oneDNN's ``ONEDNN_MAX_CPU_ISA`` value lets AVX-512 code run: ``ALL`` and the
+    AVX-512 and AVX10 names do; ``SSE41``, ``AVX``, ``AVX2`` and its VNNI forms do not."""
+    return max_isa.upper() == "ALL" or max_isa.upper().startswith(("AVX512", "AVX10"))
 
 
 def supports_max_pool(x: jax.Array, window: int) -> bool:

@@ -612,6 +612,21 @@ ffi::Error MaxPoolBackwardImpl(ffi::Buffer<ffi::S8> first, ffi::Buffer<ffi::F32>
 // Whether max-pooling runs vectorized here (AVX-512); XLA's form is faster than the scalar loop.
 extern "C" int AlexnetMaxPoolVectorized() { return pooling_vectorized() ? 1 : 0; }
 
+// Whether oneDNN runs the LRN forward of these NHWC maps with a kernel of its own for this CPU,
+// not its reference loop ("ref:any"), which is slower than XLA's form: oneDNN's kernels for
+// channels-last maps need AVX-512 (or ONEDNN_MAX_CPU_ISA allowing it).
+extern "C" int AlexnetLrnForwardIsJit(int64_t n, int64_t h, int64_t w, int64_t c, int64_t size) {
+  try {
+    const memory::desc x({n, c, h, w}, kF32, Tag::nhwc);
+    const dnnl::lrn_forward::primitive_desc pd(
+        cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::lrn_across_channels,
+        x, x, size, 1e-4f * size, 0.75f, 2.0f);
+    return std::string(pd.impl_info_str()).rfind("ref", 0) == 0 ? 0 : 1;
+  } catch (...) {
+    return 0;
+  }
+}
+
 #define CONV_ATTRS                                                                   \
   .Attr<int64_t>("stride").Attr<int64_t>("pad_top").Attr<int64_t>("pad_bottom")      \
       .Attr<int64_t>("pad_left").Attr<int64_t>("pad_right")

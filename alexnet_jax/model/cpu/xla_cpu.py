@@ -210,9 +210,11 @@ class Conv(nn.Module):
 def onednn_local_response_norm(a: jax.Array, k: float, n: int, alpha: float,
                                beta: float) -> jax.Array:
     """``lrn.local_response_norm`` by ``onednn.py``'s handlers where they take ``a`` and
-    ``n``, else by XLA."""
+    ``n`` (the forward by XLA where oneDNN has only its reference loop for it), else by
+    XLA."""
     if onednn.supports_lrn(a, n):
-        return onednn.local_response_norm(k, n, alpha, beta)(a)
+        forward = None if onednn.lrn_forward_is_jit(a.shape, n) else local_response_norm
+        return onednn.local_response_norm(k, n, alpha, beta, forward)(a)
     return local_response_norm(a, k, n, alpha, beta)
 
 
