@@ -145,3 +145,25 @@ def test_profile_ends_a_run_where_a_user_of_its_result_starts():
     assert sorted(runs) == [("conv.1", 0.0, 5.0), ("conv.1", 20.0, 23.0),
                             ("relu_fusion.2", 5.0, 7.0), ("relu_fusion.2", 24.0, 25.0)]
     assert profile.instruction_times(runs) == {"conv.1": 8.0, "relu_fusion.2": 3.0}
+
+
+def test_layers_vs_tf_cuts_the_seeds_network_alike_on_both_sides():
+    """Each layer of ``benchmarks/layers_vs_tf.py``, alone, maps its listed input to the
+    next layer's on both sides (the project's forms, TensorFlow's ops), and the whole
+    network ends in fc8's 1000 units: both sides time the same network."""
+    pytest.importorskip("tensorflow")
+    import jax
+    import numpy as np
+
+    from benchmarks import layers_vs_tf as bench
+    shapes = [shape for *_, shape in bench.SEED_LAYERS] + [(1000,)]
+    for start, end in [*((i, i + 1) for i in range(len(bench.SEED_LAYERS))),
+                       (0, len(bench.SEED_LAYERS))]:
+        x = np.zeros((2, *shapes[start]), np.float32)
+        forward, _, args = bench.project_functions(start, end, x)
+        project = jax.eval_shape(forward, *args).shape
+        forward, _, args = bench.tf_functions(start, end, x)
+        tensorflow = tuple(forward.get_concrete_function(*args).structured_outputs.shape)
+        # pool5's maps reach fc6 as they are: fc6 flattens them itself
+        assert project[0] == 2 and np.prod(project[1:]) == np.prod(shapes[end]), (start, end)
+        assert tensorflow == project, (start, end)
