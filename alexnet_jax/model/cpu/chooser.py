@@ -11,8 +11,9 @@
   - one tower per device, or a lone tower (``tf_benchmark``, ``one_tower``,
     ``model.towers=1``), where oneDNN's handlers are built (``onednn.register``):
     oneDNN's convolutions with their bias (forward and gradients), dense products by
-    oneDNN's sgemm, LRN by oneDNN's forward and a gradient of our own for odd windows
-    (``onednn.supports_lrn``), and max-pooling by a handler of our own where it runs
+    oneDNN's sgemm, LRN by oneDNN's forward (XLA's where oneDNN has only its reference
+    loop for the maps: ``onednn.lrn_forward_is_jit``) and a gradient of our own for odd
+    windows (``onednn.supports_lrn``), and max-pooling by a handler of our own where it runs
     vectorized (AVX-512: ``onednn.max_pool_vectorized``); each falls back to XLA's form
     outside float32 or the shapes its handler takes;
   - except where the towers live on devices of their own (``model`` and
