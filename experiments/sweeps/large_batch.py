@@ -24,8 +24,11 @@ probed over one epoch with the same warmup, its loss blew up within 32 updates a
 rates lie on another scale: probed the same way, 2 and 10 trained, 30 stayed at chance.
 """
 
+from experiments.sweeps.paper_claims import get_sweep as paper_claims
+
 
 def get_sweep():
+    claims = paper_claims()
     large = {"batch_size": 1024, "optim.warmup_epochs": 0.5}
     return {
         "base": "experiments/fashion_mnist.py",
@@ -36,15 +39,12 @@ def get_sweep():
         ],
         "seeds": [0, 1, 2],
         "baseline": "paper",
-        "precision": 0.3,  # points of test top-1 error: the paired interval's half-width
-        "max_seeds": 10,
-        # paper_claims' schedule, so that batch 64's runs are its runs.
-        "overrides": {"data.validation_examples": 5000, "num_epochs": 4, "batch_size": 64,
-                      "optim.schedule": "cosine", "optim.warmup_epochs": 0.0,
-                      "log_every_steps": 10},
-        "tune": {"paper": {"optim.learning_rate": [0.01, 0.03, 0.1]},
+        "precision": claims["precision"],
+        "max_seeds": claims["max_seeds"],
+        # paper_claims' schedule and grid, so that batch 64's runs are its runs.
+        "overrides": claims["overrides"],
+        "tune": {"paper": claims["tune"],
                  "sgd_batch1024": {"optim.learning_rate": [0.025, 0.05, 0.1]},
                  "lars_batch1024": {"optim.learning_rate": [2.5, 5.0, 10.0, 20.0]}},
-        "quick": {"data.max_train_examples": 2048, "data.max_test_examples": 256,
-                  "data.validation_examples": 256},
+        "quick": {**claims["quick"], "data.max_train_examples": 2048},  # two batches of 1024
     }
