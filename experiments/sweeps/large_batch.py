@@ -15,7 +15,7 @@ settles.
   decay, biases and norms' parameters excluded from both) at batch 1024.
 
 The same 4 epochs for all (the claim is at a fixed number of epochs): 3,436 updates at
-batch 64, 215 at 1024.  Both large batches warm up linearly over half an epoch (27
+batch 64, 212 at 1024.  Both large batches warm up linearly over half an epoch (26
 updates), as large-batch recipes do (Goyal et al. 2017; You et al. 2017), then follow
 the same cosine.  Each variant's rate is chosen on 5,000 held-out training images with
 seed 0 from its own grid.  SGD's grid stops below the linear scaling rule's 16 x 0.03:
