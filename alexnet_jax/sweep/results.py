@@ -178,12 +178,22 @@ def plot(records: list[dict[str, Any]], rows: list[dict[str, Any]], workdir: str
     return paths
 
 
+def _in_order(settings: list[tuple]) -> list[tuple]:
+    """Settings by their values where every value is a number (variants with grids of
+    their own share the columns), else as they came."""
+    values = [[value for _, value in setting] for setting in settings]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for row in values for v in row):
+        return [setting for _, setting in sorted(zip(values, settings))]
+    return settings
+
+
 def tuning_table(sweep: dict[str, Any], choices: dict[str, tuple],
                  outcomes: list[dict[str, Any]], workdir: str) -> str:
     """Each variant's tuning runs (first seed): the error chosen on per setting, the
     choice in bold, a diverged setting as such."""
     key = sweep.get("select", "validation_top1_error")
-    settings = list(dict.fromkeys(setting_name(o["run"].setting) for o in outcomes))
+    settings = [setting_name(setting) for setting in _in_order(
+        list(dict.fromkeys(o["run"].setting for o in outcomes)))]
     lines = [f"### Tuning: {key.replace('_', ' ')} in % per setting (seed "
              f"{sweep.get('seeds', [0])[0]}); lowest chosen; test error not used", "",
              "| variant | " + " | ".join(settings) + " | chosen |",

@@ -47,7 +47,7 @@ def test_the_studies_tune_each_variant_then_run_three_seeds(name, variants, grid
     assert dict(grid[0].overrides)["data.validation_examples"] == 5000
 
 
-@pytest.mark.parametrize("name", ["lrn_vs_bn", "paper_claims"])
+@pytest.mark.parametrize("name", ["lrn_vs_bn", "paper_claims", "large_batch"])
 def test_the_studies_kept_in_docs_are_what_their_sweep_files_run_today(name):
     """Every run kept under a name the sweep plans was made with the config the sweep file
     builds for that name now (its config hash): a change to the default experiment that
@@ -119,21 +119,22 @@ def test_each_variant_may_have_its_own_grid_and_a_grid_must_name_every_variant(t
     """SGD's and LARS's rates lie on different scales: each variant tunes on its own grid,
     then runs its seeds at its own choice."""
     own = {**TUNED, "variants": [("sgd", {}), ("lars", {"optim.optimizer": "lars"})],
-           "baseline": "sgd", "tune": {"sgd": {"optim.learning_rate": [0.01, 0.1]},
+           "baseline": "sgd", "tune": {"sgd": {"optim.learning_rate": [0.1, 0.01]},
                                        "lars": {"optim.learning_rate": [1.0, 3.0, 10.0]}}}
     assert [r.name for r in sweep.plan(own)] == [
-        "sgd-lr=0.01-seed0", "sgd-lr=0.1-seed0",
+        "sgd-lr=0.1-seed0", "sgd-lr=0.01-seed0",
         "lars-lr=1.0-seed0", "lars-lr=3.0-seed0", "lars-lr=10.0-seed0"]
     assert {r.name for r in sweep.candidate_runs(own, quick=False)} == {
         f"{v}-lr={lr}-seed{s}" for v, rates in (("sgd", (0.01, 0.1)), ("lars", (1.0, 3.0, 10.0)))
         for lr in rates for s in (0, 1, 2)}
     workdir = str(tmp_path)
-    for run, validation in zip(sweep.plan(own), (0.12, 0.10, 0.15, 0.09, 0.11)):
+    for run, validation in zip(sweep.plan(own), (0.10, 0.12, 0.15, 0.09, 0.11)):
         fake_run(workdir, run, 0.1, [(1, 0.1)], [(10, 0.3)], validation=validation)
     choices, outcomes = sweep.choose(own, sweep.plan(own), workdir)
     assert choices == {"sgd": (("optim.learning_rate", 0.1),),
                        "lars": (("optim.learning_rate", 3.0),)}
-    table = sweep.tuning_table(own, choices, outcomes, workdir)
+    table = sweep.tuning_table(own, choices, outcomes, workdir)  # columns by value
+    assert "| variant | lr=0.01 | lr=0.1 | lr=1.0 | lr=3.0 | lr=10.0 | chosen |" in table
     assert "| sgd | 12.00 | **10.00** |  |  |  | lr=0.1 |" in table
     assert "| lars |  |  | 15.00 | **9.00** | 11.00 | lr=3.0 |" in table
     for tune, message in (({"sgd": {"optim.learning_rate": [0.1]}}, r"no grid for \['lars'\]"),
