@@ -86,8 +86,8 @@ def register() -> bool:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         ctypes.CDLL(str(_onednn_library()), mode=ctypes.RTLD_GLOBAL)
-        library = ctypes.CDLL(str(LIBRARY))
-        handlers = {target: getattr(library, symbol) for target, symbol in HANDLERS.items()}
+        handlers = {target: getattr(_handlers_library(), symbol)
+                    for target, symbol in HANDLERS.items()}
     except (OSError, AttributeError) as error:
         logging.warning("oneDNN convolutions not loaded (%s); XLA's are used. `make kernels` "
                         "rebuilds them.", error)
@@ -95,6 +95,12 @@ def register() -> bool:
     for target, handler in handlers.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
     return True
+
+
+def _handlers_library() -> ctypes.CDLL:
+    """``LIBRARY`` (after oneDNN's own library, which ``register`` loads; the loader keeps
+    one copy however often it is asked)."""
+    return ctypes.CDLL(str(LIBRARY))
 
 
 def _out_size(size: int, kernel: int, stride: int, pads: tuple[int, int]) -> int:
@@ -192,7 +198,7 @@ def lrn_forward_is_jit(shape: tuple[int, ...], n: int) -> bool:
     channels-last maps its kernels need AVX-512 (``ONEDNN_MAX_CPU_ISA`` counts); on an
     AVX2 CPU its loop takes ~3x XLA's form's time (docs/performance.md)."""
     images = int(np.prod(shape[:-3]))
-    return register() and bool(ctypes.CDLL(str(LIBRARY)).AlexnetLrnForwardIsJit(
+    return register() and bool(_handlers_library().AlexnetLrnForwardIsJit(
         ctypes.c_int64(images), *(ctypes.c_int64(d) for d in shape[-3:]), ctypes.c_int64(n)))
 
 
@@ -265,7 +271,7 @@ def max_pool_vectorized() -> bool:
     it back as it holds oneDNN's kernels, so that one machine runs as a smaller CPU would
     (``scripts/test_isas.sh``, ``benchmarks/layers_vs_tf.py``)."""
     return (register() and allows_avx512(os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL"))
-            and bool(ctypes.CDLL(str(LIBRARY)).AlexnetMaxPoolVectorized()))
+            and bool(_handlers_library().AlexnetMaxPoolVectorized()))
 
 
 def allows_avx512(max_isa: str) -> bool:

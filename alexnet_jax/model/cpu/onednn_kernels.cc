@@ -278,20 +278,26 @@ ffi::Error ConvBackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32
 // window's size, and alpha, beta and k as their bits.
 using LrnGeometry = std::array<int64_t, 8>;
 
+// oneDNN's LRN forward of NHWC maps n x h x w x c (lrn.py's alpha), the scratchpad ours.
+dnnl::lrn_forward::primitive_desc lrn_forward_pd(int64_t n, int64_t h, int64_t w, int64_t c,
+                                                 int64_t size, float alpha, float beta, float k) {
+  const memory::desc x({n, c, h, w}, kF32, Tag::nhwc);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  // oneDNN divides its alpha by the window's size.
+  return dnnl::lrn_forward::primitive_desc(
+      cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::lrn_across_channels, x,
+      x, size, alpha * size, beta, k, attr);
+}
+
 struct Lrn {
   memory::desc x;  // NHWC, the leading dimensions as the batch
   dnnl::lrn_forward::primitive_desc forward_pd;
   dnnl::lrn_forward forward;
 
-  Lrn(const LrnGeometry& g, float alpha, float beta, float k) {
-    const auto [n, h, w, c, size] = std::array<int64_t, 5>{g[0], g[1], g[2], g[3], g[4]};
-    x = memory::desc({n, c, h, w}, kF32, Tag::nhwc);
-    dnnl::primitive_attr attr;
-    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    // oneDNN divides its alpha by the window's size.
-    forward_pd = dnnl::lrn_forward::primitive_desc(
-        cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::lrn_across_channels,
-        x, x, size, alpha * size, beta, k, attr);
+  Lrn(const LrnGeometry& g, float alpha, float beta, float k)
+      : forward_pd(lrn_forward_pd(g[0], g[1], g[2], g[3], g[4], alpha, beta, k)) {
+    x = forward_pd.src_desc();
     forward = dnnl::lrn_forward(forward_pd);
   }
 };
@@ -614,13 +620,11 @@ extern "C" int AlexnetMaxPoolVectorized() { return pooling_vectorized() ? 1 : 0;
 
 // Whether oneDNN runs the LRN forward of these NHWC maps with a kernel of its own for this CPU,
 // not its reference loop ("ref:any"), which is slower than XLA's form: oneDNN's kernels for
-// channels-last maps need AVX-512 (or ONEDNN_MAX_CPU_ISA allowing it).
+// channels-last maps need AVX-512 (or ONEDNN_MAX_CPU_ISA allowing it).  Which one it picks
+// depends on the shape, the window and the CPU, not on alpha, beta or k (the paper's here).
 extern "C" int AlexnetLrnForwardIsJit(int64_t n, int64_t h, int64_t w, int64_t c, int64_t size) {
   try {
-    const memory::desc x({n, c, h, w}, kF32, Tag::nhwc);
-    const dnnl::lrn_forward::primitive_desc pd(
-        cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::lrn_across_channels,
-        x, x, size, 1e-4f * size, 0.75f, 2.0f);
+    const auto pd = lrn_forward_pd(n, h, w, c, size, 1e-4f, 0.75f, 2.0f);
     return std::string(pd.impl_info_str()).rfind("ref", 0) == 0 ? 0 : 1;
   } catch (...) {
     return 0;
