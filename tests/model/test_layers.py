@@ -262,10 +262,7 @@ def test_lrn_forward_is_xlas_where_onednn_has_only_its_reference_loop(monkeypatc
     gradient stays our handler's."""
     if not onednn.register():
         pytest.skip("oneDNN's kernels are not built")
-    held_back = not onednn.allows_avx512(os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL"))
-    with open("/proc/cpuinfo") as f:
-        avx512 = " avx512f" in f.read() and not held_back
-    assert onednn.lrn_forward_is_jit((32, 56, 56, 64), 9) == avx512  # the seed's lrn1
+    assert onednn.lrn_forward_is_jit((32, 56, 56, 64), 9) == avx512_runs_here()  # seed's lrn1
     a = jnp.ones((2, 5, 5, 64))
 
     def calls():
@@ -333,12 +330,18 @@ def test_max_pool_forms_and_gradients_agree_on_random_input(form, shape, window,
                                rtol=1e-6, atol=1e-6)
 
 
+def avx512_runs_here() -> bool:
+    """The CPU has AVX-512 and ``ONEDNN_MAX_CPU_ISA`` does not hold it back (``make
+    test-isas`` runs these tests as an AVX2 CPU would)."""
+    held_back = not onednn.allows_avx512(os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL"))
+    with open("/proc/cpuinfo") as f:
+        return " avx512f" in f.read() and not held_back
+
+
 def test_max_pool_handler_is_used_for_float32_maps():
     if not onednn.register():
         pytest.skip("oneDNN's kernels are not built")
-    held_back = not onednn.allows_avx512(os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL"))
-    with open("/proc/cpuinfo") as f:  # `make test-isas` runs this as an AVX2 CPU would
-        assert onednn.max_pool_vectorized() == (" avx512f" in f.read() and not held_back)
+    assert onednn.max_pool_vectorized() == avx512_runs_here()
     assert [onednn.allows_avx512(isa) for isa in ("ALL", "avx512_core", "AVX10_1_512", "AVX2",
                                                   "AVX2_VNNI", "AVX", "SSE41")] == \
         [True, True, True, False, False, False, False]
